@@ -1,0 +1,138 @@
+//! Commands: units of work for one agent, delivered through the durable queue.
+
+use serde::{Deserialize, Serialize};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::audit::Actor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum CommandKind {
+    #[serde(rename = "bot.start")]
+    BotStart,
+    #[serde(rename = "bot.stop")]
+    BotStop,
+    #[serde(rename = "bot.restart")]
+    BotRestart,
+    /// Deliver a changed definition.
+    #[serde(rename = "bot.sync")]
+    BotSync,
+    #[serde(rename = "bot.remove")]
+    BotRemove,
+    /// One-off program with captured output; refused unless the agent allows exec.
+    #[serde(rename = "agent.exec")]
+    AgentExec,
+    #[serde(rename = "agent.drain")]
+    AgentDrain,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 7] = [
+        CommandKind::BotStart,
+        CommandKind::BotStop,
+        CommandKind::BotRestart,
+        CommandKind::BotSync,
+        CommandKind::BotRemove,
+        CommandKind::AgentExec,
+        CommandKind::AgentDrain,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::BotStart => "bot.start",
+            CommandKind::BotStop => "bot.stop",
+            CommandKind::BotRestart => "bot.restart",
+            CommandKind::BotSync => "bot.sync",
+            CommandKind::BotRemove => "bot.remove",
+            CommandKind::AgentExec => "agent.exec",
+            CommandKind::AgentDrain => "agent.drain",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s)
+    }
+}
+
+/// Lifecycle: `queued → dispatched → running → succeeded | failed`, or `cancelled`,
+/// `expired` (TTL passed before dispatch), `timed_out` (no result before the deadline),
+/// `dead_lettered` (its lease expired `max_attempts` times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    Queued,
+    Dispatched,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Expired,
+    TimedOut,
+    DeadLettered,
+}
+
+impl CommandStatus {
+    pub const ALL: [CommandStatus; 9] = [
+        CommandStatus::Queued,
+        CommandStatus::Dispatched,
+        CommandStatus::Running,
+        CommandStatus::Succeeded,
+        CommandStatus::Failed,
+        CommandStatus::Cancelled,
+        CommandStatus::Expired,
+        CommandStatus::TimedOut,
+        CommandStatus::DeadLettered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Queued => "queued",
+            CommandStatus::Dispatched => "dispatched",
+            CommandStatus::Running => "running",
+            CommandStatus::Succeeded => "succeeded",
+            CommandStatus::Failed => "failed",
+            CommandStatus::Cancelled => "cancelled",
+            CommandStatus::Expired => "expired",
+            CommandStatus::TimedOut => "timed_out",
+            CommandStatus::DeadLettered => "dead_lettered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// No transition leaves a terminal status.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, CommandStatus::Queued | CommandStatus::Dispatched | CommandStatus::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Command {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub bot_id: Option<Uuid>,
+    pub kind: CommandKind,
+    pub status: CommandStatus,
+    /// Kind-specific arguments (never secret values: those are added at dispatch).
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub created_by: Actor,
+    /// Dispatches so far.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Not dispatched by then → `expired`.
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub acked_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}

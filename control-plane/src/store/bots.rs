@@ -1,0 +1,387 @@
+//! Bots: definitions (written through the API) and observed state (reported by agents).
+
+use std::collections::BTreeMap;
+
+use botmox_contract::{
+    bots::{Bot, BotSpec, BotState, DesiredState, ExecSpec, RestartSpec, StopSpec},
+    Id, Timestamp,
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    from_ms, is_unique_violation, new_id, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store,
+    StoreError,
+};
+
+pub struct NewBot {
+    pub tenant_id: Id,
+    pub spec: BotSpec,
+}
+
+/// A whole new definition for an existing bot (the API merges a PATCH into this).
+pub struct UpdateBot {
+    pub name: String,
+    pub agent_id: Id,
+    pub exec: ExecSpec,
+    pub restart: RestartSpec,
+    pub stop: StopSpec,
+    pub tags: Vec<String>,
+}
+
+/// Filters of `GET /bots`. `name` matches a case-insensitive substring.
+#[derive(Debug, Clone, Default)]
+pub struct BotFilter {
+    pub state: Option<BotState>,
+    pub agent_id: Option<Id>,
+    pub tag: Option<String>,
+    pub name: Option<String>,
+    /// Only bots whose name sorts after this one (the API's cursor, decoded).
+    pub after_name: Option<String>,
+    pub limit: u32,
+}
+
+pub struct BotPage {
+    pub items: Vec<Bot>,
+    /// True when more bots follow the last one of `items`.
+    pub has_more: bool,
+    pub counts: BTreeMap<BotState, u64>,
+    pub total: u64,
+}
+
+/// Identifies what an agent must run: a change of any of these must reach the agent.
+pub fn definition_hash(exec: &ExecSpec, restart: &RestartSpec, stop: &StopSpec) -> String {
+    let canonical = to_json(&(exec, restart, stop));
+    let digest = Sha256::digest(canonical.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct BotRow {
+    id: String,
+    agent_id: String,
+    name: String,
+    exec: String,
+    restart: String,
+    stop: String,
+    tags: String,
+    desired_state: String,
+    state: String,
+    pid: Option<i64>,
+    started_at: Option<i64>,
+    last_exit_code: Option<i64>,
+    last_exit_signal: Option<i64>,
+    restart_count: i64,
+    last_error: Option<String>,
+    version: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const BOT_COLUMNS: &str = "id, agent_id, name, exec, restart, stop, tags, desired_state, state, pid, started_at, \
+                           last_exit_code, last_exit_signal, restart_count, last_error, version, created_at, updated_at";
+
+impl TryFrom<BotRow> for Bot {
+    type Error = StoreError;
+
+    fn try_from(row: BotRow) -> Result<Self> {
+        Ok(Bot {
+            id: parse_id(&row.id)?,
+            agent_id: parse_id(&row.agent_id)?,
+            name: row.name,
+            exec: parse_json("bot exec", &row.exec)?,
+            restart: parse_json("bot restart", &row.restart)?,
+            stop: parse_json("bot stop", &row.stop)?,
+            tags: parse_json("bot tags", &row.tags)?,
+            desired_state: match row.desired_state.as_str() {
+                "running" => DesiredState::Running,
+                "stopped" => DesiredState::Stopped,
+                other => return Err(StoreError::Corrupt(format!("desired state `{other}`"))),
+            },
+            state: BotState::parse(&row.state)
+                .ok_or_else(|| StoreError::Corrupt(format!("bot state `{}`", row.state)))?,
+            pid: row.pid.map(|p| p as u32),
+            started_at: opt_from_ms(row.started_at)?,
+            last_exit_code: row.last_exit_code.map(|c| c as i32),
+            last_exit_signal: row.last_exit_signal.map(|s| s as i32),
+            restart_count: row.restart_count as u32,
+            last_error: row.last_error,
+            version: row.version as u64,
+            created_at: from_ms(row.created_at)?,
+            updated_at: from_ms(row.updated_at)?,
+        })
+    }
+}
+
+fn desired_str(desired: DesiredState) -> &'static str {
+    match desired {
+        DesiredState::Running => "running",
+        DesiredState::Stopped => "stopped",
+    }
+}
+
+/// A bind value of a dynamically built statement.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// A WHERE clause built from optional filters, with `$n` placeholders in bind order.
+struct Where {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl Where {
+    fn new(tenant_id: Id) -> Self {
+        Self { sql: "tenant_id = $1".into(), args: vec![Arg::Text(tenant_id.to_string())] }
+    }
+
+    fn and(&mut self, clause: &str, arg: Arg) {
+        self.args.push(arg);
+        // `clause` holds one `?`, replaced by this argument's number.
+        self.sql.push_str(" AND ");
+        self.sql.push_str(&clause.replace('?', &format!("${}", self.args.len())));
+    }
+}
+
+/// Binds every argument of a [`Where`] to a query, in order.
+macro_rules! bind_all {
+    ($query:expr, $args:expr) => {{
+        let mut query = $query;
+        for arg in $args {
+            query = match arg {
+                Arg::Text(s) => query.bind(s.clone()),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        query
+    }};
+}
+
+fn like_pattern(needle: &str) -> String {
+    let escaped = needle.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+impl Store {
+    pub async fn create_bot(&self, new: NewBot, now: Timestamp) -> Result<Bot> {
+        let id = new_id();
+        let spec = &new.spec;
+        let hash = definition_hash(&spec.exec, &spec.restart, &spec.stop);
+        let tenant = new.tenant_id.to_string();
+        let outcome: Result<()> = with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let agent_exists: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2")
+                        .bind(&tenant)
+                        .bind(spec.agent_id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if agent_exists.is_none() {
+                    return Err(StoreError::Reference(format!("agent {} does not exist", spec.agent_id)));
+                }
+                let inserted = sqlx::query(
+                    "INSERT INTO bots (id, tenant_id, agent_id, name, exec, restart, stop, tags, desired_state, state, \
+                     definition_hash, version, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, 1, $11, $11)",
+                )
+                .bind(id.to_string())
+                .bind(&tenant)
+                .bind(spec.agent_id.to_string())
+                .bind(&spec.name)
+                .bind(to_json(&spec.exec))
+                .bind(to_json(&spec.restart))
+                .bind(to_json(&spec.stop))
+                .bind(to_json(&spec.tags))
+                .bind(desired_str(spec.desired_state))
+                .bind(&hash)
+                .bind(to_ms(now))
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::Conflict(format!("a bot named `{}` already exists", spec.name)))
+                    }
+                    other => other?,
+                };
+                for tag in &spec.tags {
+                    sqlx::query("INSERT INTO bot_tags (bot_id, tenant_id, tag) VALUES ($1, $2, $3)")
+                        .bind(id.to_string())
+                        .bind(&tenant)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await
+        });
+        outcome?;
+        self.get_bot(new.tenant_id, id).await
+    }
+
+    pub async fn get_bot(&self, tenant_id: Id, id: Id) -> Result<Bot> {
+        let sql = format!("SELECT {BOT_COLUMNS} FROM bots WHERE tenant_id = $1 AND id = $2");
+        let row: Option<BotRow> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(id.to_string()).fetch_optional(pool).await?
+        });
+        row.ok_or(StoreError::NotFound("bot"))?.try_into()
+    }
+
+    /// One page of bots ordered by name, the counts by state of everything the filter matches
+    /// (ignoring its `state`), and the total the whole filter matches.
+    pub async fn list_bots(&self, tenant_id: Id, filter: &BotFilter) -> Result<BotPage> {
+        let mut common = Where::new(tenant_id);
+        if let Some(agent_id) = filter.agent_id {
+            common.and("agent_id = ?", Arg::Text(agent_id.to_string()));
+        }
+        if let Some(tag) = &filter.tag {
+            common.and("id IN (SELECT bot_id FROM bot_tags WHERE tag = ?)", Arg::Text(tag.clone()));
+        }
+        if let Some(name) = &filter.name {
+            common.and("LOWER(name) LIKE ? ESCAPE '\\'", Arg::Text(like_pattern(name)));
+        }
+
+        let counts_sql = format!("SELECT state, COUNT(*) FROM bots WHERE {} GROUP BY state", common.sql);
+        let count_rows: Vec<(String, i64)> = with_pool!(self, read, |pool| {
+            bind_all!(sqlx::query_as(&counts_sql), &common.args).fetch_all(pool).await?
+        });
+        let mut counts: BTreeMap<BotState, u64> = BotState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for (state, n) in count_rows {
+            let state = BotState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bot state `{state}`")))?;
+            counts.insert(state, n as u64);
+        }
+        let total = match filter.state {
+            Some(state) => counts[&state],
+            None => counts.values().sum(),
+        };
+
+        let mut page = common;
+        if let Some(state) = filter.state {
+            page.and("state = ?", Arg::Text(state.as_str().into()));
+        }
+        if let Some(after) = &filter.after_name {
+            page.and("name > ?", Arg::Text(after.clone()));
+        }
+        let limit = filter.limit.max(1);
+        page.args.push(Arg::Int(i64::from(limit) + 1));
+        let items_sql =
+            format!("SELECT {BOT_COLUMNS} FROM bots WHERE {} ORDER BY name LIMIT ${}", page.sql, page.args.len());
+        let rows: Vec<BotRow> =
+            with_pool!(self, read, |pool| { bind_all!(sqlx::query_as(&items_sql), &page.args).fetch_all(pool).await? });
+        let mut items = rows.into_iter().map(Bot::try_from).collect::<Result<Vec<_>>>()?;
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Ok(BotPage { items, has_more, counts, total })
+    }
+
+    /// Replaces a bot's definition if its version is still `expected_version`.
+    pub async fn update_bot(
+        &self,
+        tenant_id: Id,
+        id: Id,
+        expected_version: u64,
+        update: UpdateBot,
+        now: Timestamp,
+    ) -> Result<Bot> {
+        let tenant = tenant_id.to_string();
+        let hash = definition_hash(&update.exec, &update.restart, &update.stop);
+        let outcome: Result<()> = with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM bots WHERE tenant_id = $1 AND id = $2")
+                        .bind(&tenant)
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match current {
+                    None => return Err(StoreError::NotFound("bot")),
+                    Some(v) if v as u64 != expected_version => {
+                        return Err(StoreError::VersionMismatch { current: v as u64 })
+                    }
+                    Some(_) => {}
+                }
+                let agent_exists: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2")
+                        .bind(&tenant)
+                        .bind(update.agent_id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if agent_exists.is_none() {
+                    return Err(StoreError::Reference(format!("agent {} does not exist", update.agent_id)));
+                }
+                let updated = sqlx::query(
+                    "UPDATE bots SET name = $1, agent_id = $2, exec = $3, restart = $4, stop = $5, tags = $6, \
+                     definition_hash = $7, version = version + 1, updated_at = $8 WHERE tenant_id = $9 AND id = $10",
+                )
+                .bind(&update.name)
+                .bind(update.agent_id.to_string())
+                .bind(to_json(&update.exec))
+                .bind(to_json(&update.restart))
+                .bind(to_json(&update.stop))
+                .bind(to_json(&update.tags))
+                .bind(&hash)
+                .bind(to_ms(now))
+                .bind(&tenant)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await;
+                match updated {
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::Conflict(format!("a bot named `{}` already exists", update.name)))
+                    }
+                    other => other?,
+                };
+                sqlx::query("DELETE FROM bot_tags WHERE bot_id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+                for tag in &update.tags {
+                    sqlx::query("INSERT INTO bot_tags (bot_id, tenant_id, tag) VALUES ($1, $2, $3)")
+                        .bind(id.to_string())
+                        .bind(&tenant)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await
+        });
+        outcome?;
+        self.get_bot(tenant_id, id).await
+    }
+
+    /// Deletes a bot, its tags and its log lines; with `expected_version`, only if unchanged.
+    pub async fn delete_bot(&self, tenant_id: Id, id: Id, expected_version: Option<u64>) -> Result<()> {
+        let tenant = tenant_id.to_string();
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let current: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM bots WHERE tenant_id = $1 AND id = $2")
+                        .bind(&tenant)
+                        .bind(id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match (current, expected_version) {
+                    (None, _) => return Err(StoreError::NotFound("bot")),
+                    (Some(v), Some(expected)) if v as u64 != expected => {
+                        return Err(StoreError::VersionMismatch { current: v as u64 })
+                    }
+                    _ => {}
+                }
+                sqlx::query("DELETE FROM log_lines WHERE bot_id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM bots WHERE tenant_id = $1 AND id = $2")
+                    .bind(&tenant)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+}

@@ -1,0 +1,278 @@
+//! The store: every byte of SQL in botmox lives under this module.
+//!
+//! Two real backends sit behind one type: embedded SQLite (the default, one file in the data
+//! dir, WAL) and PostgreSQL. The schema is written so that nearly every statement is the same
+//! text on both (times are BIGINT milliseconds, JSON is TEXT, ids are TEXT UUIDv7), and the
+//! [`with_pool!`] macro compiles one body once per backend. Where the SQL really differs (the
+//! command claim), the function matches on the backend explicitly.
+//!
+//! SQLite gets one writer connection and a small pool of readers: SQLite allows one writer at a
+//! time anyway, and funnelling writes through one connection replaces lock contention
+//! (`SQLITE_BUSY`) with a queue in front of the connection.
+//!
+//! Store functions that depend on time take `now` as an argument, so tests can drive leases,
+//! TTLs and retention without sleeping.
+
+mod agents;
+mod bots;
+mod commands;
+mod tenants;
+mod users;
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use botmox_contract::{Id, Timestamp};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    PgPool, SqlitePool,
+};
+
+pub use agents::NewAgent;
+pub use bots::{definition_hash, BotFilter, BotPage, NewBot, UpdateBot};
+pub use commands::{CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewCommand};
+pub use tenants::DEFAULT_TENANT;
+pub use users::{NewUser, UserRecord};
+
+/// Which database to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// `postgres://…` / `postgresql://…`, `sqlite://path` / `sqlite:path`; anything else is refused.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            PgConnectOptions::from_str(url).map_err(|e| format!("DATABASE_URL is not a valid Postgres URL: {e}"))?;
+            Ok(Self::Postgres(url.to_owned()))
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err("DATABASE_URL `sqlite:` needs a file path, e.g. sqlite://data/botmox.db".into());
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else {
+            Err(format!("DATABASE_URL must start with postgres:// or sqlite:// (got `{}`)", redact_url(url)))
+        }
+    }
+}
+
+/// A URL safe to print: the password, if any, replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule was broken (e.g. a bot name taken in the tenant).
+    #[error("{0}")]
+    Conflict(String),
+    /// Optimistic concurrency: the row changed since the caller read it.
+    #[error("version mismatch: current version is {current}")]
+    VersionMismatch { current: u64 },
+    #[error("command {id} cannot go from {from} to {to}")]
+    InvalidTransition { id: Id, from: &'static str, to: &'static str },
+    /// A foreign key points nowhere the caller may see (e.g. a bot's agent).
+    #[error("{0}")]
+    Reference(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite { write: SqlitePool, read: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// Cheap to clone: pools are reference-counted.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+/// Runs one body against whichever pool this store has; the body is compiled once per backend,
+/// so the SQL text and the row types are written once. `write` picks SQLite's single writer.
+macro_rules! with_pool {
+    ($store:expr, write, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { write: $pool, .. } => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
+        }
+    };
+    ($store:expr, read, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { read: $pool, .. } => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Pool sizes and timeouts.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the database. Does not migrate.
+    pub async fn connect(url: &DatabaseUrl, options: &PoolOptions) -> Result<Self> {
+        let backend = match url {
+            DatabaseUrl::Sqlite(path) => {
+                let connect = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // WAL + NORMAL: a commit survives a process crash; only an OS crash or power
+                    // loss can take the last transactions. The Postgres backend is for stricter needs.
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+                    .pragma("temp_store", "memory")
+                    .pragma("cache_size", "-32000");
+                let write = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect.clone())
+                    .await?;
+                let read = SqlitePoolOptions::new()
+                    .max_connections(options.max_connections.clamp(1, 8))
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect.read_only(true))
+                    .await?;
+                Backend::Sqlite { write, read }
+            }
+            DatabaseUrl::Postgres(url) => {
+                let connect = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(options.max_connections)
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(connect)
+                    .await?;
+                Backend::Postgres(pool)
+            }
+        };
+        Ok(Self { backend })
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite { write, .. } => sqlx::migrate!("migrations/sqlite").run(write).await?,
+            Backend::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// True when the database answers and every embedded migration has been applied.
+    pub async fn is_ready(&self) -> Result<bool> {
+        let expected = match &self.backend {
+            Backend::Sqlite { .. } => sqlx::migrate!("migrations/sqlite").iter().count(),
+            Backend::Postgres(_) => sqlx::migrate!("migrations/postgres").iter().count(),
+        };
+        let applied: i64 = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?
+        });
+        Ok(applied as usize >= expected)
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every connection (graceful shutdown: in-flight statements finish first).
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { write, read } => {
+                read.close().await;
+                write.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    /// Reads a server-wide value shared by all replicas.
+    pub async fn get_server_value(&self, key: &str) -> Result<Option<String>> {
+        Ok(with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT value FROM server_kv WHERE key = $1").bind(key).fetch_optional(pool).await?
+        }))
+    }
+
+    /// Stores `value` under `key` unless a value is already there; returns the value that won
+    /// (so concurrent replicas agree on one).
+    pub async fn init_server_value(&self, key: &str, value: &str) -> Result<String> {
+        with_pool!(self, write, |pool| {
+            sqlx::query("INSERT INTO server_kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                .bind(key)
+                .bind(value)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        self.get_server_value(key).await?.ok_or_else(|| StoreError::Corrupt(format!("server value {key} vanished")))
+    }
+}
+
+/// Milliseconds since the Unix epoch: how every time is stored.
+pub(crate) fn to_ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> Result<Timestamp> {
+    chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("time out of range: {ms}")))
+}
+
+pub(crate) fn opt_from_ms(ms: Option<i64>) -> Result<Option<Timestamp>> {
+    ms.map(from_ms).transpose()
+}
+
+pub(crate) fn parse_id(s: &str) -> Result<Id> {
+    Id::parse_str(s).map_err(|_| StoreError::Corrupt(format!("bad id `{s}`")))
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising our own DTOs to a String cannot fail (no non-string map keys, no I/O).
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub(crate) fn new_id() -> Id {
+    uuid::Uuid::now_v7()
+}
+
+/// True for a unique-constraint violation, on either backend.
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}

@@ -1,0 +1,115 @@
+//! Users and their password hashes. Hashing itself happens in `auth`; the store only keeps
+//! the PHC string.
+
+use botmox_contract::{
+    auth::{Role, User},
+    Id, Timestamp,
+};
+
+use super::{from_ms, is_unique_violation, new_id, opt_from_ms, parse_id, to_ms, with_pool, Result, Store, StoreError};
+
+pub struct NewUser {
+    pub tenant_id: Id,
+    pub username: String,
+    pub email: Option<String>,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub role: Role,
+}
+
+/// A user as the server sees it (the wire [`User`] plus what must never leave the server).
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub tenant_id: Id,
+    pub user: User,
+    pub password_hash: String,
+    pub disabled_at: Option<Timestamp>,
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: String,
+    tenant_id: String,
+    username: String,
+    email: Option<String>,
+    password_hash: String,
+    role: String,
+    disabled_at: Option<i64>,
+    created_at: i64,
+}
+
+const USER_COLUMNS: &str = "id, tenant_id, username, email, password_hash, role, disabled_at, created_at";
+
+impl TryFrom<UserRow> for UserRecord {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> Result<Self> {
+        Ok(UserRecord {
+            tenant_id: parse_id(&row.tenant_id)?,
+            user: User {
+                id: parse_id(&row.id)?,
+                username: row.username,
+                email: row.email,
+                role: Role::parse(&row.role).ok_or_else(|| StoreError::Corrupt(format!("role `{}`", row.role)))?,
+                created_at: from_ms(row.created_at)?,
+            },
+            password_hash: row.password_hash,
+            disabled_at: opt_from_ms(row.disabled_at)?,
+        })
+    }
+}
+
+impl Store {
+    pub async fn create_user(&self, new: NewUser, now: Timestamp) -> Result<UserRecord> {
+        let id = new_id();
+        let inserted = with_pool!(self, write, |pool| {
+            sqlx::query(
+                "INSERT INTO users (id, tenant_id, username, email, password_hash, role, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            )
+            .bind(id.to_string())
+            .bind(new.tenant_id.to_string())
+            .bind(&new.username)
+            .bind(&new.email)
+            .bind(&new.password_hash)
+            .bind(new.role.as_str())
+            .bind(to_ms(now))
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        });
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Conflict(format!("username `{}` is taken", new.username)))
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => self.get_user(new.tenant_id, id).await,
+        }
+    }
+
+    pub async fn get_user(&self, tenant_id: Id, id: Id) -> Result<UserRecord> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2");
+        let row: Option<UserRow> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(id.to_string()).fetch_optional(pool).await?
+        });
+        row.ok_or(StoreError::NotFound("user"))?.try_into()
+    }
+
+    /// Login looks users up by name across tenants: usernames are unique server-wide.
+    pub async fn find_user_by_username(&self, username: &str) -> Result<Option<UserRecord>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+        let row: Option<UserRow> =
+            with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(username).fetch_optional(pool).await? });
+        row.map(TryInto::try_into).transpose()
+    }
+
+    pub async fn count_users(&self, tenant_id: Id) -> Result<u64> {
+        let n: i64 = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id = $1")
+                .bind(tenant_id.to_string())
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n as u64)
+    }
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask <command>`: the project's automation, written in Rust so that it runs the
+//! same on Linux, Windows and CI (matklad's "Large Rust Workspaces": no pile of shell).
+//!
+//! This file owns only the command-line dispatch; each command lives in its own module:
+//! `run` (start the product), `test` (every check CI runs), `bench` (the benchmark).
+//! Shared plumbing: `children` (a tiny process supervisor), `postgres` (make sure the test
+//! database is up), `cmd` (spawning cargo and friends with readable errors).
+
+mod bench;
+mod children;
+mod cmd;
+mod postgres;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <command> [options] [-- extra args]
+
+commands:
+  run   [-- serve args]     build and start botmox on http://127.0.0.1:8080
+                            (data in .botmox/, admin password in .botmox/admin-password);
+                            extra args go to `botmox serve`, e.g. `-- --listen 127.0.0.1:9000`
+  test  [--quick] [-- args] every check CI runs: Postgres up, fmt, clippy, nextest;
+                            --quick skips fmt and clippy; extra args go to `cargo nextest run`
+  bench [-- args]           release build, then the benchmark (`botmox-e2e --bin bench`)
+  help                      this text
+
+environment:
+  BOTMOX_TEST_PG_URL        Postgres for tests and bench
+                            (default postgres://postgres@127.0.0.1:5432/postgres)
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let command = args.next();
+    let rest: Vec<String> = args.collect();
+
+    let result = match command.as_deref() {
+        None | Some("help" | "-h" | "--help") => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("run") => run::run(&rest),
+        Some("test") => test::test(&rest),
+        Some("bench") => bench::bench(&rest),
+        Some(other) => {
+            eprint!("xtask: unknown command `{other}`\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Splits `args` at the first `--`: options for xtask before it, pass-through args after it.
+///
+/// Cargo's alias already consumes one `--`, so `cargo xtask test -- -E 'test(x)'` arrives
+/// here as `test -- -E …`, while `cargo xtask run --listen …` arrives without one.
+fn split_passthrough(args: &[String]) -> (&[String], &[String]) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_passthrough;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn splits_at_first_double_dash() {
+        let args = strings(&["--quick", "--", "-E", "--", "x"]);
+        let (own, pass) = split_passthrough(&args);
+        assert_eq!(own, strings(&["--quick"]));
+        assert_eq!(pass, strings(&["-E", "--", "x"]));
+    }
+
+    #[test]
+    fn without_double_dash_everything_is_own() {
+        let args = strings(&["--quick"]);
+        let (own, pass) = split_passthrough(&args);
+        assert_eq!(own, strings(&["--quick"]));
+        assert!(pass.is_empty());
+    }
+}

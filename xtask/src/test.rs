@@ -1,0 +1,84 @@
+//! `cargo xtask test`: every check CI runs, in the order that fails fastest and most
+//! clearly: Postgres up, cargo-nextest present, formatting, clippy, then the whole test
+//! suite under nextest. `--quick` skips formatting and clippy.
+
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{cmd, postgres, split_passthrough};
+
+pub fn test(args: &[String]) -> Result<ExitCode> {
+    let (own, nextest_args) = split_passthrough(args);
+    let mut quick = false;
+    for arg in own {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            other => bail!(
+                "unknown option `{other}` for `cargo xtask test` \
+                 (it knows --quick; arguments for nextest go after `--`)"
+            ),
+        }
+    }
+    let started = Instant::now();
+
+    cmd::step("Postgres for tests");
+    let pg_url = postgres::ensure_running()?;
+    // Every child below gets the URL, including cargo's test runs.
+    let cargo = || {
+        let mut cargo = cmd::cargo();
+        cargo.env(postgres::URL_VAR, &pg_url);
+        cargo
+    };
+
+    cmd::step("cargo nextest --version");
+    ensure_nextest(&cargo)?;
+
+    if quick {
+        println!("==> --quick: skipping cargo fmt and cargo clippy");
+    } else {
+        cmd::step("cargo fmt --all -- --check");
+        ensure_component(&cargo, "fmt", "rustfmt")?;
+        cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))
+            .context("formatting differs from rustfmt's; run `cargo fmt --all`")?;
+
+        cmd::step("cargo clippy --workspace --all-targets -- -D warnings");
+        ensure_component(&cargo, "clippy", "clippy")?;
+        cmd::run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+            .context("clippy found problems (see above)")?;
+    }
+
+    cmd::step("cargo nextest run --workspace --no-fail-fast");
+    cmd::run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))
+        .context("tests failed (nextest's summary is above)")?;
+
+    println!("==> all checks passed in {:.0?}", started.elapsed());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Installs cargo-nextest when `cargo nextest` is missing, so a fresh machine needs nothing
+/// set up by hand.
+fn ensure_nextest(cargo: &impl Fn() -> Command) -> Result<()> {
+    let mut version = cargo();
+    version.args(["nextest", "--version"]);
+    if cmd::run(&mut version).is_ok() {
+        return Ok(());
+    }
+    println!("cargo-nextest is missing; installing it (takes a few minutes, once)");
+    cmd::run(cargo().args(["install", "--locked", "cargo-nextest"])).context("could not install cargo-nextest")?;
+    cmd::run(&mut version).context("cargo-nextest was installed but does not run")
+}
+
+/// Adds a rustup component (rustfmt, clippy) when `cargo <subcommand>` is missing and
+/// rustup is there to add it; minimal toolchain profiles leave both out.
+fn ensure_component(cargo: &impl Fn() -> Command, subcommand: &str, component: &str) -> Result<()> {
+    if cmd::succeeds_quietly(cargo().args([subcommand, "--version"])) {
+        return Ok(());
+    }
+    if cmd::find_on_path("rustup").is_none() {
+        bail!("`cargo {subcommand}` is not available and there is no rustup to add {component}");
+    }
+    println!("`cargo {subcommand}` is missing; adding the {component} component");
+    cmd::run(Command::new("rustup").args(["component", "add", component]))
+}
