@@ -1,4 +1,14 @@
 //! botmox control plane: the server behind the API, the panel and the agents' connections.
 //! See `docs/ARCHITECTURE.md` for the map.
 
+pub mod auth;
+pub mod bots;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod server;
+pub mod state;
 pub mod store;
+pub mod telemetry;

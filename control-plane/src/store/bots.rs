@@ -172,7 +172,7 @@ impl Store {
         let outcome: Result<()> = with_pool!(self, write, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                let agent_exists: Option<i64> =
+                let agent_exists: Option<i32> =
                     sqlx::query_scalar("SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2")
                         .bind(&tenant)
                         .bind(spec.agent_id.to_string())
@@ -304,7 +304,7 @@ impl Store {
                     }
                     Some(_) => {}
                 }
-                let agent_exists: Option<i64> =
+                let agent_exists: Option<i32> =
                     sqlx::query_scalar("SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2")
                         .bind(&tenant)
                         .bind(update.agent_id.to_string())

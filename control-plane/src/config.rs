@@ -1,0 +1,76 @@
+//! Typed configuration of `botmox`, from CLI flags with environment fallbacks (clap `env`).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use crate::store::DatabaseUrl;
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Directory for the SQLite database and local keys.
+    #[arg(long, env = "BOTMOX_DATA_DIR", default_value = ".botmox")]
+    pub data_dir: PathBuf,
+
+    /// `postgres://user@host:port/db` for Postgres; unset = SQLite file `<data-dir>/botmox.db`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// Resolves the database, creating the data dir when SQLite lives in it.
+    pub fn resolve(&self) -> anyhow::Result<DatabaseUrl> {
+        let url = match &self.database_url {
+            Some(url) if !url.trim().is_empty() => DatabaseUrl::parse(url.trim()).map_err(anyhow::Error::msg)?,
+            _ => DatabaseUrl::Sqlite(self.data_dir.join("botmox.db")),
+        };
+        if let DatabaseUrl::Sqlite(path) = &url {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display()))?;
+            ensure_writable(dir)?;
+        }
+        Ok(url)
+    }
+}
+
+/// SQLite would fail later with a vaguer message; say it plainly up front.
+fn ensure_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    let probe = dir.join(format!(".botmox-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| anyhow::anyhow!("the data directory {} is not writable: {e}", dir.display()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `botmox serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "BOTMOX_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The URL people and agents use to reach this server (behind a proxy: the proxy's URL).
+    #[arg(long, env = "BOTMOX_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[arg(long, env = "BOTMOX_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Username of the admin created on first start.
+    #[arg(long, env = "BOTMOX_ADMIN_USERNAME", default_value = "admin")]
+    pub admin_username: String,
+
+    /// Password of the admin created on first start; generated and printed once when unset.
+    #[arg(long, env = "BOTMOX_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+}

@@ -1,0 +1,150 @@
+//! `ApiError`: the one error type of every handler, rendered as `application/problem+json`
+//! (RFC 9457) with a stable `code`. 500 bodies are opaque; their cause is logged once, here.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use botmox_contract::problem::{Problem, CONTENT_TYPE};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong (4xx): bad body, bad query, failed validation, …
+    #[error("{detail}")]
+    Request { status: StatusCode, code: &'static str, detail: String, field: Option<String>, hint: Option<String> },
+    /// Also used for other tenants' rows: they do not exist for the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
+    #[error("the resource changed: current version is {current}")]
+    VersionMismatch { current: u64 },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Request { status: StatusCode::BAD_REQUEST, code, detail: detail.into(), field: None, hint: None }
+    }
+
+    /// 422: well-formed but not acceptable; `field` is a JSON path such as `exec.program`.
+    pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::Request {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            detail: detail.into(),
+            field: Some(field.into()),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, text: impl Into<String>) -> Self {
+        if let Self::Request { hint, .. } = &mut self {
+            *hint = Some(text.into());
+        }
+        self
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Request { status, .. } => *status,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        let (code, detail, field, hint): (String, String, Option<String>, Option<String>) = match self {
+            Self::Request { code, detail, field, hint, .. } => {
+                ((*code).into(), detail.clone(), field.clone(), hint.clone())
+            }
+            Self::NotFound(what) => {
+                (format!("{}_not_found", what.replace(' ', "_")), format!("{what} not found"), None, None)
+            }
+            Self::Unauthorized(detail) => (
+                "unauthorized".into(),
+                detail.clone(),
+                None,
+                Some("log in with POST /api/v1/auth/login and send `Authorization: Bearer <access_token>`".into()),
+            ),
+            Self::Forbidden(detail) => ("forbidden".into(), detail.clone(), None, None),
+            Self::Conflict { code, detail } => ((*code).into(), detail.clone(), None, None),
+            Self::VersionMismatch { current } => (
+                "version_mismatch".into(),
+                format!("the resource was changed by someone else: its version is now {current}"),
+                None,
+                Some("GET it again, re-apply your change and send If-Match with the new version".into()),
+            ),
+            Self::Internal(_) => (
+                "internal".into(),
+                "the server failed to handle this request; the request id leads to its log".into(),
+                None,
+                None,
+            ),
+        };
+        let status = self.status();
+        Problem {
+            type_uri: format!("urn:botmox:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            code,
+            detail,
+            hint,
+            field,
+            instance: crate::http::request_id::current(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Conflict(detail) => Self::Conflict { code: "conflict", detail },
+            StoreError::VersionMismatch { current } => Self::VersionMismatch { current },
+            StoreError::InvalidTransition { .. } => {
+                Self::Conflict { code: "invalid_transition", detail: err.to_string() }
+            }
+            StoreError::Reference(detail) => Self::Request {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "unknown_reference",
+                detail,
+                field: None,
+                hint: None,
+            },
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(cause) = &self {
+            // The one place a failed request is logged; the span carries the request id.
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let problem = self.problem();
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,100 @@
+//! The life of `botmox serve`: open and migrate the store, bootstrap the first admin, build the
+//! state, listen, serve until SIGINT/SIGTERM, then drain and close the store.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context as _;
+
+use crate::{
+    auth::{
+        bootstrap::{self, Bootstrap},
+        session::SessionKeys,
+    },
+    clock::Clock,
+    config::ServeArgs,
+    http,
+    state::{AppState, Settings},
+    store::{redact_url, DatabaseUrl, PoolOptions, Store},
+};
+
+/// Opens the configured database and applies pending migrations.
+pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Store> {
+    let described = match url {
+        DatabaseUrl::Sqlite(path) => format!("the SQLite database {}", path.display()),
+        DatabaseUrl::Postgres(url) => format!("Postgres at {}", redact_url(url)),
+    };
+    let store =
+        Store::connect(url, &PoolOptions::default()).await.with_context(|| format!("cannot open {described}"))?;
+    store.migrate().await.with_context(|| format!("cannot migrate {described}"))?;
+    Ok(store)
+}
+
+impl AppState {
+    /// The state of a server over `store`: loads (or creates) the shared session key.
+    pub async fn new(store: Store, clock: Clock, settings: Settings) -> anyhow::Result<Self> {
+        let sessions = SessionKeys::load_or_create(&store).await?;
+        Ok(Self { store, clock, sessions: Arc::new(sessions), settings: Arc::new(settings) })
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let url = args.database.resolve()?;
+    let store = open_store(&url).await?;
+    let clock = Clock::System;
+
+    match bootstrap::ensure_admin(&store, &clock, &args.admin_username, args.admin_password.as_deref()).await? {
+        Bootstrap::Created { username, generated_password: Some(password), .. } => {
+            println!("Created the first admin user `{username}` with password: {password}");
+            println!(
+                "(shown once; set BOTMOX_ADMIN_PASSWORD to choose it, `botmox admin reset-password` to change it)"
+            );
+        }
+        Bootstrap::Created { username, generated_password: None, .. } => {
+            println!("Created the first admin user `{username}` with the password from BOTMOX_ADMIN_PASSWORD");
+        }
+        Bootstrap::Existing { .. } => {}
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    let state = AppState::new(store.clone(), clock, Settings { public_url: public_url.clone() }).await?;
+
+    println!("botmox listening on http://{local} ({} store)", store.backend_name());
+    println!("API docs: {public_url}/docs");
+    tracing::info!(%local, store = store.backend_name(), "listening");
+
+    http::serve(listener, http::app(state), shutdown_signal()).await.context("the HTTP server failed")?;
+    tracing::info!("shutting down: closing the store");
+    store.close().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = terminate => {},
+        }
+        tracing::info!("shutdown signal received: draining requests");
+    }
+}

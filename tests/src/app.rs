@@ -1,0 +1,138 @@
+//! `TestApp`: the real control plane app, in this process, on a fresh database and a real
+//! socket (port 0), with an admin logged in and typed helpers so tests read like scenarios.
+
+use botmox_contract::{agents::Agent, auth::Role};
+use botmox_control_plane::{
+    auth::{bootstrap, password},
+    clock::Clock,
+    http,
+    state::{AppState, Settings},
+    store::{NewAgent, NewUser, Store},
+};
+use reqwest::{header, Method, RequestBuilder};
+use serde_json::Value;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::db::{Backend, TestDb};
+
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub clock: Clock,
+    pub tenant_id: uuid::Uuid,
+    /// Access token of the bootstrap admin.
+    pub token: String,
+    db: TestDb,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> anyhow::Result<Self> {
+        crate::init_test_logging();
+        let db = TestDb::new(backend).await?;
+        let store = db.store().await?;
+        let clock = Clock::System;
+        let tenant_id = match bootstrap::ensure_admin(&store, &clock, "admin", Some(ADMIN_PASSWORD)).await? {
+            bootstrap::Bootstrap::Created { tenant_id, .. } | bootstrap::Bootstrap::Existing { tenant_id } => tenant_id,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let state = AppState::new(store.clone(), clock.clone(), Settings { public_url: base_url.clone() }).await?;
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(listener, http::app(state), async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let mut app = Self { base_url, client, store, clock, tenant_id, token: String::new(), db, shutdown, server };
+        app.token = app.login("admin", ADMIN_PASSWORD).await?;
+        Ok(app)
+    }
+
+    /// Logs in and returns the access token.
+    pub async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
+        let response = self
+            .client
+            .post(self.url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "username": username, "password": password }))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 200, "login of {username} failed: {}", response.status());
+        let body: Value = response.json().await?;
+        body["access_token"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no access_token in {body}"))
+    }
+
+    /// Creates a user with `role` in the admin's tenant and returns its access token.
+    pub async fn login_as(&self, role: Role) -> anyhow::Result<String> {
+        let username = format!("{}-{}", role.as_str(), uuid::Uuid::now_v7().simple());
+        let hash = password::hash("role-user-password".into()).await?;
+        let new =
+            NewUser { tenant_id: self.tenant_id, username: username.clone(), email: None, password_hash: hash, role };
+        self.store.create_user(new, self.clock.now()).await?;
+        self.login(&username, "role-user-password").await
+    }
+
+    /// Registers an agent directly in the store (pairing is an API of its own).
+    pub async fn create_agent(&self, name: &str) -> anyhow::Result<Agent> {
+        self.create_agent_in(self.tenant_id, name).await
+    }
+
+    pub async fn create_agent_in(&self, tenant_id: uuid::Uuid, name: &str) -> anyhow::Result<Agent> {
+        let new = NewAgent {
+            tenant_id,
+            name: name.into(),
+            hostname: format!("{name}.test"),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            version: "test".into(),
+            labels: Default::default(),
+            token_hash: None,
+        };
+        Ok(self.store.create_agent(new, self.clock.now()).await?)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// A request with the admin's bearer token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> RequestBuilder {
+        self.request(Method::POST, path).json(body)
+    }
+
+    pub fn patch(&self, path: &str, body: &Value) -> RequestBuilder {
+        self.request(Method::PATCH, path).json(body)
+    }
+
+    pub fn delete(&self, path: &str) -> RequestBuilder {
+        self.request(Method::DELETE, path)
+    }
+
+    /// Stops the server, closes the store and drops the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.server.await??;
+        self.store.close().await;
+        self.db.cleanup().await
+    }
+}
+
+/// Sends a request and returns the status and the JSON body (`Value::Null` when empty).
+pub async fn send(request: RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes)? };
+    Ok((status, body))
+}
