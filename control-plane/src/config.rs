@@ -71,6 +71,15 @@ pub struct ServeArgs {
     pub admin_username: String,
 
     /// Password of the admin created on first start; generated and printed once when unset.
-    #[arg(long, env = "BOTMOX_ADMIN_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "BOTMOX_ADMIN_PASSWORD", hide_env_values = true, value_parser = admin_password)]
     pub admin_password: Option<String>,
+}
+
+fn admin_password(value: &str) -> Result<String, String> {
+    use crate::auth::password::{MAX_LENGTH, MIN_LENGTH};
+    if (MIN_LENGTH..=MAX_LENGTH).contains(&value.len()) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("the admin password must be {MIN_LENGTH} to {MAX_LENGTH} characters long"))
+    }
 }

@@ -38,6 +38,10 @@ impl AppState {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Bind first: a taken port fails fast, before anything touches the database.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let url = args.database.resolve()?;
     let store = open_store(&url).await?;
     let clock = Clock::System;
@@ -55,9 +59,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Bootstrap::Existing { .. } => {}
     }
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let state = AppState::new(store.clone(), clock, Settings { public_url: public_url.clone() }).await?;

@@ -60,6 +60,17 @@ impl TestDb {
         }
     }
 
+    /// A handle on a database some other part of the test created (e.g. a server's data dir);
+    /// [`TestDb::cleanup`] leaves it alone.
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
+        let url = DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?;
+        let backend = match url {
+            DatabaseUrl::Sqlite(_) => Backend::Sqlite,
+            DatabaseUrl::Postgres(_) => Backend::Postgres,
+        };
+        Ok(Self { url, backend, pg_name: None, _dir: None })
+    }
+
     /// The URL as `botmox serve --database-url` takes it.
     pub fn url_string(&self) -> String {
         match &self.url {

@@ -25,7 +25,7 @@ use botmox_contract::{Id, Timestamp};
 use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    PgPool, SqlitePool,
+    Connection, PgConnection, PgPool, SqlitePool,
 };
 
 pub use agents::NewAgent;
@@ -170,6 +170,12 @@ impl Store {
             }
             DatabaseUrl::Postgres(url) => {
                 let connect = PgConnectOptions::from_str(url)?;
+                // One direct connection first: a pool only reports "timed out", while a plain
+                // connect says why (refused, unknown host, authentication, no such database).
+                let probe = tokio::time::timeout(options.acquire_timeout, PgConnection::connect_with(&connect))
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+                probe.close().await?;
                 let pool = PgPoolOptions::new()
                     .max_connections(options.max_connections)
                     .acquire_timeout(options.acquire_timeout)
