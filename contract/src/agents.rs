@@ -132,3 +132,20 @@ pub struct PairResponse {
     pub agent_token: String,
     pub server_settings: ServerSettings,
 }
+
+/// `PATCH /agents/{id}`: absent fields keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAgent {
+    pub name: Option<String>,
+    pub labels: Option<Labels>,
+}
+
+/// `POST /agent/token/rotate`: the agent's new token. The old one keeps working until the new
+/// one is first used, so a lost response cannot lock the agent out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RotatedAgentToken {
+    pub agent_token: String,
+}

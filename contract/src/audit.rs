@@ -76,3 +76,12 @@ pub struct AuditEntry {
     pub data: serde_json::Value,
     pub at: DateTime<Utc>,
 }
+
+/// One page of `GET /audit`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    /// Pass as `cursor` for older entries; absent on the last page.
+    pub next_cursor: Option<String>,
+}

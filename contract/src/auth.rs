@@ -61,6 +61,7 @@ pub struct User {
     pub username: String,
     pub email: Option<String>,
     pub role: Role,
+    pub disabled: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -87,10 +88,99 @@ pub struct LoginResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiToken {
     pub id: Uuid,
+    /// The user who created it; the token never grants more than this user's role.
+    pub user_id: Uuid,
     pub name: String,
     pub scopes: Vec<Scope>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// `POST /tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiToken {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// Lifetime in seconds; absent = until revoked.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The answer to `POST /tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedApiToken {
+    pub token: ApiToken,
+    /// `bmx_…`: send as `Authorization: Bearer <secret>`. Shown once, stored only as a hash.
+    pub secret: String,
+}
+
+/// `POST /users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub email: Option<String>,
+    pub password: String,
+    pub role: Role,
+}
+
+/// `PATCH /users/{id}`: absent fields keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub email: Option<String>,
+    pub role: Option<Role>,
+    /// Sets a new password and ends the user's sessions.
+    pub password: Option<String>,
+    /// Disabling ends the user's sessions and stops their API tokens.
+    pub disabled: Option<bool>,
+}
+
+/// `POST /auth/password`: the logged-in user changes their own password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 10] = [
+        Scope::BotsRead,
+        Scope::BotsWrite,
+        Scope::BotsControl,
+        Scope::AgentsRead,
+        Scope::AgentsWrite,
+        Scope::CommandsRead,
+        Scope::CommandsWrite,
+        Scope::SecretsWrite,
+        Scope::AuditRead,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::BotsRead => "bots:read",
+            Scope::BotsWrite => "bots:write",
+            Scope::BotsControl => "bots:control",
+            Scope::AgentsRead => "agents:read",
+            Scope::AgentsWrite => "agents:write",
+            Scope::CommandsRead => "commands:read",
+            Scope::CommandsWrite => "commands:write",
+            Scope::SecretsWrite => "secrets:write",
+            Scope::AuditRead => "audit:read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
 }

@@ -43,6 +43,32 @@ fn ensure_writable(dir: &std::path::Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the data directory {} is not writable: {e}", dir.display()))
 }
 
+/// Where the secrets vault's master key comes from.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// File holding the master key (base64, 32 bytes). Default: `<data-dir>/master.key`,
+    /// generated on first start.
+    #[arg(long, env = "BOTMOX_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+
+    /// The master key itself (base64). Prefer a file; this is for container secrets.
+    #[arg(long, env = "BOTMOX_MASTER_KEY", hide_env_values = true, hide = true)]
+    pub master_key: Option<String>,
+}
+
+impl KeyArgs {
+    /// The configured key, else (SQLite only) the data dir's key file; `None` = no vault.
+    pub fn source(&self, data_dir: &std::path::Path, url: &DatabaseUrl) -> Option<crate::secrets::vault::KeySource> {
+        use crate::secrets::vault::KeySource;
+        match (&self.master_key, &self.master_key_file, url) {
+            (Some(inline), _, _) => Some(KeySource::Inline(inline.clone())),
+            (None, Some(file), _) => Some(KeySource::File(file.clone())),
+            (None, None, DatabaseUrl::Sqlite(_)) => Some(KeySource::DataDir(data_dir.to_path_buf())),
+            (None, None, DatabaseUrl::Postgres(_)) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -63,6 +89,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    #[command(flatten)]
+    pub keys: KeyArgs,
+
+    /// Believe `X-Forwarded-For` for client addresses (only behind a proxy that sets it).
+    #[arg(long, env = "BOTMOX_TRUST_PROXY_HEADERS")]
+    pub trust_proxy_headers: bool,
+
+    /// Origins allowed to call the API from a browser (comma-separated); none = CORS off.
+    #[arg(long = "cors-origin", env = "BOTMOX_CORS_ORIGINS", value_delimiter = ',', value_parser = cors_origin)]
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+
     #[arg(long, env = "BOTMOX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
@@ -82,4 +119,13 @@ fn admin_password(value: &str) -> Result<String, String> {
     } else {
         Err(format!("the admin password must be {MIN_LENGTH} to {MAX_LENGTH} characters long"))
     }
+}
+
+fn cors_origin(value: &str) -> Result<axum::http::HeaderValue, String> {
+    let value = value.trim().trim_end_matches('/');
+    let ok = (value.starts_with("https://") || value.starts_with("http://")) && !value.contains(['*', ' ']);
+    if !ok {
+        return Err(format!("`{value}` is not an origin such as https://panel.example.com"));
+    }
+    axum::http::HeaderValue::from_str(value).map_err(|e| e.to_string())
 }

@@ -1,6 +1,8 @@
 //! botmox control plane: the server behind the API, the panel and the agents' connections.
 //! See `docs/ARCHITECTURE.md` for the map.
 
+pub mod agents;
+pub mod audit;
 pub mod auth;
 pub mod bots;
 pub mod cli;
@@ -8,7 +10,10 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
+pub mod users;

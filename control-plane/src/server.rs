@@ -8,11 +8,13 @@ use anyhow::Context as _;
 use crate::{
     auth::{
         bootstrap::{self, Bootstrap},
+        rate_limit::{self, RateLimits},
         session::SessionKeys,
     },
     clock::Clock,
     config::ServeArgs,
     http,
+    secrets::vault::{self, MasterKey},
     state::{AppState, Settings},
     store::{redact_url, DatabaseUrl, PoolOptions, Store},
 };
@@ -31,9 +33,21 @@ pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Store> {
 
 impl AppState {
     /// The state of a server over `store`: loads (or creates) the shared session key.
-    pub async fn new(store: Store, clock: Clock, settings: Settings) -> anyhow::Result<Self> {
+    pub async fn new(
+        store: Store,
+        clock: Clock,
+        settings: Settings,
+        master_key: Option<MasterKey>,
+    ) -> anyhow::Result<Self> {
         let sessions = SessionKeys::load_or_create(&store).await?;
-        Ok(Self { store, clock, sessions: Arc::new(sessions), settings: Arc::new(settings) })
+        Ok(Self {
+            store,
+            clock,
+            sessions: Arc::new(sessions),
+            limits: Arc::new(RateLimits::new(settings.limits)),
+            settings: Arc::new(settings),
+            master_key: master_key.map(Arc::new),
+        })
     }
 }
 
@@ -44,6 +58,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let url = args.database.resolve()?;
     let store = open_store(&url).await?;
+    let master_key = vault::load(args.keys.source(&args.database.data_dir, &url).as_ref(), &store).await?;
+    if master_key.is_none() {
+        tracing::warn!(
+            "no master key configured: the secrets vault is off (set --master-key-file or BOTMOX_MASTER_KEY)"
+        );
+    }
     let clock = Clock::System;
 
     match bootstrap::ensure_admin(&store, &clock, &args.admin_username, args.admin_password.as_deref()).await? {
@@ -61,7 +81,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let local = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
-    let state = AppState::new(store.clone(), clock, Settings { public_url: public_url.clone() }).await?;
+    let settings = Settings {
+        trust_proxy_headers: args.trust_proxy_headers,
+        cors_origins: args.cors_origins.clone(),
+        ..Settings::new(public_url.clone())
+    };
+    let state = AppState::new(store.clone(), clock, settings, master_key).await?;
+    let limits = state.limits.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(rate_limit::PRUNE_EVERY);
+        loop {
+            every.tick().await;
+            limits.prune();
+        }
+    });
 
     println!("botmox listening on http://{local} ({} store)", store.backend_name());
     println!("API docs: {public_url}/docs");

@@ -2,7 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::{auth::session::SessionKeys, clock::Clock, store::Store};
+use crate::{
+    auth::{rate_limit::RateLimits, session::SessionKeys},
+    clock::Clock,
+    secrets::vault::MasterKey,
+    store::Store,
+};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -10,6 +15,9 @@ pub struct AppState {
     pub clock: Clock,
     pub sessions: Arc<SessionKeys>,
     pub settings: Arc<Settings>,
+    pub limits: Arc<RateLimits>,
+    /// `None` when no master key is configured (Postgres without one): the vault is off.
+    pub master_key: Option<Arc<MasterKey>>,
 }
 
 /// Server settings handlers need at run time.
@@ -17,4 +25,20 @@ pub struct AppState {
 pub struct Settings {
     /// How people and agents reach this server (used in generated command lines and links).
     pub public_url: String,
+    /// Believe `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_proxy_headers: bool,
+    pub limits: crate::auth::rate_limit::Limits,
+    /// Origins allowed to call the API from a browser; empty = CORS off.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
+}
+
+impl Settings {
+    pub fn new(public_url: impl Into<String>) -> Self {
+        Self {
+            public_url: public_url.into(),
+            trust_proxy_headers: false,
+            limits: Default::default(),
+            cors_origins: Vec::new(),
+        }
+    }
 }

@@ -6,6 +6,7 @@ use botmox_control_plane::{
     auth::{bootstrap, password},
     clock::Clock,
     http,
+    secrets::vault::MasterKey,
     state::{AppState, Settings},
     store::{NewAgent, NewUser, Store},
 };
@@ -25,6 +26,8 @@ pub struct TestApp {
     pub tenant_id: uuid::Uuid,
     /// Access token of the bootstrap admin.
     pub token: String,
+    /// The server's state (session keys, master key, …) for tests that forge or inspect.
+    pub state: AppState,
     db: TestDb,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
@@ -41,13 +44,17 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
-        let state = AppState::new(store.clone(), clock.clone(), Settings { public_url: base_url.clone() }).await?;
+        let state =
+            AppState::new(store.clone(), clock.clone(), Settings::new(base_url.clone()), Some(MasterKey::generate()))
+                .await?;
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(http::serve(listener, http::app(state), async {
+        let server = tokio::spawn(http::serve(listener, http::app(state.clone()), async {
             let _ = stopped.await;
         }));
+        // No cookie store: the refresh cookie of one login must not ride along on other requests.
         let client = reqwest::Client::new();
-        let mut app = Self { base_url, client, store, clock, tenant_id, token: String::new(), db, shutdown, server };
+        let mut app =
+            Self { base_url, client, store, clock, tenant_id, token: String::new(), state, db, shutdown, server };
         app.token = app.login("admin", ADMIN_PASSWORD).await?;
         Ok(app)
     }
@@ -75,7 +82,48 @@ impl TestApp {
         self.login(&username, "role-user-password").await
     }
 
-    /// Registers an agent directly in the store (pairing is an API of its own).
+    /// Creates an API token through the API (as the admin) and returns its secret.
+    pub async fn api_token(&self, scopes: &[&str]) -> anyhow::Result<String> {
+        let (status, body) =
+            send(self.post("/api/v1/tokens", &serde_json::json!({ "name": "test token", "scopes": scopes }))).await?;
+        anyhow::ensure!(status == 201, "token creation answered {status}: {body}");
+        body["secret"].as_str().map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no secret in {body}"))
+    }
+
+    /// Pairs an agent through the API (pairing code, then pair) and returns (agent id, token).
+    pub async fn pair_agent(&self, name: &str) -> anyhow::Result<(uuid::Uuid, String)> {
+        let (status, code) =
+            send(self.post("/api/v1/agents/pairing-codes", &serde_json::json!({ "name": name }))).await?;
+        anyhow::ensure!(status == 201, "pairing code answered {status}: {code}");
+        let (status, paired) = send(self.client.post(self.url("/api/v1/agents/pair")).json(&serde_json::json!({
+            "code": code["code"], "hostname": format!("{name}.test"), "os": "linux", "arch": "x86_64", "version": "test",
+        })))
+        .await?;
+        anyhow::ensure!(status == 201, "pairing answered {status}: {paired}");
+        let id = paired["agent_id"].as_str().unwrap_or_default().parse()?;
+        Ok((id, paired["agent_token"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    /// A second tenant with its own admin; returns (tenant id, the admin's access token).
+    pub async fn second_tenant(&self) -> anyhow::Result<(uuid::Uuid, String)> {
+        let tenant_id = self.store.ensure_tenant("second", self.clock.now()).await?;
+        let hash = password::hash("second-admin-password".into()).await?;
+        let new =
+            NewUser { tenant_id, username: "second-admin".into(), email: None, password_hash: hash, role: Role::Admin };
+        self.store.create_user(new, self.clock.now()).await?;
+        Ok((tenant_id, self.login("second-admin", "second-admin-password").await?))
+    }
+
+    /// A request with any bearer token (or none).
+    pub fn request_as(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
+        let request = self.client.request(method, self.url(path));
+        match token {
+            Some(token) => request.header(header::AUTHORIZATION, format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    /// Registers an agent directly in the store (without pairing).
     pub async fn create_agent(&self, name: &str) -> anyhow::Result<Agent> {
         self.create_agent_in(self.tenant_id, name).await
     }

@@ -1,50 +1,99 @@
-//! Authentication: login, the session tokens, and the [`Principal`] extractor that every
-//! protected handler takes. Roles are checked with [`Principal::require`].
+//! Authentication and authorisation.
 //!
-//! Seams for the identity work still to come: API tokens (`bmx_…`) and agent tokens plug into
-//! [`Principal::from_request_parts`] as other kinds of bearer credential; refresh tokens add
-//! routes beside `login`.
+//! Three kinds of bearer credential reach the API: session access tokens (JWTs from login),
+//! API tokens (`bmx_…`) and agent tokens (`bmxa_…`). [`authenticate`] turns any of them into a
+//! [`Principal`], checking the store on every request so that a revoked token, a disabled user
+//! or a revoked agent is refused on the very next request. *Which* principal may call a route
+//! is declared once, on the route's OpenAPI operation, and enforced by [`policy::authorize`].
 
 pub mod bootstrap;
+pub mod credentials;
 pub mod password;
+pub mod policy;
+pub mod rate_limit;
+mod routes;
 pub mod session;
 
-use axum::{
-    extract::FromRequestParts,
-    http::{header, request::Parts},
-};
+use axum::{extract::FromRequestParts, http::request::Parts};
 use botmox_contract::{
+    agents::AgentStatus,
     audit::{Actor, ActorKind},
-    auth::{LoginRequest, LoginResponse, Role, User},
-    problem::Problem,
+    auth::{Role, Scope},
     Id,
 };
-use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub use routes::{router, validate_password};
 
 use crate::{
-    http::{
-        error::{ApiError, ApiResult},
-        extract::Json,
-    },
+    http::error::{ApiError, ApiResult},
     state::AppState,
 };
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(login)).routes(routes!(me))
+/// The credential a request was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Session { user_id: Id, session_id: Id },
+    ApiToken { token_id: Id, user_id: Id, scopes: Vec<Scope> },
+    Agent { agent_id: Id },
 }
 
-/// Who is making a request, in which tenant, with which role.
-#[derive(Debug, Clone)]
+/// Who is making a request, in which tenant, with what rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub tenant_id: Id,
-    pub actor: Actor,
-    pub role: Role,
+    /// The user's current role (for API tokens: their creator's); `None` for agents.
+    pub role: Option<Role>,
+    pub credential: Credential,
+}
+
+/// The least role that may hold a scope; a token never grants more than its creator's role.
+pub fn min_role(scope: Scope) -> Role {
+    match scope {
+        Scope::BotsRead | Scope::AgentsRead | Scope::CommandsRead => Role::Viewer,
+        Scope::BotsControl | Scope::CommandsWrite => Role::Operator,
+        Scope::BotsWrite | Scope::AgentsWrite | Scope::SecretsWrite | Scope::AuditRead | Scope::Admin => Role::Admin,
+    }
 }
 
 impl Principal {
-    /// Refuses the request unless the principal's role includes `role`.
+    pub fn actor(&self) -> Actor {
+        match &self.credential {
+            Credential::Session { user_id, .. } => Actor { kind: ActorKind::User, id: Some(*user_id) },
+            Credential::ApiToken { token_id, .. } => Actor { kind: ActorKind::ApiToken, id: Some(*token_id) },
+            Credential::Agent { agent_id } => Actor { kind: ActorKind::Agent, id: Some(*agent_id) },
+        }
+    }
+
+    /// The user acting (directly or through one of their API tokens).
+    pub fn user_id(&self) -> Option<Id> {
+        match &self.credential {
+            Credential::Session { user_id, .. } | Credential::ApiToken { user_id, .. } => Some(*user_id),
+            Credential::Agent { .. } => None,
+        }
+    }
+
+    pub fn agent_id(&self) -> Option<Id> {
+        match &self.credential {
+            Credential::Agent { agent_id } => Some(*agent_id),
+            _ => None,
+        }
+    }
+
+    /// Whether this principal may use something that needs `scope`.
+    pub fn allows(&self, scope: Scope) -> bool {
+        let role_ok = self.role.is_some_and(|role| role >= min_role(scope));
+        match &self.credential {
+            Credential::Session { .. } => role_ok,
+            Credential::ApiToken { scopes, .. } => {
+                role_ok && (scopes.contains(&scope) || scopes.contains(&Scope::Admin))
+            }
+            Credential::Agent { .. } => false,
+        }
+    }
+
+    /// Refuses unless the principal is a user (or user's token) whose role includes `role`.
     pub fn require(&self, role: Role) -> ApiResult<()> {
-        if self.role >= role {
+        if self.role.is_some_and(|r| r >= role) {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!("this needs the {} role", role.as_str())))
@@ -52,84 +101,75 @@ impl Principal {
     }
 }
 
+/// Set by [`policy::authorize`] (as a request extension) for every route that is not public.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("this endpoint needs an Authorization header".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))?;
-        let claims = state
-            .sessions
-            .verify(token, &state.clock)
-            .ok_or_else(|| ApiError::Unauthorized("the access token is invalid or has expired".into()))?;
-        Ok(Principal {
-            tenant_id: claims.tid,
-            actor: Actor { kind: ActorKind::User, id: Some(claims.sub) },
-            role: claims.role,
-        })
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("this endpoint needs an Authorization header".into()))
     }
 }
 
-/// Exchange a username and password for an access token.
-#[utoipa::path(
-    post, path = "/auth/login", tag = "auth",
-    request_body = LoginRequest,
-    responses(
-        (status = 200, description = "Logged in", body = LoginResponse),
-        (status = 401, description = "Wrong username or password", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn login(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    Json(body): Json<LoginRequest>,
-) -> ApiResult<axum::Json<LoginResponse>> {
-    let refused = || ApiError::Unauthorized("wrong username or password".into());
-    if body.password.len() > password::MAX_LENGTH || body.username.len() > 256 {
-        return Err(refused());
-    }
-    let record = state.store.find_user_by_username(&body.username).await?;
-    let phc = record.as_ref().map(|r| r.password_hash.clone());
-    let verified = password::verify(body.password, phc).await?;
-    let record = match record {
-        Some(record) if verified && record.disabled_at.is_none() => record,
-        _ => {
-            tracing::info!(username = %body.username, "login refused");
-            return Err(refused());
-        }
+/// The bearer token of a request, if it has a well-formed one.
+pub fn bearer(parts: &Parts) -> ApiResult<&str> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("this endpoint needs an Authorization header".into()))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))
+}
+
+/// Checks a bearer credential against the store: signature or hash, expiry, revocation, the
+/// user being enabled, the agent not revoked. Every failure is the same 401 to the caller.
+pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal> {
+    let now = state.clock.now();
+    let refused = |why: &str| {
+        tracing::info!(reason = why, "credential refused");
+        ApiError::Unauthorized("the token is invalid, expired or revoked".into())
     };
-    let token = state.sessions.issue(record.user.id, record.tenant_id, record.user.role, &state.clock)?;
-    tracing::info!(user_id = %record.user.id, "login");
-    Ok(axum::Json(LoginResponse {
-        access_token: token,
-        token_type: "Bearer".into(),
-        expires_in: session::ACCESS_TTL_SECONDS,
-        user: record.user,
-    }))
-}
-
-/// The logged-in user.
-#[utoipa::path(
-    get, path = "/auth/me", tag = "auth",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The current user", body = User),
-        (status = 401, description = "Not logged in", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn me(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    principal: Principal,
-) -> ApiResult<axum::Json<User>> {
-    let user_id = principal.actor.id.ok_or_else(|| ApiError::Forbidden("only users have a profile".into()))?;
-    let record = state.store.get_user(principal.tenant_id, user_id).await?;
-    Ok(axum::Json(record.user))
+    if token.starts_with(credentials::AGENT_TOKEN_PREFIX) {
+        let agent =
+            state.store.find_agent_by_token(&credentials::hash(token)).await?.ok_or_else(|| refused("agent"))?;
+        if agent.status == AgentStatus::Revoked {
+            return Err(refused("agent revoked"));
+        }
+        return Ok(Principal {
+            tenant_id: agent.tenant_id,
+            role: None,
+            credential: Credential::Agent { agent_id: agent.agent_id },
+        });
+    }
+    if token.starts_with(credentials::API_TOKEN_PREFIX) {
+        let found = state.store.find_api_token(&credentials::hash(token)).await?.ok_or_else(|| refused("api token"))?;
+        if found.token.revoked_at.is_some() || found.user_disabled || found.token.expires_at.is_some_and(|e| e <= now) {
+            return Err(refused("api token revoked, expired or its user disabled"));
+        }
+        state.store.touch_api_token(found.token.id, now).await?;
+        return Ok(Principal {
+            tenant_id: found.tenant_id,
+            role: Some(found.user_role),
+            credential: Credential::ApiToken {
+                token_id: found.token.id,
+                user_id: found.token.user_id,
+                scopes: found.token.scopes,
+            },
+        });
+    }
+    let claims = state.sessions.verify(token, &state.clock).ok_or_else(|| refused("session token"))?;
+    let live = state.store.live_session_user(claims.sub, claims.sid, now).await?.ok_or_else(|| refused("session"))?;
+    Ok(Principal {
+        tenant_id: live.tenant_id,
+        role: Some(live.role),
+        credential: Credential::Session { user_id: claims.sub, session_id: claims.sid },
+    })
 }

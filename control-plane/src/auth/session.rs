@@ -19,6 +19,8 @@ pub struct Claims {
     pub sub: Id,
     /// Tenant id.
     pub tid: Id,
+    /// Session (refresh family) id: revoking the session ends this token too.
+    pub sid: Id,
     pub role: Role,
     pub iat: i64,
     pub exp: i64,
@@ -43,9 +45,23 @@ impl SessionKeys {
         Ok(Self { encoding: EncodingKey::from_secret(&key), decoding: DecodingKey::from_secret(&key), validation })
     }
 
-    pub fn issue(&self, user_id: Id, tenant_id: Id, role: Role, clock: &Clock) -> anyhow::Result<String> {
+    pub fn issue(
+        &self,
+        user_id: Id,
+        tenant_id: Id,
+        session_id: Id,
+        role: Role,
+        clock: &Clock,
+    ) -> anyhow::Result<String> {
         let now = clock.now().timestamp();
-        let claims = Claims { sub: user_id, tid: tenant_id, role, iat: now, exp: now + ACCESS_TTL_SECONDS as i64 };
+        let claims = Claims {
+            sub: user_id,
+            tid: tenant_id,
+            sid: session_id,
+            role,
+            iat: now,
+            exp: now + ACCESS_TTL_SECONDS as i64,
+        };
         Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
 

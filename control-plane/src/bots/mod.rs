@@ -2,7 +2,7 @@
 //! optimistic concurrency (`If-Match` / `ETag` carry the bot's `version`), delete.
 //! Starting and stopping bots goes through the command queue (`commands`).
 
-mod validate;
+pub mod validate;
 
 use axum::{
     extract::State,
@@ -11,7 +11,6 @@ use axum::{
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use botmox_contract::{
-    auth::Role,
     bots::{Bot, BotList, BotPatch, BotSpec, BotState},
     problem::Problem,
 };
@@ -88,7 +87,7 @@ fn name_conflict(err: StoreError) -> ApiError {
 /// List bots, filtered, one page at a time, with counts by state.
 #[utoipa::path(
     get, path = "/bots", tag = "bots",
-    security(("bearer" = [])),
+    security(("bearer" = ["bots:read"])),
     params(ListQuery),
     responses(
         (status = 200, description = "One page of bots", body = BotList),
@@ -100,7 +99,6 @@ async fn list_bots(
     principal: Principal,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<axum::Json<BotList>> {
-    principal.require(Role::Viewer)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request("invalid_query", format!("`limit` must be between 1 and {MAX_LIMIT}")));
@@ -121,7 +119,7 @@ async fn list_bots(
 /// Create a bot definition on an agent.
 #[utoipa::path(
     post, path = "/bots", tag = "bots",
-    security(("bearer" = [])),
+    security(("bearer" = ["bots:write"])),
     request_body = BotSpec,
     responses(
         (status = 201, description = "Created", body = Bot),
@@ -134,7 +132,6 @@ async fn create_bot(
     principal: Principal,
     Json(spec): Json<BotSpec>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     validate_spec(&spec)?;
     let bot = state
         .store
@@ -153,7 +150,7 @@ async fn create_bot(
 /// One bot, with its `ETag`.
 #[utoipa::path(
     get, path = "/bots/{id}", tag = "bots",
-    security(("bearer" = [])),
+    security(("bearer" = ["bots:read"])),
     params(("id" = Uuid, Path, description = "Bot id")),
     responses(
         (status = 200, description = "The bot", body = Bot),
@@ -161,7 +158,6 @@ async fn create_bot(
     )
 )]
 async fn get_bot(State(state): State<AppState>, principal: Principal, Path(id): Path<Uuid>) -> ApiResult<Response> {
-    principal.require(Role::Viewer)?;
     let bot = state.store.get_bot(principal.tenant_id, id).await?;
     Ok(with_etag(StatusCode::OK, bot))
 }
@@ -169,7 +165,7 @@ async fn get_bot(State(state): State<AppState>, principal: Principal, Path(id): 
 /// Change a bot's definition. With `If-Match`, only if its version still matches.
 #[utoipa::path(
     patch, path = "/bots/{id}", tag = "bots",
-    security(("bearer" = [])),
+    security(("bearer" = ["bots:write"])),
     params(
         ("id" = Uuid, Path, description = "Bot id"),
         ("If-Match" = Option<String>, Header, description = "The version the change is based on, e.g. \"3\""),
@@ -190,7 +186,6 @@ async fn update_bot(
     IfMatch(if_match): IfMatch,
     Json(patch): Json<BotPatch>,
 ) -> ApiResult<Response> {
-    principal.require(Role::Admin)?;
     // Without If-Match the caller asked for last-writer-wins: re-read and re-apply on a race.
     let attempts = if if_match.is_some() { 1 } else { 3 };
     for attempt in 1..=attempts {
@@ -233,7 +228,7 @@ async fn update_bot(
 /// Delete a bot (and its log lines). With `If-Match`, only if its version still matches.
 #[utoipa::path(
     delete, path = "/bots/{id}", tag = "bots",
-    security(("bearer" = [])),
+    security(("bearer" = ["bots:write"])),
     params(
         ("id" = Uuid, Path, description = "Bot id"),
         ("If-Match" = Option<String>, Header, description = "The version the deletion is based on"),
@@ -250,7 +245,6 @@ async fn delete_bot(
     Path(id): Path<Uuid>,
     IfMatch(if_match): IfMatch,
 ) -> ApiResult<StatusCode> {
-    principal.require(Role::Admin)?;
     state.store.delete_bot(principal.tenant_id, id, if_match).await?;
     tracing::info!(bot_id = %id, "bot deleted");
     Ok(StatusCode::NO_CONTENT)

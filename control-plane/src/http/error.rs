@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict { code: &'static str, detail: String },
     #[error("the resource changed: current version is {current}")]
     VersionMismatch { current: u64 },
+    #[error("too many attempts; retry in {retry_after_seconds} s")]
+    TooManyRequests { retry_after_seconds: u64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -62,6 +64,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +90,12 @@ impl ApiError {
                 format!("the resource was changed by someone else: its version is now {current}"),
                 None,
                 Some("GET it again, re-apply your change and send If-Match with the new version".into()),
+            ),
+            Self::TooManyRequests { retry_after_seconds } => (
+                "rate_limited".into(),
+                format!("too many attempts from here; retry in {retry_after_seconds} s"),
+                None,
+                Some("wait for the time in the Retry-After header".into()),
             ),
             Self::Internal(_) => (
                 "internal".into(),
@@ -144,6 +153,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::TooManyRequests { retry_after_seconds } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
         }
         response
     }

@@ -3,17 +3,20 @@
 //! cross-cutting layers (request ids, body limit, security headers, problem+json fallbacks).
 //! [`serve`] runs it on a listener until a shutdown signal.
 
+pub mod client;
 pub mod error;
 pub mod extract;
 pub mod request_id;
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::OnceLock};
 
 use axum::{
     extract::DefaultBodyLimit,
     http::{header, HeaderValue, StatusCode},
     middleware, Router,
 };
+
+pub use self::client::client_ip;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -23,7 +26,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use self::error::ApiError;
-use crate::{auth, bots, health, state::AppState};
+use crate::{
+    agents, audit,
+    auth::{self, policy::Policy},
+    bots, health, secrets,
+    state::AppState,
+    tokens, users,
+};
 
 /// Largest request body accepted anywhere (a bot definition is a few KiB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -36,8 +45,14 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
     ),
     modifiers(&BearerAuth),
     tags(
-        (name = "auth", description = "Login and the current user"),
+        (name = "auth", description = "Login, sessions and the current user"),
+        (name = "users", description = "Users and their roles (admins)"),
+        (name = "tokens", description = "API tokens for scripts"),
+        (name = "agents", description = "Hosts: registry, pairing, revocation"),
+        (name = "agent", description = "What an agent calls with its agent token"),
         (name = "bots", description = "Bot definitions and their observed state"),
+        (name = "secrets", description = "The secrets vault (values go in, never out)"),
+        (name = "audit", description = "The append-only audit log"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]
@@ -49,15 +64,39 @@ impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            auth::policy::USER_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A session access token (from /auth/login) or an API token (`bmx_…`). The scope listed on \
+                         an operation is what an API token needs; a session needs the role that scope implies.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            auth::policy::AGENT_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An agent token (`bmxa_…`), from pairing."))
+                    .build(),
+            ),
         );
     }
 }
 
 /// Every route with its OpenAPI description; the matrix and docs are derived from this.
 pub fn api_router() -> OpenApiRouter<AppState> {
-    let v1 = OpenApiRouter::new().merge(auth::router()).merge(bots::router());
+    let v1 = OpenApiRouter::new()
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(tokens::router())
+        .merge(agents::router())
+        .merge(bots::router())
+        .merge(secrets::router())
+        .merge(audit::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).merge(health::router())
 }
 
@@ -66,9 +105,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
+/// The access rules of every route, read from the OpenAPI document (see `auth::policy`).
+/// Panics if a route lacks a rule: that is a programming error caught by every test.
+pub fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| match Policy::from_openapi(&openapi()) {
+        Ok(policy) => policy,
+        Err(problems) => panic!("routes without a valid access rule: {problems}"),
+    })
+}
+
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = api_router().split_for_parts();
-    router
+    policy();
+    let cors = state.settings.cors_origins.clone();
+    let router = router
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::policy::authorize))
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {
@@ -88,7 +140,24 @@ pub fn app(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
         .layer(middleware::from_fn(request_id::middleware))
-        .with_state(state)
+        .with_state(state);
+    if cors.is_empty() {
+        // CORS stays off: the panel is served from this origin and needs none.
+        router
+    } else {
+        router.layer(cors_layer(&cors))
+    }
+}
+
+/// Cross-origin access for the configured origins only (`--cors-origin`).
+fn cors_layer(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins.to_vec())
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH, request_id::HEADER.clone()])
+        .expose_headers([header::ETAG, header::LOCATION, request_id::HEADER.clone()])
+        .allow_credentials(true)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains in-flight requests.

@@ -121,3 +121,147 @@ impl Store {
         self.get_agent(tenant_id, id).await
     }
 }
+
+/// An agent token presented on a request, with what is needed to judge it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentAuth {
+    pub agent_id: Id,
+    pub tenant_id: Id,
+    pub status: AgentStatus,
+}
+
+impl Store {
+    /// The agent holding this token. A pending (rotated-to) token is promoted on its first use,
+    /// which retires the previous one.
+    pub async fn find_agent_by_token(&self, token_hash: &str) -> Result<Option<AgentAuth>> {
+        let row: Option<(String, String, String, Option<String>)> = with_pool!(self, read, |pool| {
+            sqlx::query_as(
+                "SELECT id, tenant_id, status, pending_token_hash FROM agents \
+                 WHERE token_hash = $1 OR pending_token_hash = $1",
+            )
+            .bind(token_hash)
+            .fetch_optional(pool)
+            .await?
+        });
+        let Some((id, tenant_id, status, pending)) = row else { return Ok(None) };
+        if pending.as_deref() == Some(token_hash) {
+            with_pool!(self, write, |pool| {
+                sqlx::query(
+                    "UPDATE agents SET token_hash = pending_token_hash, pending_token_hash = NULL \
+                     WHERE id = $1 AND pending_token_hash = $2",
+                )
+                .bind(&id)
+                .bind(token_hash)
+                .execute(pool)
+                .await?
+                .rows_affected()
+            });
+        }
+        Ok(Some(AgentAuth {
+            agent_id: parse_id(&id)?,
+            tenant_id: parse_id(&tenant_id)?,
+            status: AgentStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("agent status `{status}`")))?,
+        }))
+    }
+
+    /// Stages a new token for the agent; the current one works until the new one is used.
+    pub async fn stage_agent_token(&self, agent_id: Id, token_hash: &str, now: Timestamp) -> Result<()> {
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE agents SET pending_token_hash = $1, updated_at = $2 WHERE id = $3 AND status <> 'revoked'",
+            )
+            .bind(token_hash)
+            .bind(to_ms(now))
+            .bind(agent_id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::NotFound("agent"));
+        }
+        Ok(())
+    }
+
+    /// Revokes an agent: its tokens stop working at once and for good.
+    pub async fn revoke_agent(&self, tenant_id: Id, id: Id, now: Timestamp) -> Result<Agent> {
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE agents SET status = 'revoked', token_hash = NULL, pending_token_hash = NULL, \
+                 revoked_at = COALESCE(revoked_at, $1), connected_replica = NULL, updated_at = $1 \
+                 WHERE tenant_id = $2 AND id = $3",
+            )
+            .bind(to_ms(now))
+            .bind(tenant_id.to_string())
+            .bind(id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::NotFound("agent"));
+        }
+        self.get_agent(tenant_id, id).await
+    }
+
+    /// Renames an agent and/or replaces its labels.
+    pub async fn update_agent(
+        &self,
+        tenant_id: Id,
+        id: Id,
+        name: Option<&str>,
+        labels: Option<&Labels>,
+        now: Timestamp,
+    ) -> Result<Agent> {
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE agents SET name = COALESCE($1, name), labels = COALESCE($2, labels), updated_at = $3 \
+                 WHERE tenant_id = $4 AND id = $5",
+            )
+            .bind(name)
+            .bind(labels.map(to_json))
+            .bind(to_ms(now))
+            .bind(tenant_id.to_string())
+            .bind(id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::NotFound("agent"));
+        }
+        self.get_agent(tenant_id, id).await
+    }
+
+    /// Deletes an agent that hosts no bots (its commands go with it).
+    pub async fn delete_agent(&self, tenant_id: Id, id: Id) -> Result<()> {
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let bots: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bots WHERE tenant_id = $1 AND agent_id = $2")
+                    .bind(tenant_id.to_string())
+                    .bind(id.to_string())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if bots > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "the agent hosts {bots} bot(s): move or delete them first"
+                    )));
+                }
+                let deleted = sqlx::query("DELETE FROM agents WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant_id.to_string())
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound("agent"));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+}

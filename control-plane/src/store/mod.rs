@@ -14,9 +14,14 @@
 //! TTLs and retention without sleeping.
 
 mod agents;
+mod audit;
 mod bots;
 mod commands;
+mod pairing;
+mod secrets;
+mod sessions;
 mod tenants;
+mod tokens;
 mod users;
 
 use std::{path::PathBuf, str::FromStr, time::Duration};
@@ -28,11 +33,16 @@ use sqlx::{
     Connection, PgConnection, PgPool, SqlitePool,
 };
 
-pub use agents::NewAgent;
+pub use agents::{AgentAuth, NewAgent};
+pub use audit::{AuditFilter, NewAuditEntry};
 pub use bots::{definition_hash, BotFilter, BotPage, NewBot, UpdateBot};
 pub use commands::{CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewCommand};
+pub use pairing::{NewPairingCode, PairingHost, Redeemed};
+pub use secrets::SealedSecret;
+pub use sessions::{LiveUser, NewSession, Refresh};
 pub use tenants::DEFAULT_TENANT;
-pub use users::{NewUser, UserRecord};
+pub use tokens::{ApiTokenAuth, NewApiToken};
+pub use users::{NewUser, UserChanges, UserRecord};
 
 /// Which database to use.
 #[derive(Debug, Clone, PartialEq, Eq)]

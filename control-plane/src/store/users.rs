@@ -51,6 +51,7 @@ impl TryFrom<UserRow> for UserRecord {
                 username: row.username,
                 email: row.email,
                 role: Role::parse(&row.role).ok_or_else(|| StoreError::Corrupt(format!("role `{}`", row.role)))?,
+                disabled: row.disabled_at.is_some(),
                 created_at: from_ms(row.created_at)?,
             },
             password_hash: row.password_hash,
@@ -109,6 +110,83 @@ impl Store {
                 .bind(tenant_id.to_string())
                 .fetch_one(pool)
                 .await?
+        });
+        Ok(n as u64)
+    }
+}
+
+/// Changes to a user; `None` keeps a field.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    pub email: Option<Option<String>>,
+    pub role: Option<Role>,
+    pub password_hash: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+impl Store {
+    pub async fn list_users(&self, tenant_id: Id) -> Result<Vec<UserRecord>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY username");
+        let rows: Vec<UserRow> =
+            with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(tenant_id.to_string()).fetch_all(pool).await? });
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    pub async fn update_user(&self, tenant_id: Id, id: Id, changes: UserChanges, now: Timestamp) -> Result<UserRecord> {
+        let disabled_at = changes.disabled.map(|d| if d { Some(to_ms(now)) } else { None });
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE users SET \
+                 email = CASE WHEN $1 THEN $2 ELSE email END, \
+                 role = COALESCE($3, role), \
+                 password_hash = COALESCE($4, password_hash), \
+                 disabled_at = CASE WHEN $5 THEN $6 ELSE disabled_at END, \
+                 updated_at = $7 \
+                 WHERE tenant_id = $8 AND id = $9",
+            )
+            .bind(changes.email.is_some())
+            .bind(changes.email.clone().flatten())
+            .bind(changes.role.map(Role::as_str))
+            .bind(&changes.password_hash)
+            .bind(disabled_at.is_some())
+            .bind(disabled_at.flatten())
+            .bind(to_ms(now))
+            .bind(tenant_id.to_string())
+            .bind(id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::NotFound("user"));
+        }
+        self.get_user(tenant_id, id).await
+    }
+
+    pub async fn delete_user(&self, tenant_id: Id, id: Id) -> Result<()> {
+        let deleted = with_pool!(self, write, |pool| {
+            sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant_id.to_string())
+                .bind(id.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if deleted == 0 {
+            return Err(StoreError::NotFound("user"));
+        }
+        Ok(())
+    }
+
+    /// Enabled admins of a tenant (the last one may not be demoted, disabled or deleted).
+    pub async fn count_active_admins(&self, tenant_id: Id) -> Result<u64> {
+        let n: i64 = with_pool!(self, read, |pool| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM users WHERE tenant_id = $1 AND role = 'admin' AND disabled_at IS NULL",
+            )
+            .bind(tenant_id.to_string())
+            .fetch_one(pool)
+            .await?
         });
         Ok(n as u64)
     }

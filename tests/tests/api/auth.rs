@@ -74,7 +74,7 @@ async fn viewers_read_but_cannot_change_bots(backend: Backend) -> anyhow::Result
     )
     .await?;
     assert_eq!(status, 403);
-    assert_eq!(body["code"], "forbidden");
+    assert_eq!(body["code"], "insufficient_scope");
     let path = format!("/api/v1/bots/{}", bot["id"].as_str().unwrap_or_default());
     let (status, _) = send(app.client.delete(app.url(&path)).bearer_auth(&viewer)).await?;
     assert_eq!(status, 403);

@@ -3,4 +3,5 @@
 mod auth;
 mod bots;
 mod errors;
+mod matrix;
 mod openapi;

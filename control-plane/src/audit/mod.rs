@@ -1,0 +1,82 @@
+//! `GET /audit`: the tenant's audit log, newest first, filtered, cursor-paginated. Entries are
+//! written by the authorisation middleware (every state-changing request), by login, pairing
+//! and refresh, and by the supervisor. There is no route that changes or deletes one.
+
+use axum::extract::State;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use botmox_contract::audit::{ActorKind, AuditPage, Outcome};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    http::{
+        error::{ApiError, ApiResult},
+        extract::Query,
+    },
+    state::AppState,
+    store::AuditFilter,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_audit))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    actor_kind: Option<ActorKind>,
+    actor_id: Option<Uuid>,
+    /// The operation, e.g. `create_bot`, `login`.
+    action: Option<String>,
+    /// `kind:id`, e.g. `bot:0193…`.
+    target: Option<String>,
+    outcome: Option<Outcome>,
+    cursor: Option<String>,
+    /// 1 to 500 (default 100).
+    limit: Option<u32>,
+}
+
+/// The audit log.
+#[utoipa::path(
+    get, path = "/audit", tag = "audit",
+    security(("bearer" = ["audit:read"])),
+    params(AuditQuery),
+    responses((status = 200, description = "One page, newest first", body = AuditPage))
+)]
+async fn list_audit(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult<axum::Json<AuditPage>> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 500"));
+    }
+    let before_id = match &query.cursor {
+        Some(cursor) => Some(
+            URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .and_then(|id| Uuid::parse_str(&id).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`cursor` is not one this server handed out"))?,
+        ),
+        None => None,
+    };
+    let filter = AuditFilter {
+        actor_kind: query.actor_kind,
+        actor_id: query.actor_id,
+        action: query.action,
+        target: query.target,
+        outcome: query.outcome,
+        before_id,
+        limit,
+    };
+    let (items, has_more) = state.store.list_audit(principal.tenant_id, &filter).await?;
+    let next_cursor = if has_more { items.last().map(|e| URL_SAFE_NO_PAD.encode(e.id.to_string())) } else { None };
+    Ok(axum::Json(AuditPage { items, next_cursor }))
+}

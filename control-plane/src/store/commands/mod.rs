@@ -1,0 +1,349 @@
+//! The durable command queue: enqueue (idempotent), claim with a lease, ack, complete, cancel,
+//! TTL expiry, lease re-queue and dead-lettering. The lifecycle is SPEC §3's:
+//!
+//! ```text
+//! queued ──claim──▶ dispatched ──ack──▶ running ──complete──▶ succeeded | failed
+//!   │  ▲               │   │                 │
+//!   │  └─lease expired─┘   └──complete──▶    └─deadline passed──▶ timed_out
+//!   │     (attempt < max)   (result without ack)
+//!   ├─TTL passed──▶ expired          dispatched, lease expired, attempt = max ──▶ dead_lettered
+//!   └─cancel (also from dispatched, running)──▶ cancelled
+//! ```
+//!
+//! Any other transition is refused with [`StoreError::InvalidTransition`].
+
+mod batch;
+mod reads;
+mod rows;
+
+use std::time::Duration;
+
+use botmox_contract::{
+    audit::Actor,
+    commands::{Command, CommandKind, CommandStatus},
+    Id, Timestamp,
+};
+
+use self::rows::{into_commands, CommandRow, COMMAND_COLUMNS};
+use super::{new_id, to_json, to_ms, with_pool, Backend, Result, Store, StoreError};
+
+/// What to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub tenant_id: Id,
+    pub agent_id: Id,
+    pub bot_id: Option<Id>,
+    pub kind: CommandKind,
+    pub payload: serde_json::Value,
+    /// Unique per tenant: a repeat returns the first command.
+    pub idempotency_key: Option<String>,
+    pub created_by: Actor,
+    /// Not dispatched within this → `expired`.
+    pub ttl: Duration,
+    /// Dispatched and not acked within this → back to `queued` (or dead-lettered).
+    pub lease: Duration,
+    /// Acked and no result within this → `timed_out`.
+    pub run_timeout: Duration,
+    /// Dispatches allowed before dead-lettering.
+    pub max_attempts: u32,
+}
+
+/// The result of an enqueue: a new command, or the first one with the same idempotency key.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    Created(Command),
+    Existing(Command),
+}
+
+/// How an agent says a command ended.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    pub ok: bool,
+    pub result: serde_json::Value,
+    pub error: Option<String>,
+}
+
+/// What one pass of lease/deadline hygiene changed.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseSweep {
+    pub requeued: Vec<Command>,
+    pub dead_lettered: Vec<Command>,
+    pub timed_out: Vec<Command>,
+}
+
+/// Filters of `GET /commands`, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct CommandFilter {
+    pub status: Option<CommandStatus>,
+    pub agent_id: Option<Id>,
+    pub bot_id: Option<Id>,
+    /// Only commands older than this id (the API's cursor).
+    pub before_id: Option<Id>,
+    pub limit: u32,
+}
+
+impl Enqueued {
+    /// The command, whichever way it came.
+    pub fn command(&self) -> &Command {
+        match self {
+            Enqueued::Created(c) | Enqueued::Existing(c) => c,
+        }
+    }
+
+    pub fn into_command(self) -> Command {
+        match self {
+            Enqueued::Created(c) | Enqueued::Existing(c) => c,
+        }
+    }
+
+    pub fn is_created(&self) -> bool {
+        matches!(self, Enqueued::Created(_))
+    }
+}
+
+/// The longest TTL, lease or run timeout the queue stores: far beyond any sane setting, and
+/// small enough that `now + duration` stays a representable time.
+const MAX_DURATION_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(MAX_DURATION_MS)
+}
+
+/// Why a guarded `UPDATE … WHERE status IN (…)` matched nothing. `current` is the row read
+/// afterwards: gone (or not the caller's) → `NotFound`; already where the caller wanted it and
+/// `repeat_ok` → that row, unchanged (an idempotent repeat); otherwise the refused transition.
+fn refused(id: Id, current: Option<CommandRow>, to: CommandStatus, repeat_ok: bool) -> Result<Command> {
+    let row = current.ok_or(StoreError::NotFound("command"))?;
+    let from = row.status()?;
+    if repeat_ok && from == to {
+        return row.try_into();
+    }
+    Err(StoreError::InvalidTransition { id, from: from.as_str(), to: to.as_str() })
+}
+
+impl Store {
+    /// Queues a command for `new.agent_id`, which must be an agent of `new.tenant_id`. With an
+    /// idempotency key already used in the tenant, nothing is inserted and the first command
+    /// comes back as [`Enqueued::Existing`]; concurrent repeats agree on one command (the
+    /// unique index decides, not a prior read).
+    pub async fn enqueue_command(&self, new: NewCommand, now: Timestamp) -> Result<Enqueued> {
+        let now_ms = to_ms(now);
+        let tenant = new.tenant_id.to_string();
+        // One statement: the agent check is the SELECT, the idempotency check is the conflict.
+        let sql = format!(
+            "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
+             created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
+             created_at, updated_at) \
+             SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, 0, $10, $11, $12, $13, $14, $14 \
+             FROM agents WHERE tenant_id = $2 AND id = $3 \
+             ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}"
+        );
+        let inserted: Option<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(new_id().to_string())
+                .bind(&tenant)
+                .bind(new.agent_id.to_string())
+                .bind(new.bot_id.map(|id| id.to_string()))
+                .bind(new.kind.as_str())
+                .bind(to_json(&new.payload))
+                .bind(&new.idempotency_key)
+                .bind(new.created_by.kind.as_str())
+                .bind(new.created_by.id.map(|id| id.to_string()))
+                .bind(i64::from(new.max_attempts))
+                .bind(duration_ms(new.lease))
+                .bind(duration_ms(new.run_timeout))
+                .bind(now_ms.saturating_add(duration_ms(new.ttl)))
+                .bind(now_ms)
+                .fetch_optional(pool)
+                .await?
+        });
+        if let Some(row) = inserted {
+            return Ok(Enqueued::Created(row.try_into()?));
+        }
+        // Nothing inserted: either the key was taken (the first command is committed by now:
+        // Postgres waited for it, SQLite's single writer ran it before us) or the agent is not
+        // the tenant's.
+        if let Some(key) = &new.idempotency_key {
+            let sql = format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE tenant_id = $1 AND idempotency_key = $2");
+            let existing: Option<CommandRow> = with_pool!(self, read, |pool| {
+                sqlx::query_as(&sql).bind(&tenant).bind(key).fetch_optional(pool).await?
+            });
+            if let Some(row) = existing {
+                return Ok(Enqueued::Existing(row.try_into()?));
+            }
+        }
+        Err(StoreError::Reference(format!("agent {} does not exist", new.agent_id)))
+    }
+
+    /// Claims the oldest dispatchable command of an agent (see [`Store::claim_commands`]).
+    pub async fn claim_next_command(&self, agent_id: Id, now: Timestamp) -> Result<Option<Command>> {
+        Ok(self.claim_commands(agent_id, 1, now).await?.pop())
+    }
+
+    /// Claims up to `limit` of the agent's oldest `queued` commands whose TTL has not passed:
+    /// each becomes `dispatched` with attempt + 1 and a lease of its `lease`, in one statement.
+    /// Returned oldest first. Concurrent claimers never get the same command: Postgres skips
+    /// rows another claimer holds (`SKIP LOCKED`), SQLite's single writer runs one claim at a time.
+    pub async fn claim_commands(&self, agent_id: Id, limit: u32, now: Timestamp) -> Result<Vec<Command>> {
+        let lock = match self.backend {
+            Backend::Sqlite { .. } => "",
+            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+        };
+        // MATERIALIZED: the picking subquery runs exactly once, whatever plan is chosen.
+        let sql = format!(
+            "WITH picked AS MATERIALIZED (\
+                 SELECT id AS picked_id FROM commands \
+                 WHERE agent_id = $1 AND status = 'queued' AND expires_at > $2 ORDER BY id LIMIT $3 {lock}) \
+             UPDATE commands SET status = 'dispatched', attempt = attempt + 1, dispatched_at = $2, \
+                 lease_expires_at = $2 + lease_ms, updated_at = $2 \
+             FROM picked WHERE id = picked_id AND status = 'queued' \
+             RETURNING {COMMAND_COLUMNS}"
+        );
+        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(agent_id.to_string())
+                .bind(to_ms(now))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        into_commands(rows)
+    }
+
+    /// The agent received `command_id`: `dispatched → running`, and the lease becomes the
+    /// execution deadline (`now + run_timeout`). Acking a `running` command again returns it
+    /// unchanged; a command of another agent is `NotFound`.
+    pub async fn ack_command(&self, agent_id: Id, command_id: Id, now: Timestamp) -> Result<Command> {
+        let sql = format!(
+            "UPDATE commands SET status = 'running', acked_at = $1, lease_expires_at = $1 + run_timeout_ms, \
+             updated_at = $1 WHERE id = $2 AND agent_id = $3 AND status = 'dispatched' RETURNING {COMMAND_COLUMNS}"
+        );
+        let row: Option<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(to_ms(now))
+                .bind(command_id.to_string())
+                .bind(agent_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        match row {
+            Some(row) => row.try_into(),
+            None => {
+                refused(command_id, self.agent_command_row(agent_id, command_id).await?, CommandStatus::Running, true)
+            }
+        }
+    }
+
+    /// The agent's answer: `dispatched | running → succeeded | failed`, with the result, and
+    /// the lease cleared. The same answer again (a redelivery answered from the agent's
+    /// journal) returns the finished command unchanged; any other terminal status refuses.
+    pub async fn complete_command(
+        &self,
+        agent_id: Id,
+        command_id: Id,
+        outcome: CommandOutcome,
+        now: Timestamp,
+    ) -> Result<Command> {
+        let to = if outcome.ok { CommandStatus::Succeeded } else { CommandStatus::Failed };
+        let result = (!outcome.result.is_null()).then(|| to_json(&outcome.result));
+        let sql = format!(
+            "UPDATE commands SET status = $1, result = $2, error = $3, finished_at = $4, lease_expires_at = NULL, \
+             updated_at = $4 WHERE id = $5 AND agent_id = $6 AND status IN ('dispatched', 'running') \
+             RETURNING {COMMAND_COLUMNS}"
+        );
+        let row: Option<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(to.as_str())
+                .bind(&result)
+                .bind(&outcome.error)
+                .bind(to_ms(now))
+                .bind(command_id.to_string())
+                .bind(agent_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        match row {
+            Some(row) => row.try_into(),
+            None => refused(command_id, self.agent_command_row(agent_id, command_id).await?, to, true),
+        }
+    }
+
+    /// Someone with the right to do so gave up on a command that has not ended.
+    #[tracing::instrument(skip(self), fields(tenant_id = %tenant_id, command_id = %command_id))]
+    pub async fn cancel_command(&self, tenant_id: Id, command_id: Id, now: Timestamp) -> Result<Command> {
+        let sql = format!(
+            "UPDATE commands SET status = 'cancelled', finished_at = $1, lease_expires_at = NULL, updated_at = $1 \
+             WHERE tenant_id = $2 AND id = $3 AND status IN ('queued', 'dispatched', 'running') \
+             RETURNING {COMMAND_COLUMNS}"
+        );
+        let row: Option<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(to_ms(now))
+                .bind(tenant_id.to_string())
+                .bind(command_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        match row {
+            Some(row) => row.try_into(),
+            None => refused(
+                command_id,
+                self.tenant_command_row(tenant_id, command_id).await?,
+                CommandStatus::Cancelled,
+                false,
+            ),
+        }
+    }
+
+    /// Every `queued` command whose TTL has passed becomes `expired` (all tenants; the
+    /// supervisor's hygiene). Returns them oldest first.
+    #[tracing::instrument(skip(self))]
+    pub async fn expire_commands(&self, now: Timestamp) -> Result<Vec<Command>> {
+        let sql = format!(
+            "UPDATE commands SET status = 'expired', finished_at = $1, updated_at = $1 \
+             WHERE status = 'queued' AND expires_at <= $1 RETURNING {COMMAND_COLUMNS}"
+        );
+        let rows: Vec<CommandRow> =
+            with_pool!(self, write, |pool| { sqlx::query_as(&sql).bind(to_ms(now)).fetch_all(pool).await? });
+        into_commands(rows)
+    }
+
+    /// Lease hygiene, in one transaction: a `dispatched` command whose lease has passed goes
+    /// back to `queued` (lease cleared) while it has attempts left, else `dead_lettered`; a
+    /// `running` command past its execution deadline is `timed_out`.
+    #[tracing::instrument(skip(self))]
+    pub async fn sweep_leases(&self, now: Timestamp) -> Result<LeaseSweep> {
+        let requeue = format!(
+            "UPDATE commands SET status = 'queued', lease_expires_at = NULL, updated_at = $1 \
+             WHERE status = 'dispatched' AND lease_expires_at <= $1 AND attempt < max_attempts \
+             RETURNING {COMMAND_COLUMNS}"
+        );
+        let dead_letter = format!(
+            "UPDATE commands SET status = 'dead_lettered', lease_expires_at = NULL, finished_at = $1, updated_at = $1 \
+             WHERE status = 'dispatched' AND lease_expires_at <= $1 AND attempt >= max_attempts \
+             RETURNING {COMMAND_COLUMNS}"
+        );
+        let time_out = format!(
+            "UPDATE commands SET status = 'timed_out', lease_expires_at = NULL, finished_at = $1, updated_at = $1 \
+             WHERE status = 'running' AND lease_expires_at <= $1 RETURNING {COMMAND_COLUMNS}"
+        );
+        let now_ms = to_ms(now);
+        let (requeued, dead_lettered, timed_out): (Vec<CommandRow>, Vec<CommandRow>, Vec<CommandRow>) =
+            with_pool!(self, write, |pool| {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let requeued = sqlx::query_as(&requeue).bind(now_ms).fetch_all(&mut *tx).await?;
+                    let dead_lettered = sqlx::query_as(&dead_letter).bind(now_ms).fetch_all(&mut *tx).await?;
+                    let timed_out = sqlx::query_as(&time_out).bind(now_ms).fetch_all(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>((requeued, dead_lettered, timed_out))
+                }
+                .await?
+            });
+        Ok(LeaseSweep {
+            requeued: into_commands(requeued)?,
+            dead_lettered: into_commands(dead_lettered)?,
+            timed_out: into_commands(timed_out)?,
+        })
+    }
+}

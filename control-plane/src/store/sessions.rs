@@ -1,0 +1,205 @@
+//! Login sessions and their rotating refresh tokens (stored as SHA-256 hashes only).
+
+use botmox_contract::{auth::Role, Id, Timestamp};
+
+use super::{from_ms, new_id, parse_id, to_ms, with_pool, Result, Store, StoreError};
+
+pub struct NewSession {
+    pub tenant_id: Id,
+    pub user_id: Id,
+    pub expires_at: Timestamp,
+    /// Hash of the first refresh token of the family.
+    pub refresh_hash: String,
+    pub source_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// The token was current: it is now used, and `new_hash` is the family's current token.
+    Rotated { session_id: Id, tenant_id: Id, user_id: Id },
+    /// The token had already been rotated away: someone replayed it, so the family is revoked.
+    Reused { session_id: Id },
+    /// Unknown, expired, or its session is revoked.
+    Invalid,
+}
+
+/// The live facts a request's credentials are checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveUser {
+    pub tenant_id: Id,
+    pub role: Role,
+}
+
+impl Store {
+    pub async fn create_session(&self, new: NewSession, now: Timestamp) -> Result<Id> {
+        let id = new_id();
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO sessions (id, tenant_id, user_id, created_at, expires_at, source_ip, user_agent) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id.to_string())
+                .bind(new.tenant_id.to_string())
+                .bind(new.user_id.to_string())
+                .bind(to_ms(now))
+                .bind(to_ms(new.expires_at))
+                .bind(&new.source_ip)
+                .bind(&new.user_agent)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
+                    .bind(&new.refresh_hash)
+                    .bind(id.to_string())
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            }
+            .await
+        })?;
+        Ok(id)
+    }
+
+    /// Exchanges the refresh token `presented_hash` for `new_hash`, in one transaction.
+    pub async fn rotate_refresh_token(&self, presented_hash: &str, new_hash: &str, now: Timestamp) -> Result<Refresh> {
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let row: Option<(Option<i64>, String, Option<i64>, i64, String, String, Option<i64>)> = sqlx::query_as(
+                    "SELECT rt.used_at, s.id, s.revoked_at, s.expires_at, s.tenant_id, s.user_id, u.disabled_at \
+                     FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id JOIN users u ON u.id = s.user_id \
+                     WHERE rt.token_hash = $1",
+                )
+                .bind(presented_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((used_at, session_id, revoked_at, expires_at, tenant_id, user_id, disabled_at)) = row else {
+                    return Ok(Refresh::Invalid);
+                };
+                if revoked_at.is_some() || expires_at <= to_ms(now) || disabled_at.is_some() {
+                    return Ok(Refresh::Invalid);
+                }
+                if used_at.is_some() {
+                    sqlx::query(
+                        "UPDATE sessions SET revoked_at = $1, revoked_reason = 'refresh token reused' WHERE id = $2",
+                    )
+                    .bind(to_ms(now))
+                    .bind(&session_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(Refresh::Reused { session_id: parse_id(&session_id)? });
+                }
+                sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2")
+                    .bind(to_ms(now))
+                    .bind(presented_hash)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
+                    .bind(new_hash)
+                    .bind(&session_id)
+                    .bind(to_ms(now))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Refresh::Rotated {
+                    session_id: parse_id(&session_id)?,
+                    tenant_id: parse_id(&tenant_id)?,
+                    user_id: parse_id(&user_id)?,
+                })
+            }
+            .await
+        })
+    }
+
+    /// Revokes one session (logout). Returns false when it was unknown or already revoked.
+    pub async fn revoke_session(&self, session_id: Id, reason: &str, now: Timestamp) -> Result<bool> {
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query("UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
+                .bind(to_ms(now))
+                .bind(reason)
+                .bind(session_id.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(changed > 0)
+    }
+
+    /// Revokes every session of a user (password change, disable, role change).
+    pub async fn revoke_user_sessions(&self, user_id: Id, reason: &str, now: Timestamp) -> Result<u64> {
+        Ok(with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE user_id = $3 AND revoked_at IS NULL",
+            )
+            .bind(to_ms(now))
+            .bind(reason)
+            .bind(user_id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// The per-request check of a session access token: the user still exists and is enabled,
+    /// and the session is neither revoked nor expired. Returns the user's *current* role.
+    pub async fn live_session_user(&self, user_id: Id, session_id: Id, now: Timestamp) -> Result<Option<LiveUser>> {
+        let row: Option<(String, String)> = with_pool!(self, read, |pool| {
+            sqlx::query_as(
+                "SELECT u.tenant_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.id = $1 AND u.id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3 \
+                 AND u.disabled_at IS NULL",
+            )
+            .bind(session_id.to_string())
+            .bind(user_id.to_string())
+            .bind(to_ms(now))
+            .fetch_optional(pool)
+            .await?
+        });
+        row.map(|(tenant_id, role)| {
+            Ok(LiveUser {
+                tenant_id: parse_id(&tenant_id)?,
+                role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role `{role}`")))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The session a refresh token (current or used) belongs to.
+    pub async fn session_of_refresh_token(&self, token_hash: &str) -> Result<Option<Id>> {
+        let id: Option<String> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await?
+        });
+        id.as_deref().map(parse_id).transpose()
+    }
+
+    /// (tenant, user) of a session.
+    pub async fn session_owner(&self, session_id: Id) -> Result<Option<(Id, Id)>> {
+        let row: Option<(String, String)> = with_pool!(self, read, |pool| {
+            sqlx::query_as("SELECT tenant_id, user_id FROM sessions WHERE id = $1")
+                .bind(session_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(|(t, u)| Ok((parse_id(&t)?, parse_id(&u)?))).transpose()
+    }
+
+    /// When a session expires (for cookie lifetimes).
+    pub async fn session_expiry(&self, session_id: Id) -> Result<Timestamp> {
+        let ms: Option<i64> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT expires_at FROM sessions WHERE id = $1")
+                .bind(session_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        from_ms(ms.ok_or(StoreError::NotFound("session"))?)
+    }
+}
