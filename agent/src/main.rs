@@ -47,7 +47,6 @@ enum Cmd {
 }
 
 #[derive(Debug, Args)]
-#[expect(dead_code, reason = "read once pairing is implemented; remove this then")]
 struct PairArgs {
     /// Server URL, e.g. https://botmox.example.com
     #[arg(long, value_name = "URL", value_parser = parse_server_url)]

@@ -70,7 +70,9 @@ impl Supervisor {
     pub fn wait(mut self) -> Outcome {
         let (outcome, interrupted) = loop {
             if let Some((name, status)) = self.reap_exited().into_iter().next() {
-                println!("==> {name} exited ({status}); stopping the rest");
+                let others_running = self.children.iter().any(|r| r.status.is_none());
+                let then = if others_running { "; stopping the rest" } else { "" };
+                println!("==> {name} exited ({status}){then}");
                 break (Outcome::ChildExited { name, status }, false);
             }
             match self.interrupts.recv_timeout(POLL_INTERVAL) {
@@ -169,5 +171,29 @@ fn request_stop(child: &mut Child, interrupted: bool) {
     if !interrupted {
         // An error means it already exited; the reaping loop notices.
         let _ = child.kill();
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// One test only: the Ctrl-C handler can be installed once per process.
+    #[test]
+    fn when_one_child_exits_the_others_are_stopped() -> Result<()> {
+        let mut supervisor = Supervisor::new()?;
+        supervisor.spawn("short", Command::new("sleep").arg("0.2"))?;
+        supervisor.spawn("long", Command::new("sleep").arg("60"))?;
+        let started = Instant::now();
+
+        let Outcome::ChildExited { name, status } = supervisor.wait() else {
+            panic!("expected a child to exit, not an interrupt");
+        };
+
+        assert_eq!(name, "short");
+        assert!(status.success());
+        // `long` was stopped by SIGTERM, not waited out or killed after STOP_TIMEOUT.
+        assert!(started.elapsed() < STOP_TIMEOUT);
+        Ok(())
     }
 }

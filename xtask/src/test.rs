@@ -2,7 +2,7 @@
 //! clearly: Postgres up, cargo-nextest present, formatting, clippy, then the whole test
 //! suite under nextest. `--quick` skips formatting and clippy.
 
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
@@ -51,7 +51,7 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
 
     cmd::step("cargo nextest run --workspace --no-fail-fast");
     cmd::run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))
-        .context("tests failed (nextest's summary is above)")?;
+        .context("tests failed or did not build (nextest's summary or the compiler errors are above)")?;
 
     println!("==> all checks passed in {:.0?}", started.elapsed());
     Ok(ExitCode::SUCCESS)
@@ -60,14 +60,22 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
 /// Installs cargo-nextest when `cargo nextest` is missing, so a fresh machine needs nothing
 /// set up by hand.
 fn ensure_nextest(cargo: &impl Fn() -> Command) -> Result<()> {
-    let mut version = cargo();
-    version.args(["nextest", "--version"]);
-    if cmd::run(&mut version).is_ok() {
+    if let Some(version) = nextest_version(cargo) {
+        println!("{version}");
         return Ok(());
     }
     println!("cargo-nextest is missing; installing it (takes a few minutes, once)");
     cmd::run(cargo().args(["install", "--locked", "cargo-nextest"])).context("could not install cargo-nextest")?;
-    cmd::run(&mut version).context("cargo-nextest was installed but does not run")
+    let version = nextest_version(cargo).context("cargo-nextest was installed but does not run")?;
+    println!("{version}");
+    Ok(())
+}
+
+/// The first line of `cargo nextest --version` (the rest is build details), if it runs.
+fn nextest_version(cargo: &impl Fn() -> Command) -> Option<String> {
+    let output = cargo().args(["nextest", "--version"]).stdin(Stdio::null()).output().ok()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    output.status.success().then(|| stdout.lines().next().unwrap_or_default().to_owned())
 }
 
 /// Adds a rustup component (rustfmt, clippy) when `cargo <subcommand>` is missing and
