@@ -52,6 +52,7 @@ impl AppState {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     // Bind first: a taken port fails fast, before anything touches the database.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -100,34 +101,48 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("API docs: {public_url}/docs");
     tracing::info!(%local, store = store.backend_name(), "listening");
 
-    http::serve(listener, http::app(state), shutdown_signal()).await.context("the HTTP server failed")?;
+    http::serve(listener, http::app(state), shutdown).await.context("the HTTP server failed")?;
     tracing::info!("shutting down: closing the store");
     store.close().await;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is *called* (not when
+/// the future is first polled), so a signal that arrives right after start-up is not lost.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    async {
-        let ctrl_c = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
+    #[cfg(unix)]
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate()).ok(), signal(SignalKind::interrupt()).ok())
+    };
+    async move {
         #[cfg(unix)]
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
+        {
+            let (mut terminate, mut interrupt) = signals;
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                Err(_) => std::future::pending::<()>().await,
+            };
+            let interrupted = async {
+                match interrupt.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = terminated => {},
+                () = interrupted => {},
             }
-        };
+        }
         #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => {},
-            () = terminate => {},
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
         }
         tracing::info!("shutdown signal received: draining requests");
     }

@@ -1,6 +1,9 @@
 //! The real `botmox` binary: first start, restart, both backends, and every way its
 //! configuration can be wrong (one clear line, non-zero exit, never a panic).
 
+mod admin;
+mod vault;
+
 use std::time::Duration;
 
 use botmox_contract::{agents::Agent, bots::BotSpec};
@@ -12,7 +15,7 @@ use botmox_e2e::{
 };
 use serde_json::{json, Value};
 
-async fn login(client: &reqwest::Client, server: &ServerProcess, password: &str) -> anyhow::Result<String> {
+pub async fn login(client: &reqwest::Client, server: &ServerProcess, password: &str) -> anyhow::Result<String> {
     let (status, body) =
         send(client.post(server.url("/api/v1/auth/login")).json(&json!({"username": "admin", "password": password})))
             .await?;
