@@ -51,7 +51,7 @@ pub enum AgentFrame {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    Command(CommandEnvelope),
+    Command(Box<CommandEnvelope>),
     /// Stop executing a command that is running.
     Cancel {
         command_id: Uuid,

@@ -186,21 +186,29 @@ async fn refresh(
 )]
 async fn logout(
     State(state): State<AppState>,
+    client: ClientInfo,
     jar: CookieJar,
     headers: axum::http::HeaderMap,
 ) -> ApiResult<(CookieJar, StatusCode)> {
     let now = state.clock.now();
+    let mut sessions = Vec::new();
     if let Some(cookie) = jar.get(REFRESH_COOKIE).filter(|c| !c.value().is_empty()) {
-        if let Some(session_id) = state.store.session_of_refresh_token(&credentials::hash(cookie.value())).await? {
-            state.store.revoke_session(session_id, "logout", now).await?;
-        }
+        sessions.extend(state.store.session_of_refresh_token(&credentials::hash(cookie.value())).await?);
     }
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     if let Some(claims) = bearer.and_then(|token| state.sessions.verify(token.trim(), &state.clock)) {
-        state.store.revoke_session(claims.sid, "logout", now).await?;
+        sessions.push(claims.sid);
+    }
+    // Ending a session changes state, so it is audited like every other change (SPEC §3).
+    for session_id in sessions {
+        if state.store.revoke_session(session_id, "logout", now).await? {
+            if let Some((tenant_id, user_id)) = state.store.session_owner(session_id).await? {
+                audit_auth(&state, tenant_id, user_id, "logout", Outcome::Success, &client).await;
+            }
+        }
     }
     Ok((jar.add(cleared_cookie(&state)), StatusCode::NO_CONTENT))
 }

@@ -139,6 +139,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
         .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .layer(middleware::from_fn(html_security_headers))
         .layer(middleware::from_fn(request_id::middleware))
         .with_state(state);
     if cors.is_empty() {
@@ -147,6 +148,28 @@ pub fn app(state: AppState) -> Router {
     } else {
         router.layer(cors_layer(&cors))
     }
+}
+
+/// Pages (today the API docs, later the panel) may load nothing from anywhere but this server,
+/// and may not be framed.
+async fn html_security_headers(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    let mut response = next.run(req).await;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html {
+        response.headers_mut().insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+                 frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            ),
+        );
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
 }
 
 /// Cross-origin access for the configured origins only (`--cors-origin`).

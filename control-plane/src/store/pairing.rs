@@ -27,10 +27,20 @@ pub struct PairingHost {
 
 #[derive(Debug)]
 pub enum Redeemed {
-    Paired { tenant_id: Id, agent: Agent },
+    Paired { tenant_id: Id, agent: Box<Agent> },
     Unknown,
     Expired,
     AlreadyUsed,
+}
+
+#[derive(sqlx::FromRow)]
+struct CodeRow {
+    id: String,
+    tenant_id: String,
+    name: Option<String>,
+    labels: String,
+    expires_at: i64,
+    used_at: Option<i64>,
 }
 
 impl Store {
@@ -61,13 +71,13 @@ impl Store {
         let redeemed: Result<Option<(Id, Id)>, Redeemed> = with_pool!(self, write, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                let row: Option<(String, String, Option<String>, String, i64, Option<i64>)> = sqlx::query_as(
+                let row: Option<CodeRow> = sqlx::query_as(
                     "SELECT id, tenant_id, name, labels, expires_at, used_at FROM pairing_codes WHERE code_hash = $1",
                 )
                 .bind(code_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((code_id, tenant_id, name, labels, expires_at, used_at)) = row else {
+                let Some(CodeRow { id: code_id, tenant_id, name, labels, expires_at, used_at }) = row else {
                     return Ok::<_, StoreError>(Err(Redeemed::Unknown));
                 };
                 if used_at.is_some() {
@@ -115,7 +125,7 @@ impl Store {
         })?;
         match redeemed {
             Ok(Some((tenant_id, agent_id))) => {
-                Ok(Redeemed::Paired { tenant_id, agent: self.get_agent(tenant_id, agent_id).await? })
+                Ok(Redeemed::Paired { tenant_id, agent: Box::new(self.get_agent(tenant_id, agent_id).await?) })
             }
             Ok(None) => Ok(Redeemed::Unknown),
             Err(outcome) => Ok(outcome),

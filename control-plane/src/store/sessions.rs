@@ -32,6 +32,18 @@ pub struct LiveUser {
     pub role: Role,
 }
 
+/// A presented refresh token with its session and user.
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    used_at: Option<i64>,
+    session_id: String,
+    revoked_at: Option<i64>,
+    expires_at: i64,
+    tenant_id: String,
+    user_id: String,
+    disabled_at: Option<i64>,
+}
+
 impl Store {
     pub async fn create_session(&self, new: NewSession, now: Timestamp) -> Result<Id> {
         let id = new_id();
@@ -70,15 +82,18 @@ impl Store {
         with_pool!(self, write, |pool| {
             async {
                 let mut tx = pool.begin().await?;
-                let row: Option<(Option<i64>, String, Option<i64>, i64, String, String, Option<i64>)> = sqlx::query_as(
-                    "SELECT rt.used_at, s.id, s.revoked_at, s.expires_at, s.tenant_id, s.user_id, u.disabled_at \
+                let row: Option<RefreshRow> = sqlx::query_as(
+                    "SELECT rt.used_at, s.id AS session_id, s.revoked_at, s.expires_at, s.tenant_id, s.user_id, \
+                     u.disabled_at \
                      FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id JOIN users u ON u.id = s.user_id \
                      WHERE rt.token_hash = $1",
                 )
                 .bind(presented_hash)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((used_at, session_id, revoked_at, expires_at, tenant_id, user_id, disabled_at)) = row else {
+                let Some(RefreshRow { used_at, session_id, revoked_at, expires_at, tenant_id, user_id, disabled_at }) =
+                    row
+                else {
                     return Ok(Refresh::Invalid);
                 };
                 if revoked_at.is_some() || expires_at <= to_ms(now) || disabled_at.is_some() {

@@ -48,6 +48,10 @@ async fn openapi_lists_every_route_and_docs_need_no_internet() -> anyhow::Result
 
     let response = app.client.get(app.url("/docs/")).send().await?;
     assert_eq!(response.status(), 200);
+    let csp = response.headers()["content-security-policy"].to_str()?.to_owned();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     let html = response.text().await?;
     assert!(html.contains("swagger"), "the docs page is Swagger UI");
     for asset in ["swagger-ui.css", "swagger-ui-bundle.js", "swagger-initializer.js"] {

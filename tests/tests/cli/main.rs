@@ -139,7 +139,9 @@ async fn bad_configuration_is_one_clear_line_and_a_non_zero_exit() -> anyhow::Re
     let busy = std::net::TcpListener::bind("127.0.0.1:0")?;
     let busy_addr = busy.local_addr()?.to_string();
 
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (arguments, environment, what stderr must say)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (vec!["serve", "--database-url", "mysql://root@localhost/x"], vec![], "DATABASE_URL must start with"),
         (vec!["serve", "--database-url", "postgres://u@127.0.0.1:1/x"], vec![], "cannot open Postgres at"),
         (vec!["serve", "--database-url", "postgres://u:hunter2@127.0.0.1:1/x"], vec![], "u:***@127.0.0.1:1"),
