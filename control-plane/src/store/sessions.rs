@@ -99,7 +99,17 @@ impl Store {
                 if revoked_at.is_some() || expires_at <= to_ms(now) || disabled_at.is_some() {
                     return Ok(Refresh::Invalid);
                 }
-                if used_at.is_some() {
+                // `used_at IS NULL` again: of two racing refreshes with one token (Postgres runs
+                // them concurrently) only one claims it; the other is a reuse like any other.
+                let claimed = used_at.is_none()
+                    && sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL")
+                        .bind(to_ms(now))
+                        .bind(presented_hash)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                if !claimed {
                     sqlx::query(
                         "UPDATE sessions SET revoked_at = $1, revoked_reason = 'refresh token reused' WHERE id = $2",
                     )
@@ -110,11 +120,6 @@ impl Store {
                     tx.commit().await?;
                     return Ok(Refresh::Reused { session_id: parse_id(&session_id)? });
                 }
-                sqlx::query("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2")
-                    .bind(to_ms(now))
-                    .bind(presented_hash)
-                    .execute(&mut *tx)
-                    .await?;
                 sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
                     .bind(new_hash)
                     .bind(&session_id)

@@ -1,7 +1,13 @@
 //! API tests: the real app in-process on a real socket, over real SQLite and Postgres.
 
+mod audit;
 mod auth;
 mod bots;
 mod errors;
 mod matrix;
 mod openapi;
+mod pairing;
+mod secrets;
+mod sessions;
+mod tenants;
+mod tokens;
