@@ -42,7 +42,7 @@ pub use secrets::SealedSecret;
 pub use sessions::{LiveUser, NewSession, Refresh};
 pub use tenants::DEFAULT_TENANT;
 pub use tokens::{ApiTokenAuth, NewApiToken};
-pub use users::{NewUser, UserChanges, UserRecord};
+pub use users::{NewUser, UserChanges, UserRecord, LAST_ADMIN};
 
 /// Which database to use.
 #[derive(Debug, Clone, PartialEq, Eq)]

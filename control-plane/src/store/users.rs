@@ -115,6 +115,9 @@ impl Store {
     }
 }
 
+/// The conflict message of a change that would leave a tenant without an enabled admin.
+pub const LAST_ADMIN: &str = "the tenant must keep at least one enabled admin";
+
 /// Changes to a user; `None` keeps a field.
 #[derive(Debug, Clone, Default)]
 pub struct UserChanges {
@@ -132,50 +135,95 @@ impl Store {
         rows.into_iter().map(TryInto::try_into).collect()
     }
 
+    /// Applies `changes`; refuses (`Conflict`, "last admin") if they would leave the tenant
+    /// without an enabled admin. The check and the change are one transaction, and on Postgres
+    /// the tenant's admin rows are locked, so two racing demotions cannot both pass.
     pub async fn update_user(&self, tenant_id: Id, id: Id, changes: UserChanges, now: Timestamp) -> Result<UserRecord> {
         let disabled_at = changes.disabled.map(|d| if d { Some(to_ms(now)) } else { None });
-        let changed = with_pool!(self, write, |pool| {
-            sqlx::query(
-                "UPDATE users SET \
-                 email = CASE WHEN $1 THEN $2 ELSE email END, \
-                 role = COALESCE($3, role), \
-                 password_hash = COALESCE($4, password_hash), \
-                 disabled_at = CASE WHEN $5 THEN $6 ELSE disabled_at END, \
-                 updated_at = $7 \
-                 WHERE tenant_id = $8 AND id = $9",
-            )
-            .bind(changes.email.is_some())
-            .bind(changes.email.clone().flatten())
-            .bind(changes.role.map(Role::as_str))
-            .bind(&changes.password_hash)
-            .bind(disabled_at.is_some())
-            .bind(disabled_at.flatten())
-            .bind(to_ms(now))
-            .bind(tenant_id.to_string())
-            .bind(id.to_string())
-            .execute(pool)
-            .await?
-            .rows_affected()
-        });
-        if changed == 0 {
-            return Err(StoreError::NotFound("user"));
-        }
+        let removes_admin = changes.role.is_some_and(|r| r != Role::Admin) || changes.disabled == Some(true);
+        let lock = self.admin_lock_clause();
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let admins: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM users WHERE tenant_id = $1 AND role = 'admin' AND disabled_at IS NULL{lock}"
+                ))
+                .bind(tenant_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+                if removes_admin && admins.len() <= 1 && admins.contains(&id.to_string()) {
+                    return Err(StoreError::Conflict(LAST_ADMIN.into()));
+                }
+                let changed = sqlx::query(
+                    "UPDATE users SET \
+                     email = CASE WHEN $1 THEN $2 ELSE email END, \
+                     role = COALESCE($3, role), \
+                     password_hash = COALESCE($4, password_hash), \
+                     disabled_at = CASE WHEN $5 THEN $6 ELSE disabled_at END, \
+                     updated_at = $7 \
+                     WHERE tenant_id = $8 AND id = $9",
+                )
+                .bind(changes.email.is_some())
+                .bind(changes.email.clone().flatten())
+                .bind(changes.role.map(Role::as_str))
+                .bind(&changes.password_hash)
+                .bind(disabled_at.is_some())
+                .bind(disabled_at.flatten())
+                .bind(to_ms(now))
+                .bind(tenant_id.to_string())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Err(StoreError::NotFound("user"));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await
+        })?;
         self.get_user(tenant_id, id).await
     }
 
+    /// Deletes a user; refuses to delete the tenant's last enabled admin (same guarantee as
+    /// [`Store::update_user`]).
     pub async fn delete_user(&self, tenant_id: Id, id: Id) -> Result<()> {
-        let deleted = with_pool!(self, write, |pool| {
-            sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+        let lock = self.admin_lock_clause();
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let admins: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT id FROM users WHERE tenant_id = $1 AND role = 'admin' AND disabled_at IS NULL{lock}"
+                ))
                 .bind(tenant_id.to_string())
-                .bind(id.to_string())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if deleted == 0 {
-            return Err(StoreError::NotFound("user"));
+                .fetch_all(&mut *tx)
+                .await?;
+                if admins.len() <= 1 && admins.contains(&id.to_string()) {
+                    return Err(StoreError::Conflict(LAST_ADMIN.into()));
+                }
+                let deleted = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+                    .bind(tenant_id.to_string())
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound("user"));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    /// Postgres locks the rows it counts; SQLite's single writer already serialises.
+    fn admin_lock_clause(&self) -> &'static str {
+        match self.backend {
+            super::Backend::Postgres(_) => " FOR UPDATE",
+            super::Backend::Sqlite { .. } => "",
         }
-        Ok(())
     }
 
     /// Enabled admins of a tenant (the last one may not be demoted, disabled or deleted).

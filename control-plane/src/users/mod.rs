@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use botmox_contract::{
-    auth::{CreateUser, Role, UpdateUser, User},
+    auth::{CreateUser, UpdateUser, User},
     problem::Problem,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -21,7 +21,7 @@ use crate::{
         extract::{Json, Path},
     },
     state::AppState,
-    store::{NewUser, StoreError, UserChanges},
+    store::{NewUser, StoreError, UserChanges, LAST_ADMIN},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -50,8 +50,12 @@ fn validate_email(value: &str) -> ApiResult<()> {
     }
 }
 
-fn last_admin() -> ApiError {
-    ApiError::Conflict { code: "last_admin", detail: "the tenant must keep at least one enabled admin".into() }
+/// The store's last-admin refusal as the API's `last_admin` conflict.
+fn last_admin(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Conflict(detail) if detail == LAST_ADMIN => ApiError::Conflict { code: "last_admin", detail },
+        other => other.into(),
+    }
 }
 
 /// Users of your tenant.
@@ -119,18 +123,12 @@ async fn update_user(
     Path(id): Path<Uuid>,
     Json(body): Json<UpdateUser>,
 ) -> ApiResult<axum::Json<User>> {
-    let current = state.store.get_user(principal.tenant_id, id).await?;
+    state.store.get_user(principal.tenant_id, id).await?;
     if let Some(email) = &body.email {
         validate_email(email)?;
     }
     if let Some(new_password) = &body.password {
         validate_password("password", new_password)?;
-    }
-    let loses_admin = current.user.role == Role::Admin
-        && current.disabled_at.is_none()
-        && (body.role.is_some_and(|r| r != Role::Admin) || body.disabled == Some(true));
-    if loses_admin && state.store.count_active_admins(principal.tenant_id).await? <= 1 {
-        return Err(last_admin());
     }
     let password_hash = match body.password {
         Some(new_password) => Some(password::hash(new_password).await?),
@@ -139,7 +137,7 @@ async fn update_user(
     let ends_sessions = password_hash.is_some() || body.disabled == Some(true);
     let changes = UserChanges { email: body.email.map(Some), role: body.role, password_hash, disabled: body.disabled };
     let now = state.clock.now();
-    let record = state.store.update_user(principal.tenant_id, id, changes, now).await?;
+    let record = state.store.update_user(principal.tenant_id, id, changes, now).await.map_err(last_admin)?;
     if ends_sessions {
         state.store.revoke_user_sessions(id, "changed by an admin", now).await?;
     }
@@ -162,13 +160,6 @@ async fn delete_user(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let current = state.store.get_user(principal.tenant_id, id).await?;
-    if current.user.role == Role::Admin
-        && current.disabled_at.is_none()
-        && state.store.count_active_admins(principal.tenant_id).await? <= 1
-    {
-        return Err(last_admin());
-    }
-    state.store.delete_user(principal.tenant_id, id).await?;
+    state.store.delete_user(principal.tenant_id, id).await.map_err(last_admin)?;
     Ok(StatusCode::NO_CONTENT)
 }

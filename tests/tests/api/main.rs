@@ -11,3 +11,4 @@ mod secrets;
 mod sessions;
 mod tenants;
 mod tokens;
+mod users;

@@ -1,0 +1,87 @@
+use botmox_e2e::{
+    app::{send, TestApp},
+    both_backends,
+    db::Backend,
+};
+use reqwest::Method;
+use serde_json::json;
+
+both_backends!(admins_manage_users, a_tenant_always_keeps_an_enabled_admin, racing_demotions_keep_an_admin);
+
+async fn admins_manage_users(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let body = json!({"username": "ana", "email": "ana@example.com", "password": "ana-password", "role": "operator"});
+    let response = app.post("/api/v1/users", &body).send().await?;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str()?.to_owned();
+    let ana: serde_json::Value = response.json().await?;
+    assert_eq!((ana["role"].as_str(), ana["disabled"].as_bool()), (Some("operator"), Some(false)));
+    assert!(ana.get("password").is_none() && ana.get("password_hash").is_none());
+    assert_eq!(location, format!("/api/v1/users/{}", ana["id"].as_str().unwrap_or_default()));
+    let (status, problem) = send(app.post("/api/v1/users", &body)).await?;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("username_taken")));
+    for (bad, field) in [
+        (json!({"username": "a b", "password": "long-enough", "role": "viewer"}), "username"),
+        (json!({"username": "bob", "password": "short", "role": "viewer"}), "password"),
+        (json!({"username": "bob", "email": "not-an-email", "password": "long-enough", "role": "viewer"}), "email"),
+    ] {
+        let (status, problem) = send(app.post("/api/v1/users", &bad)).await?;
+        assert_eq!((status, problem["field"].as_str()), (422, Some(field)), "{problem}");
+    }
+    let (status, problem) =
+        send(app.post("/api/v1/users", &json!({"username": "bob", "password": "long-enough", "role": "root"}))).await?;
+    assert_eq!(status, 422, "{problem}");
+
+    let (status, promoted) = send(app.patch(&location, &json!({"role": "admin", "email": null}))).await?;
+    assert_eq!(status, 200);
+    assert_eq!(promoted["role"], "admin");
+    let (_, list) = send(app.get("/api/v1/users")).await?;
+    let names: Vec<&str> = list.as_array().into_iter().flatten().filter_map(|u| u["username"].as_str()).collect();
+    assert_eq!(names, ["admin", "ana"]);
+    let (status, _) = send(app.delete(&location)).await?;
+    assert_eq!(status, 204);
+    assert!(app.login("ana", "ana-password").await.is_err(), "a deleted user cannot log in");
+    app.stop().await
+}
+
+async fn a_tenant_always_keeps_an_enabled_admin(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let admin = app.store.find_user_by_username("admin").await?.map(|r| r.user.id).unwrap_or_default();
+    let path = format!("/api/v1/users/{admin}");
+    for change in [json!({"role": "operator"}), json!({"disabled": true})] {
+        let (status, problem) = send(app.patch(&path, &change)).await?;
+        assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")), "{change}");
+    }
+    let (status, problem) = send(app.delete(&path)).await?;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")));
+    let (_, me) = send(app.get("/api/v1/auth/me")).await?;
+    assert_eq!((me["role"].as_str(), me["disabled"].as_bool()), (Some("admin"), Some(false)));
+    // A disabled second admin does not count.
+    let (_, other) =
+        send(app.post("/api/v1/users", &json!({"username": "b", "password": "b-password", "role": "admin"}))).await?;
+    let other_path = format!("/api/v1/users/{}", other["id"].as_str().unwrap_or_default());
+    let (status, _) = send(app.patch(&other_path, &json!({"disabled": true}))).await?;
+    assert_eq!(status, 200);
+    let (status, _) = send(app.patch(&path, &json!({"role": "viewer"}))).await?;
+    assert_eq!(status, 409);
+    app.stop().await
+}
+
+async fn racing_demotions_keep_an_admin(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let (_, second) =
+        send(app.post("/api/v1/users", &json!({"username": "second", "password": "second-pw", "role": "admin"})))
+            .await?;
+    let first = app.store.find_user_by_username("admin").await?.map(|r| r.user.id).unwrap_or_default();
+    let demote =
+        |id: String| app.request(Method::PATCH, &format!("/api/v1/users/{id}")).json(&json!({"role": "viewer"}));
+    let (a, b) = tokio::join!(
+        send(demote(first.to_string())),
+        send(demote(second["id"].as_str().unwrap_or_default().to_owned()))
+    );
+    let mut statuses = [a?.0, b?.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "exactly one demotion wins");
+    assert_eq!(app.store.count_active_admins(app.tenant_id).await?, 1);
+    app.stop().await
+}
