@@ -136,3 +136,77 @@ pub struct Command {
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
 }
+
+/// The answer to a control request (`POST /bots/{id}/start|stop|restart`, `POST /commands`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommandAccepted {
+    pub command: Command,
+    /// Whether the agent is connected now; if not, the command waits for it (until its TTL).
+    pub agent_online: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum BotAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Which bots a bulk action applies to (the filters of `GET /bots`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BotSelector {
+    pub state: Option<crate::bots::BotState>,
+    pub agent_id: Option<Uuid>,
+    pub tag: Option<String>,
+    pub name: Option<String>,
+}
+
+/// `POST /bots/actions`: exactly one of `ids` and `filter`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BulkAction {
+    pub action: BotAction,
+    pub ids: Option<Vec<Uuid>>,
+    pub filter: Option<BotSelector>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SkippedBot {
+    pub bot_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BulkAccepted {
+    pub commands: Vec<Command>,
+    pub skipped: Vec<SkippedBot>,
+}
+
+/// `POST /commands`: a command that is not a bot action (`agent.exec`, `agent.drain`, `bot.sync`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CreateCommand {
+    pub agent_id: Uuid,
+    pub kind: CommandKind,
+    pub bot_id: Option<Uuid>,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+/// One page of `GET /commands`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommandList {
+    pub items: Vec<Command>,
+    pub next_cursor: Option<String>,
+}

@@ -133,3 +133,31 @@ pub struct CommandEnvelope {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
 }
+
+/// `GET /api/v1/agent/commands/next?wait=<seconds>` (the long-poll transport): the commands
+/// leased to the agent, empty when `wait` passed with nothing to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PolledCommands {
+    pub commands: Vec<CommandEnvelope>,
+    /// Commands the agent must stop executing.
+    #[serde(default)]
+    pub cancel: Vec<Uuid>,
+}
+
+/// `POST /api/v1/agent/frames` (the long-poll transport): agent frames in order; the answer
+/// lists the refused ones (by index) with why. Refused frames change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FramesOutcome {
+    pub accepted: u32,
+    pub refused: Vec<RefusedFrame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RefusedFrame {
+    pub index: u32,
+    pub code: String,
+    pub detail: String,
+}

@@ -13,11 +13,16 @@ use crate::{
     },
     clock::Clock,
     config::ServeArgs,
+    events::EventBus,
     http,
+    link::{self, cluster::Cluster},
     secrets::vault::{self, MasterKey},
     state::{AppState, Settings},
     store::{redact_url, DatabaseUrl, PoolOptions, Store},
 };
+
+/// Events kept for `Last-Event-ID` resumption.
+pub const EVENT_BACKLOG: usize = 10_000;
 
 /// Opens the configured database and applies pending migrations.
 pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Store> {
@@ -45,8 +50,13 @@ impl AppState {
             clock,
             sessions: Arc::new(sessions),
             limits: Arc::new(RateLimits::new(settings.limits)),
+            cluster: Arc::new(Cluster::new(settings.replica_id.clone())),
             settings: Arc::new(settings),
             master_key: master_key.map(Arc::new),
+            hub: Arc::default(),
+            events: Arc::new(EventBus::new(EVENT_BACKLOG)),
+            log_bus: Arc::default(),
+            presence: Arc::default(),
         })
     }
 }
@@ -101,7 +111,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("API docs: {public_url}/docs");
     tracing::info!(%local, store = store.backend_name(), "listening");
 
+    let background = link::spawn_background(&state);
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Agents hold open connections: ask them to reconnect (to another replica, or to us
+        // after a restart) so the drain does not wait on them.
+        link::ws::close_all(&closing);
+    };
     http::serve(listener, http::app(state), shutdown).await.context("the HTTP server failed")?;
+    for task in background {
+        task.abort();
+    }
     tracing::info!("shutting down: closing the store");
     store.close().await;
     Ok(())

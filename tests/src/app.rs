@@ -5,7 +5,7 @@ use botmox_contract::{agents::Agent, auth::Role};
 use botmox_control_plane::{
     auth::{bootstrap, password},
     clock::Clock,
-    http,
+    http, link,
     secrets::vault::MasterKey,
     state::{AppState, Settings},
     store::{NewAgent, NewUser, Store},
@@ -31,10 +31,16 @@ pub struct TestApp {
     db: TestDb,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> anyhow::Result<Self> {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with settings adjusted first (short leases, fast heartbeats, …).
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
         crate::init_test_logging();
         let db = TestDb::new(backend).await?;
         let store = db.store().await?;
@@ -44,17 +50,29 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
-        let state =
-            AppState::new(store.clone(), clock.clone(), Settings::new(base_url.clone()), Some(MasterKey::generate()))
-                .await?;
+        let mut settings = Settings::new(base_url.clone());
+        adjust(&mut settings);
+        let state = AppState::new(store.clone(), clock.clone(), settings, Some(MasterKey::generate())).await?;
+        let background = link::spawn_background(&state);
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(listener, http::app(state.clone()), async {
             let _ = stopped.await;
         }));
         // No cookie store: the refresh cookie of one login must not ride along on other requests.
         let client = reqwest::Client::new();
-        let mut app =
-            Self { base_url, client, store, clock, tenant_id, token: String::new(), state, db, shutdown, server };
+        let mut app = Self {
+            base_url,
+            client,
+            store,
+            clock,
+            tenant_id,
+            token: String::new(),
+            state,
+            db,
+            shutdown,
+            server,
+            background,
+        };
         app.token = app.login("admin", ADMIN_PASSWORD).await?;
         Ok(app)
     }
@@ -169,6 +187,10 @@ impl TestApp {
 
     /// Stops the server, closes the store and drops the database.
     pub async fn stop(self) -> anyhow::Result<()> {
+        for task in &self.background {
+            task.abort();
+        }
+        link::ws::close_all(&self.state);
         let _ = self.shutdown.send(());
         self.server.await??;
         self.store.close().await;

@@ -153,6 +153,17 @@ async fn revoke_agent(
 ) -> ApiResult<axum::Json<Agent>> {
     let agent = state.store.revoke_agent(principal.tenant_id, id, state.clock.now()).await?;
     tracing::info!(agent_id = %id, "agent revoked");
+    state.close_agent(id, crate::link::hub::CLOSE_REVOKED, "revoked").await;
+    state
+        .publish(
+            principal.tenant_id,
+            botmox_contract::events::EventPayload::AgentPresence {
+                agent_id: id,
+                name: agent.name.clone(),
+                status: agent.status,
+            },
+        )
+        .await;
     Ok(axum::Json(agent))
 }
 

@@ -2,6 +2,8 @@
 //! optimistic concurrency (`If-Match` / `ETag` carry the bot's `version`), delete.
 //! Starting and stopping bots goes through the command queue (`commands`).
 
+mod control;
+mod logs;
 pub mod validate;
 
 use axum::{
@@ -12,6 +14,8 @@ use axum::{
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use botmox_contract::{
     bots::{Bot, BotList, BotPatch, BotSpec, BotState},
+    commands::CommandKind,
+    events::EventPayload,
     problem::Problem,
 };
 use serde::Deserialize;
@@ -21,16 +25,24 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
+    commands::{submit, Submission},
     http::{
         error::{ApiError, ApiResult},
         extract::{etag, IfMatch, Json, Path, Query},
     },
     state::AppState,
-    store::{BotFilter, NewBot, StoreError, UpdateBot},
+    store::{definition_hash, BotFilter, NewBot, StoreError, UpdateBot},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_bots, create_bot)).routes(routes!(get_bot, update_bot, delete_bot))
+    OpenApiRouter::new()
+        .routes(routes!(list_bots, create_bot))
+        .routes(routes!(get_bot, update_bot, delete_bot))
+        .routes(routes!(control::start_bot))
+        .routes(routes!(control::stop_bot))
+        .routes(routes!(control::restart_bot))
+        .routes(routes!(control::bulk_action))
+        .routes(routes!(logs::bot_logs))
 }
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -63,6 +75,24 @@ fn decode_cursor(cursor: &str) -> ApiResult<String> {
         ApiError::bad_request("invalid_cursor", "`cursor` is not one this server handed out")
             .with_hint("pass the `next_cursor` of the previous page unchanged")
     })
+}
+
+/// Queues a bookkeeping command (sync, remove) for an agent; failing to is logged, not fatal:
+/// the agent's next hello snapshot and reconciliation converge anyway.
+async fn tell_agent(state: &AppState, principal: &Principal, agent_id: Uuid, bot_id: Uuid, kind: CommandKind) {
+    let submission = Submission {
+        tenant_id: principal.tenant_id,
+        agent_id,
+        bot_id: Some(bot_id),
+        kind,
+        payload: serde_json::json!({}),
+        idempotency_key: None,
+        created_by: principal.actor(),
+        extra_run_time: std::time::Duration::ZERO,
+    };
+    if let Err(e) = submit(state, submission).await {
+        tracing::warn!(%bot_id, %agent_id, kind = kind.as_str(), error = %e, "could not queue the command for the agent");
+    }
 }
 
 fn with_etag(status: StatusCode, bot: Bot) -> Response {
@@ -139,6 +169,10 @@ async fn create_bot(
         .await
         .map_err(name_conflict)?;
     tracing::info!(bot_id = %bot.id, name = %bot.name, "bot created");
+    state.publish(principal.tenant_id, EventPayload::BotState((&bot).into())).await;
+    if bot.desired_state == botmox_contract::bots::DesiredState::Running {
+        tell_agent(&state, &principal, bot.agent_id, bot.id, CommandKind::BotStart).await;
+    }
     let location = format!("/api/v1/bots/{}", bot.id);
     let mut response = with_etag(StatusCode::CREATED, bot);
     if let Ok(value) = location.parse() {
@@ -190,6 +224,8 @@ async fn update_bot(
     let attempts = if if_match.is_some() { 1 } else { 3 };
     for attempt in 1..=attempts {
         let current = state.store.get_bot(principal.tenant_id, id).await?;
+        let current_agent = current.agent_id;
+        let current_hash = definition_hash(&current.exec, &current.restart, &current.stop);
         if let Some(expected) = if_match {
             if expected != current.version {
                 return Err(ApiError::VersionMismatch { current: current.version });
@@ -216,6 +252,14 @@ async fn update_bot(
         match state.store.update_bot(principal.tenant_id, id, current.version, update, state.clock.now()).await {
             Ok(bot) => {
                 tracing::info!(bot_id = %bot.id, version = bot.version, "bot updated");
+                state.publish(principal.tenant_id, EventPayload::BotState((&bot).into())).await;
+                if bot.agent_id != current_agent {
+                    tell_agent(&state, &principal, current_agent, bot.id, CommandKind::BotRemove).await;
+                }
+                if bot.agent_id != current_agent || definition_hash(&bot.exec, &bot.restart, &bot.stop) != current_hash
+                {
+                    tell_agent(&state, &principal, bot.agent_id, bot.id, CommandKind::BotSync).await;
+                }
                 return Ok(with_etag(StatusCode::OK, bot));
             }
             Err(StoreError::VersionMismatch { .. }) if attempt < attempts => continue,
@@ -245,7 +289,11 @@ async fn delete_bot(
     Path(id): Path<Uuid>,
     IfMatch(if_match): IfMatch,
 ) -> ApiResult<StatusCode> {
+    let bot = state.store.get_bot(principal.tenant_id, id).await?;
     state.store.delete_bot(principal.tenant_id, id, if_match).await?;
     tracing::info!(bot_id = %id, "bot deleted");
+    state.publish(principal.tenant_id, EventPayload::BotRemoved { bot_id: id }).await;
+    // The agent stops the bot (if it runs) and forgets it.
+    tell_agent(&state, &principal, bot.agent_id, id, CommandKind::BotRemove).await;
     Ok(StatusCode::NO_CONTENT)
 }

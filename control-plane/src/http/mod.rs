@@ -29,7 +29,7 @@ use self::error::ApiError;
 use crate::{
     agents, audit,
     auth::{self, policy::Policy},
-    bots, health, secrets,
+    bots, commands, events, health, link, secrets,
     state::AppState,
     tokens, users,
 };
@@ -50,7 +50,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
         (name = "tokens", description = "API tokens for scripts"),
         (name = "agents", description = "Hosts: registry, pairing, revocation"),
         (name = "agent", description = "What an agent calls with its agent token"),
-        (name = "bots", description = "Bot definitions and their observed state"),
+        (name = "bots", description = "Bot definitions, their observed state, control and logs"),
+        (name = "commands", description = "The command queue"),
+        (name = "events", description = "Live events (Server-Sent Events)"),
         (name = "secrets", description = "The secrets vault (values go in, never out)"),
         (name = "audit", description = "The append-only audit log"),
         (name = "health", description = "Liveness and readiness probes"),
@@ -95,6 +97,9 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(tokens::router())
         .merge(agents::router())
         .merge(bots::router())
+        .merge(commands::router())
+        .merge(events::router())
+        .merge(link::router())
         .merge(secrets::router())
         .merge(audit::router());
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).merge(health::router())

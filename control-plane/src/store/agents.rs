@@ -165,6 +165,17 @@ impl Store {
         }))
     }
 
+    /// The tenant an agent belongs to.
+    pub async fn agent_tenant(&self, agent_id: Id) -> Result<Id> {
+        let tenant: Option<String> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT tenant_id FROM agents WHERE id = $1")
+                .bind(agent_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        parse_id(&tenant.ok_or(StoreError::NotFound("agent"))?)
+    }
+
     /// Stages a new token for the agent; the current one works until the new one is used.
     pub async fn stage_agent_token(&self, agent_id: Id, token_hash: &str, now: Timestamp) -> Result<()> {
         let changed = with_pool!(self, write, |pool| {
@@ -263,5 +274,131 @@ impl Store {
             }
             .await
         })
+    }
+}
+
+/// What an agent says about its host when it connects.
+#[derive(Debug, Clone)]
+pub struct AgentHello {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+}
+
+/// One agent's coalesced heartbeat, written in a batch.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub agent_id: Id,
+    pub at: Timestamp,
+    pub metrics: AgentMetrics,
+}
+
+impl Store {
+    /// An agent connected to `replica`: it is online (a draining agent stays draining) and its
+    /// host facts are refreshed.
+    pub async fn agent_connected(
+        &self,
+        agent_id: Id,
+        replica: &str,
+        hello: &AgentHello,
+        now: Timestamp,
+    ) -> Result<Agent> {
+        let tenant: Option<String> = with_pool!(self, write, |pool| {
+            sqlx::query_scalar(
+                "UPDATE agents SET status = CASE WHEN status = 'draining' THEN 'draining' ELSE 'online' END, \
+                 connected_replica = $1, last_seen_at = $2, hostname = $3, os = $4, arch = $5, version = $6, \
+                 updated_at = $2 WHERE id = $7 AND status <> 'revoked' RETURNING tenant_id",
+            )
+            .bind(replica)
+            .bind(to_ms(now))
+            .bind(&hello.hostname)
+            .bind(&hello.os)
+            .bind(&hello.arch)
+            .bind(&hello.version)
+            .bind(agent_id.to_string())
+            .fetch_optional(pool)
+            .await?
+        });
+        let tenant = tenant.ok_or(StoreError::NotFound("agent"))?;
+        self.get_agent(parse_id(&tenant)?, agent_id).await
+    }
+
+    /// The agent's connection to `replica` closed (a newer connection elsewhere is left alone).
+    pub async fn agent_disconnected(&self, agent_id: Id, replica: &str, now: Timestamp) -> Result<()> {
+        with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE agents SET connected_replica = NULL, updated_at = $1 WHERE id = $2 AND connected_replica = $3",
+            )
+            .bind(to_ms(now))
+            .bind(agent_id.to_string())
+            .bind(replica)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(())
+    }
+
+    /// Writes many heartbeats in one transaction (presence is coalesced, never a write per beat).
+    pub async fn record_heartbeats(&self, beats: &[Heartbeat]) -> Result<()> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                for beat in beats {
+                    sqlx::query(
+                        "UPDATE agents SET last_seen_at = $1, metrics = $2 WHERE id = $3 AND status <> 'revoked' \
+                         AND (last_seen_at IS NULL OR last_seen_at < $1)",
+                    )
+                    .bind(to_ms(beat.at))
+                    .bind(to_json(&beat.metrics))
+                    .bind(beat.agent_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            }
+            .await
+        })
+    }
+
+    /// Agents online (or draining) but silent since `cutoff` become offline, and their bots
+    /// `unknown`. Returns the agents that changed.
+    pub async fn mark_silent_agents_offline(&self, cutoff: Timestamp, now: Timestamp) -> Result<Vec<Agent>> {
+        let changed: Vec<(String, String)> = with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "UPDATE agents SET status = 'offline', connected_replica = NULL, updated_at = $1 \
+                     WHERE status IN ('online', 'draining') AND (last_seen_at IS NULL OR last_seen_at < $2) \
+                     RETURNING id, tenant_id",
+                )
+                .bind(to_ms(now))
+                .bind(to_ms(cutoff))
+                .fetch_all(&mut *tx)
+                .await?;
+                for (id, _) in &rows {
+                    sqlx::query(
+                        "UPDATE bots SET state = 'unknown', state_at = $1, updated_at = $1 WHERE agent_id = $2",
+                    )
+                    .bind(to_ms(now))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(rows)
+            }
+            .await
+        })?;
+        let mut agents = Vec::with_capacity(changed.len());
+        for (id, tenant) in changed {
+            agents.push(self.get_agent(parse_id(&tenant)?, parse_id(&id)?).await?);
+        }
+        Ok(agents)
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use botmox_contract::{
     bots::{Bot, BotSpec, BotState, DesiredState, ExecSpec, RestartSpec, StopSpec},
+    protocol::{BotSnapshot, BotStateReport},
     Id, Timestamp,
 };
 use sha2::{Digest, Sha256};
@@ -383,5 +384,131 @@ impl Store {
             }
             .await
         })
+    }
+}
+
+/// Active states: a bot in one of these is (or may be) running on its agent.
+const LIVE_STATES: &str = "('starting', 'running', 'stopping', 'backoff', 'unknown')";
+
+impl Store {
+    /// Applies an agent's report about one of *its* bots, in arrival order (the agent sends its
+    /// transitions in order, also when it flushes what it buffered while disconnected).
+    /// `None` when the bot is unknown or not this agent's.
+    pub async fn report_bot_state(&self, agent_id: Id, report: &BotStateReport) -> Result<Option<Bot>> {
+        let tenant: Option<String> = with_pool!(self, write, |pool| {
+            sqlx::query_scalar(
+                "UPDATE bots SET state = $1, pid = $2, started_at = $3, \
+                 last_exit_code = COALESCE($4, last_exit_code), last_exit_signal = COALESCE($5, last_exit_signal), \
+                 restart_count = $6, last_error = $7, state_at = $8, updated_at = $8 \
+                 WHERE id = $9 AND agent_id = $10 RETURNING tenant_id",
+            )
+            .bind(report.state.as_str())
+            .bind(report.pid.map(i64::from))
+            .bind(report.started_at.map(to_ms))
+            .bind(report.exit_code.map(i64::from))
+            .bind(report.exit_signal.map(i64::from))
+            .bind(i64::from(report.restart_count))
+            .bind(&report.error)
+            .bind(to_ms(report.at))
+            .bind(report.bot_id.to_string())
+            .bind(agent_id.to_string())
+            .fetch_optional(pool)
+            .await?
+        });
+        match tenant {
+            Some(tenant) => Ok(Some(self.get_bot(parse_id(&tenant)?, report.bot_id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies the full snapshot an agent sends on connect: the bots it names take the state it
+    /// reports; its other bots that were live are no longer running there (`stopped`). Returns
+    /// every bot whose row changed.
+    pub async fn apply_snapshot(&self, agent_id: Id, bots: &[BotSnapshot], now: Timestamp) -> Result<Vec<Bot>> {
+        let touched: Vec<(String, String)> = with_pool!(self, write, |pool| {
+            async {
+                let mut tx = pool.begin().await?;
+                let mut touched: Vec<(String, String)> = Vec::new();
+                for snap in bots {
+                    let tenant: Option<String> = sqlx::query_scalar(
+                        "UPDATE bots SET state = $1, pid = $2, started_at = $3, state_at = $4, updated_at = $4 \
+                         WHERE id = $5 AND agent_id = $6 RETURNING tenant_id",
+                    )
+                    .bind(snap.state.as_str())
+                    .bind(snap.pid.map(i64::from))
+                    .bind(snap.started_at.map(to_ms))
+                    .bind(to_ms(now))
+                    .bind(snap.bot_id.to_string())
+                    .bind(agent_id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(tenant) = tenant {
+                        touched.push((tenant, snap.bot_id.to_string()));
+                    }
+                }
+                let named: Vec<String> = bots.iter().map(|b| b.bot_id.to_string()).collect();
+                let candidates: Vec<(String, String)> = sqlx::query_as(&format!(
+                    "SELECT tenant_id, id FROM bots WHERE agent_id = $1 AND state IN {LIVE_STATES}"
+                ))
+                .bind(agent_id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+                for (tenant, id) in candidates.into_iter().filter(|(_, id)| !named.contains(id)) {
+                    sqlx::query(
+                        "UPDATE bots SET state = 'stopped', pid = NULL, state_at = $1, updated_at = $1 WHERE id = $2",
+                    )
+                    .bind(to_ms(now))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    touched.push((tenant, id));
+                }
+                tx.commit().await?;
+                Ok::<_, StoreError>(touched)
+            }
+            .await
+        })?;
+        let mut changed = Vec::with_capacity(touched.len());
+        for (tenant, id) in touched {
+            changed.push(self.get_bot(parse_id(&tenant)?, parse_id(&id)?).await?);
+        }
+        Ok(changed)
+    }
+
+    /// Records what the operator wants (`start`/`stop` set it; reconciliation reads it).
+    pub async fn set_desired_state(&self, tenant_id: Id, id: Id, desired: DesiredState, now: Timestamp) -> Result<Bot> {
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query("UPDATE bots SET desired_state = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
+                .bind(desired_str(desired))
+                .bind(to_ms(now))
+                .bind(tenant_id.to_string())
+                .bind(id.to_string())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        if changed == 0 {
+            return Err(StoreError::NotFound("bot"));
+        }
+        self.get_bot(tenant_id, id).await
+    }
+
+    /// Every bot placed on an agent (for the agent's connection: definitions and ownership).
+    pub async fn bots_of_agent(&self, agent_id: Id) -> Result<Vec<Bot>> {
+        let sql = format!("SELECT {BOT_COLUMNS} FROM bots WHERE agent_id = $1 ORDER BY name");
+        let rows: Vec<BotRow> =
+            with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(agent_id.to_string()).fetch_all(pool).await? });
+        rows.into_iter().map(Bot::try_from).collect()
+    }
+
+    /// The stored definition hash of a bot (what the agent should be running).
+    pub async fn bot_definition_hash(&self, id: Id) -> Result<String> {
+        let hash: Option<String> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT definition_hash FROM bots WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        hash.ok_or(StoreError::NotFound("bot"))
     }
 }

@@ -17,6 +17,8 @@ mod agents;
 mod audit;
 mod bots;
 mod commands;
+mod logs;
+mod notify;
 mod pairing;
 mod secrets;
 mod sessions;
@@ -33,10 +35,12 @@ use sqlx::{
     Connection, PgConnection, PgPool, SqlitePool,
 };
 
-pub use agents::{AgentAuth, NewAgent};
+pub use agents::{AgentAuth, AgentHello, Heartbeat, NewAgent};
 pub use audit::{AuditFilter, NewAuditEntry};
 pub use bots::{definition_hash, BotFilter, BotPage, NewBot, UpdateBot};
 pub use commands::{CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewCommand};
+pub use logs::LogQuery;
+pub use notify::MAX_PAYLOAD as MAX_NOTIFY_PAYLOAD;
 pub use pairing::{NewPairingCode, PairingHost, Redeemed};
 pub use secrets::SealedSecret;
 pub use sessions::{LiveUser, NewSession, Refresh};

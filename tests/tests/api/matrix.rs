@@ -32,6 +32,7 @@ fn concrete(path: &str, real: Option<&Fixtures>) -> String {
                 (Some(f), "users") => f.user.clone(),
                 (Some(f), "tokens") => f.token.clone(),
                 (Some(f), "secrets") => f.secret.clone(),
+                (Some(f), "commands") => f.command.clone(),
                 (Some(_), other) => panic!("add a fixture for `{other}` so the matrix covers {path}"),
                 (None, "secrets") => "no-such-secret".to_owned(),
                 (None, _) => uuid::Uuid::now_v7().to_string(),
@@ -51,6 +52,7 @@ struct Fixtures {
     user: String,
     token: String,
     secret: String,
+    command: String,
 }
 
 async fn call(app: &TestApp, method: &Method, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
@@ -58,7 +60,16 @@ async fn call(app: &TestApp, method: &Method, path: &str, token: Option<&str>) -
     if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         request = request.json(&json!({}));
     }
-    let (status, body) = send(request).await?;
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let streaming =
+        response.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streaming {
+        // A live stream (events, log follow) never ends: its status is the answer.
+        return Ok((status, String::new()));
+    }
+    let bytes = response.bytes().await?;
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     Ok((status, body["code"].as_str().unwrap_or_default().to_owned()))
 }
 
@@ -108,6 +119,9 @@ async fn every_route_enforces_its_rule(backend: Backend) -> anyhow::Result<()> {
     let (status, _) =
         send(app.request(Method::PUT, "/api/v1/secrets/matrix-secret").json(&json!({"value": "v"}))).await?;
     assert_eq!(status, 201);
+    let (status, started) =
+        send(app.post(&format!("/api/v1/bots/{}/start", bot["id"].as_str().unwrap_or("")), &json!({}))).await?;
+    assert_eq!(status, 202, "{started}");
     let viewer_id = app.store.list_users(app.tenant_id).await?.into_iter().find(|u| u.user.role == Role::Viewer);
     let fixtures = Fixtures {
         bot: bot["id"].as_str().unwrap_or_default().to_owned(),
@@ -115,6 +129,7 @@ async fn every_route_enforces_its_rule(backend: Backend) -> anyhow::Result<()> {
         user: viewer_id.map(|u| u.user.id.to_string()).unwrap_or_default(),
         token: token["token"]["id"].as_str().unwrap_or_default().to_owned(),
         secret: "matrix-secret".into(),
+        command: started["command"]["id"].as_str().unwrap_or_default().to_owned(),
     };
 
     let mut rules: Vec<_> = http::policy().rules().map(|(m, p, r)| (m.clone(), p.to_owned(), r.clone())).collect();

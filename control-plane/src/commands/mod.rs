@@ -1,0 +1,274 @@
+//! Commands API: list, read, create (`agent.exec`, `agent.drain`, `bot.sync`), cancel — and
+//! [`submit`], the one path by which anything (bot controls, bulk actions, this API) puts a
+//! command on the queue and wakes its agent.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{FromRequestParts, State},
+    http::{request::Parts, StatusCode},
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use botmox_contract::{
+    agents::AgentStatus,
+    audit::Actor,
+    commands::{Command, CommandAccepted, CommandKind, CommandList, CommandStatus, CreateCommand},
+    events::EventPayload,
+    problem::Problem,
+    Id,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    http::{
+        error::{ApiError, ApiResult},
+        extract::{Json, Path, Query},
+    },
+    state::AppState,
+    store::{CommandFilter, NewCommand},
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_commands, create_command))
+        .routes(routes!(get_command))
+        .routes(routes!(cancel_command))
+}
+
+/// `Idempotency-Key`: a repeat of a request with the same key returns the first command.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else { return Ok(IdempotencyKey(None)) };
+        let key = value.to_str().unwrap_or("").trim();
+        if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1 to 200 printable characters",
+            ));
+        }
+        Ok(IdempotencyKey(Some(key.to_owned())))
+    }
+}
+
+/// A command to put on the queue.
+pub struct Submission {
+    pub tenant_id: Id,
+    pub agent_id: Id,
+    pub bot_id: Option<Id>,
+    pub kind: CommandKind,
+    pub payload: serde_json::Value,
+    pub idempotency_key: Option<String>,
+    pub created_by: Actor,
+    /// Extra time a command may run (a bot's stop timeout).
+    pub extra_run_time: Duration,
+}
+
+/// Enqueues (idempotently), wakes the agent wherever it is connected, and says whether it is.
+pub async fn submit(state: &AppState, submission: Submission) -> ApiResult<CommandAccepted> {
+    let agent = state.store.get_agent(submission.tenant_id, submission.agent_id).await?;
+    if agent.status == AgentStatus::Revoked {
+        return Err(ApiError::Conflict { code: "agent_revoked", detail: format!("agent `{}` is revoked", agent.name) });
+    }
+    let settings = &state.settings;
+    let new = NewCommand {
+        tenant_id: submission.tenant_id,
+        agent_id: submission.agent_id,
+        bot_id: submission.bot_id,
+        kind: submission.kind,
+        payload: submission.payload,
+        idempotency_key: submission.idempotency_key,
+        created_by: submission.created_by,
+        ttl: settings.command_ttl,
+        lease: settings.command_lease,
+        run_timeout: settings.command_run_timeout + submission.extra_run_time,
+        max_attempts: settings.command_max_attempts,
+    };
+    let enqueued = state.store.enqueue_command(new, state.clock.now()).await?;
+    let created = enqueued.is_created();
+    let command = enqueued.into_command();
+    if created {
+        state.wake_agent(command.agent_id).await;
+        state.publish(submission.tenant_id, EventPayload::CommandStatus((&command).into())).await;
+    }
+    let agent_online = matches!(agent.status, AgentStatus::Online | AgentStatus::Draining);
+    let message = match (created, agent_online) {
+        (false, _) => "a command with this Idempotency-Key exists: this is it".to_owned(),
+        (true, true) => format!("sent to agent `{}`", agent.name),
+        (true, false) => format!(
+            "agent `{}` is {}: the command waits for it until {}",
+            agent.name,
+            agent.status.as_str(),
+            command.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+    };
+    Ok(CommandAccepted { command, agent_online, message })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    status: Option<CommandStatus>,
+    agent_id: Option<Uuid>,
+    bot_id: Option<Uuid>,
+    cursor: Option<String>,
+    /// 1 to 500 (default 50).
+    limit: Option<u32>,
+}
+
+/// Commands, newest first.
+#[utoipa::path(
+    get, path = "/commands", tag = "commands",
+    security(("bearer" = ["commands:read"])),
+    params(ListQuery),
+    responses((status = 200, description = "One page", body = CommandList))
+)]
+async fn list_commands(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<axum::Json<CommandList>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 500"));
+    }
+    let before_id = match &query.cursor {
+        Some(cursor) => Some(
+            URL_SAFE_NO_PAD
+                .decode(cursor)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|id| Uuid::parse_str(&id).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`cursor` is not one this server handed out"))?,
+        ),
+        None => None,
+    };
+    let filter =
+        CommandFilter { status: query.status, agent_id: query.agent_id, bot_id: query.bot_id, before_id, limit };
+    let (items, has_more) = state.store.list_commands(principal.tenant_id, &filter).await?;
+    let next_cursor = if has_more { items.last().map(|c| URL_SAFE_NO_PAD.encode(c.id.to_string())) } else { None };
+    Ok(axum::Json(CommandList { items, next_cursor }))
+}
+
+/// One command, with its result.
+#[utoipa::path(
+    get, path = "/commands/{id}", tag = "commands",
+    security(("bearer" = ["commands:read"])),
+    params(("id" = Uuid, Path, description = "Command id")),
+    responses(
+        (status = 200, description = "The command", body = Command),
+        (status = 404, description = "No such command", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_command(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> ApiResult<axum::Json<Command>> {
+    Ok(axum::Json(state.store.get_command(principal.tenant_id, id).await?))
+}
+
+/// Queue a command that is not a bot action: `agent.exec` (`{program, args}`; the agent must
+/// allow exec), `agent.drain`, or `bot.sync` (deliver a bot's changed definition).
+#[utoipa::path(
+    post, path = "/commands", tag = "commands",
+    security(("bearer" = ["commands:write"])),
+    request_body = CreateCommand,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first command")),
+    responses(
+        (status = 202, description = "Queued", body = CommandAccepted),
+        (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_command(
+    State(state): State<AppState>,
+    principal: Principal,
+    IdempotencyKey(key): IdempotencyKey,
+    Json(body): Json<CreateCommand>,
+) -> ApiResult<(StatusCode, axum::Json<CommandAccepted>)> {
+    match body.kind {
+        CommandKind::AgentExec => {
+            let program = body.payload.get("program").and_then(|p| p.as_str()).unwrap_or("");
+            if program.trim().is_empty() {
+                return Err(ApiError::invalid_field("payload.program", "agent.exec needs a program"));
+            }
+            let args_ok =
+                body.payload.get("args").is_none_or(|a| a.as_array().is_some_and(|a| a.iter().all(|v| v.is_string())));
+            if !args_ok {
+                return Err(ApiError::invalid_field("payload.args", "must be a list of strings"));
+            }
+        }
+        CommandKind::AgentDrain => {}
+        CommandKind::BotSync => {
+            let bot_id = body.bot_id.ok_or_else(|| ApiError::invalid_field("bot_id", "bot.sync needs a bot"))?;
+            let bot = state.store.get_bot(principal.tenant_id, bot_id).await?;
+            if bot.agent_id != body.agent_id {
+                return Err(ApiError::invalid_field("agent_id", "the bot is not on this agent"));
+            }
+        }
+        other => {
+            return Err(ApiError::invalid_field(
+                "kind",
+                format!("`{}` is a bot action: use POST /api/v1/bots/{{id}}/start|stop|restart", other.as_str()),
+            ))
+        }
+    }
+    if !body.payload.is_object() && !body.payload.is_null() {
+        return Err(ApiError::invalid_field("payload", "must be an object"));
+    }
+    let accepted = submit(
+        &state,
+        Submission {
+            tenant_id: principal.tenant_id,
+            agent_id: body.agent_id,
+            bot_id: body.bot_id,
+            kind: body.kind,
+            payload: if body.payload.is_null() { serde_json::json!({}) } else { body.payload },
+            idempotency_key: key,
+            created_by: principal.actor(),
+            extra_run_time: Duration::ZERO,
+        },
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
+}
+
+/// Cancel a command that has not finished. A running one is told to stop on its agent.
+#[utoipa::path(
+    post, path = "/commands/{id}/cancel", tag = "commands",
+    security(("bearer" = ["commands:write"])),
+    params(("id" = Uuid, Path, description = "Command id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Command),
+        (status = 404, description = "No such command", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn cancel_command(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> ApiResult<axum::Json<Command>> {
+    let before = state.store.get_command(principal.tenant_id, id).await?;
+    let command =
+        state.store.cancel_command(principal.tenant_id, id, state.clock.now()).await.map_err(|e| match e {
+            crate::store::StoreError::InvalidTransition { .. } => ApiError::Conflict {
+                code: "command_finished",
+                detail: format!("the command is already {}", before.status.as_str()),
+            },
+            other => other.into(),
+        })?;
+    if matches!(before.status, CommandStatus::Dispatched | CommandStatus::Running) {
+        state.cancel_on_agent(command.agent_id, command.id).await;
+    }
+    state.publish(principal.tenant_id, EventPayload::CommandStatus((&command).into())).await;
+    Ok(axum::Json(command))
+}

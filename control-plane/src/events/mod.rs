@@ -1,0 +1,196 @@
+//! Live events: `GET /events` as Server-Sent Events, tenant-scoped, resumable with
+//! `Last-Event-ID` from a bounded in-memory backlog, with keep-alive comments. Every replica
+//! receives every event (see `link::cluster`), so a client may reconnect to any replica; when its
+//! last id is no longer in the backlog it gets a `resync` event and should refetch.
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::State,
+    http::HeaderMap,
+    response::sse::{Event as SseEvent, KeepAlive, Sse},
+};
+use botmox_contract::{
+    events::{Event, EventPayload},
+    Id, Timestamp,
+};
+use futures::{stream, Stream, StreamExt};
+use tokio::sync::broadcast;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{auth::Principal, http::error::ApiResult, state::AppState};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(events))
+}
+
+/// An event as published: who may see it and its wire form, serialised once.
+pub struct Published {
+    pub tenant_id: Id,
+    pub id: Uuid,
+    pub name: &'static str,
+    pub json: String,
+}
+
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<Published>>,
+    backlog: Mutex<VecDeque<Arc<Published>>>,
+    capacity: usize,
+}
+
+/// What a new subscriber gets: the backlog after its last id, then the live feed.
+pub struct Subscription {
+    pub replay: Vec<Arc<Published>>,
+    pub live: broadcast::Receiver<Arc<Published>>,
+    /// Its last id was not in the backlog: it missed events and should refetch.
+    pub resync: bool,
+}
+
+fn name(payload: &EventPayload) -> &'static str {
+    match payload {
+        EventPayload::BotState(_) => "bot_state",
+        EventPayload::BotRemoved { .. } => "bot_removed",
+        EventPayload::AgentPresence { .. } => "agent_presence",
+        EventPayload::CommandStatus(_) => "command_status",
+        EventPayload::Incident(_) => "incident",
+    }
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        Self { tx: broadcast::channel(1024).0, backlog: Mutex::new(VecDeque::with_capacity(capacity)), capacity }
+    }
+
+    pub fn event(payload: EventPayload, at: Timestamp) -> Event {
+        Event { id: Uuid::now_v7(), at, payload }
+    }
+
+    fn backlog(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Published>>> {
+        self.backlog.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Delivers an event to this replica's subscribers (and its backlog).
+    pub fn publish(&self, tenant_id: Id, event: Event) {
+        let published = Arc::new(Published {
+            tenant_id,
+            id: event.id,
+            name: name(&event.payload),
+            json: serde_json::to_string(&event).unwrap_or_default(),
+        });
+        // Under the backlog lock, so a subscriber sees each event exactly once: in its replay or live.
+        let mut backlog = self.backlog();
+        if backlog.len() == self.capacity {
+            backlog.pop_front();
+        }
+        backlog.push_back(published.clone());
+        let _ = self.tx.send(published);
+    }
+
+    pub fn subscribe(&self, tenant_id: Id, last_event_id: Option<Uuid>) -> Subscription {
+        let backlog = self.backlog();
+        let live = self.tx.subscribe();
+        let (start, resync) = match last_event_id {
+            None => (backlog.len(), false),
+            Some(last) => match backlog.iter().position(|p| p.id == last) {
+                Some(i) => (i + 1, false),
+                None => (0, true),
+            },
+        };
+        let replay = backlog.iter().skip(start).filter(|p| p.tenant_id == tenant_id).cloned().collect();
+        Subscription { replay, live, resync }
+    }
+}
+
+fn sse(published: &Published) -> SseEvent {
+    SseEvent::default().id(published.id.to_string()).event(published.name).data(published.json.clone())
+}
+
+fn resync(reason: &str) -> SseEvent {
+    SseEvent::default().event("resync").data(serde_json::json!({ "reason": reason }).to_string())
+}
+
+/// The tenant's live events.
+#[utoipa::path(
+    get, path = "/events", tag = "events",
+    security(("bearer" = ["bots:read"])),
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "`text/event-stream`: events named by type (`bot_state`, `agent_presence`, `command_status`, `incident`, `bot_removed`, and `resync` when events were missed); `data` is the event JSON", content_type = "text/event-stream"))
+)]
+async fn events(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| Uuid::parse_str(v.trim()).ok());
+    let subscription = state.events.subscribe(principal.tenant_id, last);
+    Ok(Sse::new(event_stream(principal.tenant_id, subscription))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Replay, then live; a lagging subscriber is told to resync instead of silently losing events.
+pub fn event_stream(tenant_id: Id, subscription: Subscription) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let head: Vec<SseEvent> = subscription
+        .resync
+        .then(|| resync("your last event is older than the server's backlog: refetch"))
+        .into_iter()
+        .chain(subscription.replay.iter().map(|p| sse(p)))
+        .collect();
+    let live = stream::unfold(subscription.live, move |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(published) if published.tenant_id == tenant_id => return Some((sse(&published), live)),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Some((resync("this stream fell behind and missed events: refetch"), live))
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    stream::iter(head).chain(live).map(Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use botmox_contract::events::EventPayload;
+
+    use super::*;
+
+    fn removed(bus: &EventBus, tenant: Id) -> Uuid {
+        let event = EventBus::event(EventPayload::BotRemoved { bot_id: Uuid::now_v7() }, chrono::Utc::now());
+        let id = event.id;
+        bus.publish(tenant, event);
+        id
+    }
+
+    #[test]
+    fn resumes_after_the_last_seen_event_and_only_for_its_tenant() {
+        let bus = EventBus::new(4);
+        let (mine, theirs) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = removed(&bus, mine);
+        removed(&bus, theirs);
+        let third = removed(&bus, mine);
+        let sub = bus.subscribe(mine, Some(first));
+        assert!(!sub.resync);
+        assert_eq!(sub.replay.iter().map(|p| p.id).collect::<Vec<_>>(), vec![third]);
+        assert!(bus.subscribe(mine, None).replay.is_empty(), "no id: live only");
+    }
+
+    #[test]
+    fn an_id_older_than_the_backlog_asks_for_a_resync() {
+        let bus = EventBus::new(2);
+        let tenant = Uuid::now_v7();
+        let oldest = removed(&bus, tenant);
+        removed(&bus, tenant);
+        removed(&bus, tenant);
+        let sub = bus.subscribe(tenant, Some(oldest));
+        assert!(sub.resync);
+        assert_eq!(sub.replay.len(), 2);
+    }
+}

@@ -1,0 +1,87 @@
+//! Dispatch: claim an agent's queued commands (leasing them) and turn each into the envelope
+//! the agent needs — for bot commands the bot's definition, and for starts the values of the
+//! secrets its `secret_env` names. A command that cannot be built (its bot or a secret is gone)
+//! fails here with the reason, instead of reaching the agent half-formed.
+
+use std::collections::BTreeMap;
+
+use botmox_contract::{
+    commands::{Command, CommandKind},
+    events::EventPayload,
+    protocol::{BotRuntimeSpec, CommandEnvelope},
+    Id,
+};
+
+use crate::{
+    secrets::vault,
+    state::AppState,
+    store::{definition_hash, CommandOutcome, StoreError},
+};
+
+/// At most this many commands are leased to one agent per claim.
+pub const CLAIM_BATCH: u32 = 32;
+
+/// Leases up to [`CLAIM_BATCH`] queued commands of the agent and returns their envelopes.
+pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Result<Vec<CommandEnvelope>> {
+    let now = state.clock.now();
+    let claimed = state.store.claim_commands(agent_id, CLAIM_BATCH, now).await?;
+    let mut envelopes = Vec::with_capacity(claimed.len());
+    for command in claimed {
+        match envelope(state, tenant_id, &command).await {
+            Ok(envelope) => {
+                state.publish(tenant_id, EventPayload::CommandStatus((&command).into())).await;
+                envelopes.push(envelope);
+            }
+            Err(reason) => {
+                tracing::warn!(command_id = %command.id, %reason, "command cannot be delivered");
+                let outcome = CommandOutcome { ok: false, result: serde_json::Value::Null, error: Some(reason) };
+                let failed = state.store.complete_command(agent_id, command.id, outcome, state.clock.now()).await?;
+                state.publish(tenant_id, EventPayload::CommandStatus((&failed).into())).await;
+            }
+        }
+    }
+    Ok(envelopes)
+}
+
+/// The envelope of a claimed command, or why it cannot be delivered.
+pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Result<CommandEnvelope, String> {
+    let mut envelope = CommandEnvelope {
+        id: command.id,
+        kind: command.kind,
+        attempt: command.attempt,
+        payload: command.payload.clone(),
+        bot: None,
+        secrets: BTreeMap::new(),
+    };
+    let Some(bot_id) = command.bot_id else { return Ok(envelope) };
+    let bot = match state.store.get_bot(tenant_id, bot_id).await {
+        Ok(bot) => bot,
+        // A removal still reaches the agent (it stops and forgets the bot) without a definition.
+        Err(StoreError::NotFound(_)) if command.kind == CommandKind::BotRemove => return Ok(envelope),
+        Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".into()),
+        Err(e) => return Err(format!("the bot could not be read: {e}")),
+    };
+    if matches!(command.kind, CommandKind::BotStart | CommandKind::BotRestart) && !bot.exec.secret_env.is_empty() {
+        let names: Vec<String> = bot.exec.secret_env.values().cloned().collect();
+        let Some(key) = &state.master_key else {
+            return Err("the bot needs secrets but this server has no master key".into());
+        };
+        let sealed = state.store.sealed_secrets(tenant_id, &names).await.map_err(|e| e.to_string())?;
+        for (variable, name) in &bot.exec.secret_env {
+            let Some(secret) = sealed.iter().find(|s| &s.name == name) else {
+                return Err(format!("secret `{name}` (for {variable}) does not exist: create it, then start again"));
+            };
+            let value = vault::open(key, secret).map_err(|e| e.to_string())?;
+            envelope.secrets.insert(name.clone(), value);
+        }
+    }
+    envelope.bot = Some(BotRuntimeSpec {
+        bot_id: bot.id,
+        name: bot.name.clone(),
+        definition_hash: definition_hash(&bot.exec, &bot.restart, &bot.stop),
+        exec: bot.exec,
+        restart: bot.restart,
+        stop: bot.stop,
+    });
+    Ok(envelope)
+}

@@ -1,0 +1,149 @@
+//! The agents connected to this replica. Each connection gets a wake-up (`Notify`: "there may
+//! be commands for you") and a control channel (close it, cancel a command). A new connection
+//! of an agent replaces the old one, which is told to close: no "session already exists".
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use botmox_contract::Id;
+use tokio::sync::{mpsc, Notify};
+
+/// Close codes the agent can act on.
+pub const CLOSE_REPLACED: u16 = 4000;
+pub const CLOSE_REVOKED: u16 = 4001;
+pub const CLOSE_SHUTDOWN: u16 = 4002;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Close { code: u16, reason: &'static str },
+    Cancel(Id),
+}
+
+struct Entry {
+    conn_id: u64,
+    wake: Arc<Notify>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// What a connection holds while it is registered.
+pub struct Registration {
+    pub conn_id: u64,
+    pub wake: Arc<Notify>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    entries: Mutex<HashMap<Id, Entry>>,
+    next_id: AtomicU64,
+    /// Cancels for long-polling agents between two polls, delivered with the next one.
+    pending_cancels: Mutex<HashMap<Id, Vec<Id>>>,
+}
+
+impl Hub {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Entry>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a connection of `agent_id`, closing the one it replaces.
+    pub fn register(&self, agent_id: Id) -> Registration {
+        let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let previous = self.entries().insert(agent_id, Entry { conn_id, wake: wake.clone(), control: tx });
+        if let Some(old) = previous {
+            let _ = old.control.send(Control::Close { code: CLOSE_REPLACED, reason: "replaced by a newer connection" });
+        }
+        Registration { conn_id, wake, control: rx }
+    }
+
+    /// Removes the connection, unless a newer one already replaced it.
+    pub fn unregister(&self, agent_id: Id, conn_id: u64) {
+        let mut entries = self.entries();
+        if entries.get(&agent_id).is_some_and(|e| e.conn_id == conn_id) {
+            entries.remove(&agent_id);
+        }
+    }
+
+    /// "There may be commands for you." A wake-up sent while the dispatcher is busy is kept
+    /// (a `Notify` permit), so none is lost between a claim and the next wait.
+    pub fn wake(&self, agent_id: Id) {
+        if let Some(entry) = self.entries().get(&agent_id) {
+            entry.wake.notify_one();
+        }
+    }
+
+    /// Sends a control message to the agent's connection here, if it has one. A cancel for an
+    /// agent without one is kept for its next poll.
+    pub fn control(&self, agent_id: Id, control: Control) -> bool {
+        let sent = self.entries().get(&agent_id).is_some_and(|entry| entry.control.send(control.clone()).is_ok());
+        if let (false, Control::Cancel(command_id)) = (sent, control) {
+            let mut pending = self.pending_cancels.lock().unwrap_or_else(|p| p.into_inner());
+            let list = pending.entry(agent_id).or_default();
+            if list.len() < 1000 {
+                list.push(command_id);
+            }
+        }
+        sent
+    }
+
+    pub fn take_pending_cancels(&self, agent_id: Id) -> Vec<Id> {
+        self.pending_cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&agent_id).unwrap_or_default()
+    }
+
+    pub fn is_connected(&self, agent_id: Id) -> bool {
+        self.entries().contains_key(&agent_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every connection to close (graceful shutdown: agents reconnect elsewhere).
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for entry in self.entries().values() {
+            let _ = entry.control.send(Control::Close { code, reason });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_connection_replaces_the_old_one() {
+        let hub = Hub::default();
+        let agent = uuid::Uuid::now_v7();
+        let mut first = hub.register(agent);
+        let second = hub.register(agent);
+        assert_eq!(
+            first.control.try_recv(),
+            Ok(Control::Close { code: CLOSE_REPLACED, reason: "replaced by a newer connection" })
+        );
+        hub.unregister(agent, first.conn_id);
+        assert!(hub.is_connected(agent), "the old connection leaving does not unregister the new one");
+        hub.unregister(agent, second.conn_id);
+        assert!(!hub.is_connected(agent));
+    }
+
+    #[test]
+    fn a_wake_before_the_wait_is_not_lost() {
+        let hub = Hub::default();
+        let agent = uuid::Uuid::now_v7();
+        let registration = hub.register(agent);
+        hub.wake(agent);
+        let notified = registration.wake.notified();
+        futures::pin_mut!(notified);
+        assert!(futures::FutureExt::now_or_never(notified).is_some());
+    }
+}

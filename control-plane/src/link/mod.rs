@@ -1,0 +1,37 @@
+//! The agents' side of the control plane: their connections ([`ws`], [`poll`]), the protocol
+//! logic both transports share ([`session`]), command dispatch ([`dispatch`]), the registry of
+//! connections on this replica ([`hub`]), presence ([`presence`]), the periodic upkeep
+//! ([`hygiene`]) and the signals between replicas ([`cluster`]).
+
+pub mod cluster;
+pub mod dispatch;
+pub mod hub;
+pub mod hygiene;
+pub mod logs;
+pub mod poll;
+pub mod presence;
+pub mod session;
+pub mod ws;
+
+use axum::extract::DefaultBodyLimit;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    let frames =
+        OpenApiRouter::new().routes(routes!(poll::frames)).layer(DefaultBodyLimit::max(2 * ws::MAX_FRAME_BYTES));
+    OpenApiRouter::new().routes(routes!(ws::connect)).routes(routes!(poll::next)).merge(frames)
+}
+
+/// Starts the background work of a server: upkeep and (on Postgres) the cluster listener.
+pub fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let hygiene = tokio::spawn(hygiene::run(state.clone()));
+    let listener_state = state.clone();
+    let listener = tokio::spawn(async move {
+        if let Err(e) = cluster::listen(listener_state).await {
+            tracing::error!(error = %e, "the cluster listener stopped");
+        }
+    });
+    vec![hygiene, listener]
+}

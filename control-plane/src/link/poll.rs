@@ -1,0 +1,133 @@
+//! The long-poll transport, for networks whose proxies break WebSockets: the agent sends its
+//! frames with `POST /agent/frames` and waits for commands with `GET /agent/commands/next`.
+//! The same [`AgentSession`] and dispatch code run behind it as behind the WebSocket.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use botmox_contract::{
+    agents::AgentStatus,
+    problem::Problem,
+    protocol::{FramesOutcome, PolledCommands, RefusedFrame},
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::{dispatch, hub::Control, session::AgentSession};
+use crate::{
+    auth::Principal,
+    http::{
+        error::{ApiError, ApiResult},
+        extract::{Json, Query},
+    },
+    state::AppState,
+};
+
+/// The longest a poll may wait.
+pub const MAX_WAIT_SECONDS: u64 = 30;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NextQuery {
+    /// Seconds to wait for a command when none is queued (0 to 30, default 25).
+    wait: Option<u64>,
+}
+
+fn agent_of(principal: &Principal) -> ApiResult<uuid::Uuid> {
+    principal.agent_id().ok_or_else(|| ApiError::Forbidden("only agents poll".into()))
+}
+
+/// A long-polling agent must have said `hello` (through `POST /agent/frames`) first.
+async fn greeted_session(state: &AppState, principal: &Principal) -> ApiResult<AgentSession> {
+    let agent_id = agent_of(principal)?;
+    let agent = state.store.get_agent(principal.tenant_id, agent_id).await?;
+    let mut session = AgentSession::new(state.clone(), principal.tenant_id, agent_id);
+    if matches!(agent.status, AgentStatus::Online | AgentStatus::Draining) {
+        session.mark_greeted();
+    }
+    Ok(session)
+}
+
+/// Wait for commands (long-poll transport).
+#[utoipa::path(
+    get, path = "/agent/commands/next", tag = "agent",
+    security(("agent" = [])),
+    params(NextQuery),
+    responses(
+        (status = 200, description = "Commands now leased to the agent (empty after `wait` with nothing to do), and commands to cancel", body = PolledCommands),
+        (status = 409, description = "`hello` was not sent yet", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn next(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<NextQuery>,
+) -> ApiResult<axum::Json<PolledCommands>> {
+    let wait = query.wait.unwrap_or(25);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(ApiError::bad_request("invalid_query", format!("`wait` is at most {MAX_WAIT_SECONDS} seconds")));
+    }
+    let session = greeted_session(&state, &principal).await?;
+    if !session.greeted() {
+        return Err(ApiError::Conflict {
+            code: "hello_first",
+            detail: "send a `hello` frame with POST /api/v1/agent/frames before polling".into(),
+        });
+    }
+    let agent_id = session.agent_id;
+    let mut registration = state.hub.register(agent_id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut cancel = state.hub.take_pending_cancels(agent_id);
+    let outcome = loop {
+        let commands = match dispatch::claim(&state, principal.tenant_id, agent_id).await {
+            Ok(commands) => commands,
+            Err(e) => break Err(ApiError::Internal(e)),
+        };
+        if !commands.is_empty() || !cancel.is_empty() {
+            break Ok(PolledCommands { commands, cancel });
+        }
+        tokio::select! {
+            () = registration.wake.notified() => {}
+            control = registration.control.recv() => match control {
+                Some(Control::Cancel(id)) => cancel.push(id),
+                // Replaced by a newer poll, revoked, or shutting down: answer now.
+                _ => break Ok(PolledCommands { commands: Vec::new(), cancel }),
+            },
+            () = tokio::time::sleep_until(deadline) => break Ok(PolledCommands { commands: Vec::new(), cancel }),
+        }
+    };
+    state.hub.unregister(agent_id, registration.conn_id);
+    outcome.map(axum::Json)
+}
+
+/// Send agent frames (long-poll transport), applied in order.
+#[utoipa::path(
+    post, path = "/agent/frames", tag = "agent",
+    security(("agent" = [])),
+    request_body = Vec<botmox_contract::protocol::AgentFrame>,
+    responses((status = 200, description = "Which frames were refused, and why; refused frames changed nothing", body = FramesOutcome))
+)]
+pub async fn frames(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(frames): Json<Vec<serde_json::Value>>,
+) -> ApiResult<axum::Json<FramesOutcome>> {
+    let mut session = greeted_session(&state, &principal).await?;
+    let mut outcome = FramesOutcome { accepted: 0, refused: Vec::new() };
+    for (index, frame) in frames.into_iter().enumerate() {
+        let result = match serde_json::from_value(frame) {
+            Ok(frame) => session.handle(frame).await,
+            Err(e) => Err(super::session::FrameError::new("malformed_frame", format!("not an agent frame: {e}"))),
+        };
+        match result {
+            Ok(()) => outcome.accepted += 1,
+            Err(refusal) => outcome.refused.push(RefusedFrame {
+                index: index as u32,
+                code: refusal.code.into(),
+                detail: refusal.detail,
+            }),
+        }
+    }
+    Ok(axum::Json(outcome))
+}

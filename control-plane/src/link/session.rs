@@ -1,0 +1,192 @@
+//! One agent's side of the protocol, whatever the transport: each `AgentFrame` is checked and
+//! applied here (WebSocket and long-poll both call [`AgentSession::handle`]). A refused frame
+//! changes nothing and comes back as a [`FrameError`] naming the problem.
+
+use std::collections::HashSet;
+
+use botmox_contract::{
+    events::EventPayload,
+    logs::LogLine,
+    protocol::{AgentFrame, CommandOutcome as WireOutcome, PROTOCOL_VERSION},
+    Id,
+};
+
+use crate::{
+    state::AppState,
+    store::{AgentHello, CommandOutcome, StoreError},
+};
+
+/// Largest batch of log lines in one frame, and longest line (longer ones are cut).
+pub const MAX_LOG_LINES: usize = 1000;
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl FrameError {
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into() }
+    }
+}
+
+impl From<StoreError> for FrameError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => FrameError::new("not_found", format!("{what} not found (or not yours)")),
+            StoreError::InvalidTransition { .. } => FrameError::new("invalid_transition", err.to_string()),
+            other => {
+                tracing::error!(error = %other, "applying an agent frame failed");
+                FrameError::new("internal", "the server could not apply this frame; send it again")
+            }
+        }
+    }
+}
+
+pub struct AgentSession {
+    state: AppState,
+    pub agent_id: Id,
+    pub tenant_id: Id,
+    greeted: bool,
+    /// The bots placed on this agent (an agent may only report about its own).
+    bots: HashSet<Id>,
+}
+
+impl AgentSession {
+    pub fn new(state: AppState, tenant_id: Id, agent_id: Id) -> Self {
+        Self { state, agent_id, tenant_id, greeted: false, bots: HashSet::new() }
+    }
+
+    pub fn greeted(&self) -> bool {
+        self.greeted
+    }
+
+    /// For the long-poll transport: the agent said `hello` in an earlier request.
+    pub fn mark_greeted(&mut self) {
+        self.greeted = true;
+    }
+
+    /// Parses and applies one text frame.
+    pub async fn handle_text(&mut self, text: &str) -> Result<(), FrameError> {
+        let frame: AgentFrame = serde_json::from_str(text)
+            .map_err(|e| FrameError::new("malformed_frame", format!("not an agent frame: {e}")))?;
+        self.handle(frame).await
+    }
+
+    pub async fn handle(&mut self, frame: AgentFrame) -> Result<(), FrameError> {
+        let state = self.state.clone();
+        let now = state.clock.now();
+        if !self.greeted && !matches!(frame, AgentFrame::Hello { .. }) {
+            return Err(FrameError::new("hello_first", "the first frame of a connection must be `hello`"));
+        }
+        match frame {
+            AgentFrame::Hello { protocol, agent_version, hostname, os, arch, bots } => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(FrameError::new(
+                        "unsupported_protocol",
+                        format!(
+                            "this server speaks protocol {PROTOCOL_VERSION}, the agent {protocol}: upgrade the agent"
+                        ),
+                    ));
+                }
+                let hello = AgentHello { hostname, os, arch, version: agent_version };
+                for (field, value) in [
+                    ("hostname", &hello.hostname),
+                    ("os", &hello.os),
+                    ("arch", &hello.arch),
+                    ("agent_version", &hello.version),
+                ] {
+                    if value.is_empty() || value.len() > 253 || value.chars().any(char::is_control) {
+                        return Err(FrameError::new(
+                            "invalid_frame",
+                            format!("`{field}` must be 1 to 253 printable characters"),
+                        ));
+                    }
+                }
+                let agent = state.store.agent_connected(self.agent_id, &state.settings.replica_id, &hello, now).await?;
+                let changed = state.store.apply_snapshot(self.agent_id, &bots, now).await?;
+                self.bots = state.store.bots_of_agent(self.agent_id).await?.into_iter().map(|b| b.id).collect();
+                self.greeted = true;
+                tracing::info!(agent_id = %self.agent_id, bots = bots.len(), "agent connected");
+                state
+                    .publish(
+                        self.tenant_id,
+                        EventPayload::AgentPresence { agent_id: agent.id, name: agent.name, status: agent.status },
+                    )
+                    .await;
+                for bot in &changed {
+                    state.publish(self.tenant_id, EventPayload::BotState(bot.into())).await;
+                }
+            }
+            AgentFrame::Heartbeat { metrics } => state.presence.beat(self.agent_id, metrics, now),
+            AgentFrame::Ack { command_id } => {
+                let command = state.store.ack_command(self.agent_id, command_id, now).await?;
+                state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
+            }
+            AgentFrame::Result(WireOutcome { command_id, ok, result, error }) => {
+                let error = error.map(|e| e.chars().take(4096).collect());
+                let outcome = CommandOutcome { ok, result, error };
+                let command = state.store.complete_command(self.agent_id, command_id, outcome, now).await?;
+                state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
+            }
+            AgentFrame::BotState(report) => {
+                self.ensure_own(report.bot_id).await?;
+                let bot = state
+                    .store
+                    .report_bot_state(self.agent_id, &report)
+                    .await?
+                    .ok_or_else(|| FrameError::new("not_found", "bot not found (or not yours)"))?;
+                state.publish(self.tenant_id, EventPayload::BotState((&bot).into())).await;
+            }
+            AgentFrame::Logs { bot_id, lines } => {
+                self.ensure_own(bot_id).await?;
+                if lines.len() > MAX_LOG_LINES {
+                    return Err(FrameError::new("invalid_frame", format!("at most {MAX_LOG_LINES} lines per frame")));
+                }
+                let lines: Vec<LogLine> = lines.into_iter().map(truncate_line).collect();
+                state.store.append_logs(self.tenant_id, bot_id, &lines, state.settings.log_keep_lines).await?;
+                state.logs_arrived(bot_id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bots created after the hello are learnt on first mention.
+    async fn ensure_own(&mut self, bot_id: Id) -> Result<(), FrameError> {
+        if self.bots.contains(&bot_id) {
+            return Ok(());
+        }
+        self.bots = self.state.store.bots_of_agent(self.agent_id).await?.into_iter().map(|b| b.id).collect();
+        if self.bots.contains(&bot_id) {
+            Ok(())
+        } else {
+            Err(FrameError::new("not_found", "bot not found (or not yours)"))
+        }
+    }
+
+    /// The connection ended: forget which replica held it (presence decides `offline`).
+    pub async fn close(&self) {
+        if let Err(e) = self
+            .state
+            .store
+            .agent_disconnected(self.agent_id, &self.state.settings.replica_id, self.state.clock.now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the disconnection");
+        }
+    }
+}
+
+fn truncate_line(mut line: LogLine) -> LogLine {
+    if line.text.len() > MAX_LOG_LINE_BYTES {
+        let mut cut = MAX_LOG_LINE_BYTES;
+        while !line.text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.text.truncate(cut);
+        line.text.push('…');
+    }
+    line
+}

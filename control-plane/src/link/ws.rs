@@ -1,0 +1,213 @@
+//! The agent's WebSocket (`GET /agent/connect`): one reader loop applying frames through
+//! [`AgentSession`], one writer task, and after `hello` a dispatcher that pushes commands the
+//! moment they are queued (woken by the [`Hub`](super::hub::Hub), never by a polling interval).
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket, WebSocketUpgrade},
+        State,
+    },
+    response::Response,
+};
+use botmox_contract::{agents::ServerSettings, protocol::ServerFrame, Id};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::{
+    dispatch,
+    hub::{Control, CLOSE_SHUTDOWN},
+    session::{AgentSession, FrameError},
+};
+use crate::{
+    auth::Principal,
+    http::error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+/// Frames larger than this are refused (with an error frame); the transport cuts the
+/// connection at twice this size.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// Commands a dispatcher re-checks this often even without a wake-up (a safety net only:
+/// wake-ups carry the real latency).
+const SAFETY_RECHECK: Duration = Duration::from_secs(10);
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// What the writer sends.
+enum Outbound {
+    Frame(ServerFrame),
+    Ping,
+    Close(u16, &'static str),
+}
+
+/// The agent's persistent connection.
+#[utoipa::path(
+    get, path = "/agent/connect", tag = "agent",
+    security(("agent" = [])),
+    responses(
+        (status = 101, description = "WebSocket: JSON `AgentFrame`s up, `ServerFrame`s down; the first frame must be `hello`"),
+        (status = 401, description = "Not a valid agent token"),
+    )
+)]
+pub async fn connect(
+    State(state): State<AppState>,
+    principal: Principal,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let agent_id = principal.agent_id().ok_or_else(|| ApiError::Forbidden("only agents connect".into()))?;
+    let ws = ws.map_err(|rejection| ApiError::Request {
+        status: axum::http::StatusCode::UPGRADE_REQUIRED,
+        code: "websocket_required",
+        detail: format!("this endpoint is a WebSocket: {}", rejection.body_text()),
+        field: None,
+        hint: Some(
+            "where WebSockets are blocked, use GET /api/v1/agent/commands/next and POST /api/v1/agent/frames".into(),
+        ),
+    })?;
+    let tenant_id = principal.tenant_id;
+    Ok(ws
+        .max_message_size(2 * MAX_FRAME_BYTES)
+        .max_frame_size(2 * MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| run(state, tenant_id, agent_id, socket)))
+}
+
+pub fn server_settings(state: &AppState) -> ServerSettings {
+    ServerSettings {
+        heartbeat_interval_s: state.settings.heartbeat_interval.as_secs().max(1),
+        max_frame_bytes: MAX_FRAME_BYTES as u64,
+        max_log_batch: super::session::MAX_LOG_LINES as u32,
+    }
+}
+
+fn encode(frame: &ServerFrame) -> Message {
+    Message::Text(serde_json::to_string(frame).unwrap_or_default().into())
+}
+
+async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
+    let mut registration = state.hub.register(agent_id);
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut outbound) = mpsc::channel::<Outbound>(256);
+
+    let writer = tokio::spawn(async move {
+        while let Some(item) = outbound.recv().await {
+            let message = match item {
+                Outbound::Frame(frame) => encode(&frame),
+                Outbound::Ping => Message::Ping(Vec::new().into()),
+                Outbound::Close(code, reason) => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+            };
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut session = AgentSession::new(state.clone(), tenant_id, agent_id);
+    let mut dispatcher: Option<tokio::task::JoinHandle<()>> = None;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let _ = out.send(error_frame(FrameError::new("malformed_frame", "frames are JSON text"))).await;
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        tracing::info!(%agent_id, error = %e, "agent connection failed");
+                        break;
+                    }
+                };
+                if text.len() > MAX_FRAME_BYTES {
+                    let refusal = FrameError::new("frame_too_large", format!("frames are at most {MAX_FRAME_BYTES} bytes"));
+                    let _ = out.send(error_frame(refusal)).await;
+                    continue;
+                }
+                let first = !session.greeted();
+                match session.handle_text(&text).await {
+                    Ok(()) if first && session.greeted() => {
+                        let _ = out.send(Outbound::Frame(ServerFrame::Settings(server_settings(&state)))).await;
+                        dispatcher = Some(tokio::spawn(dispatch_loop(
+                            state.clone(), tenant_id, agent_id, registration.wake.clone(), out.clone(),
+                        )));
+                    }
+                    Ok(()) => {}
+                    Err(refusal) => {
+                        let _ = out.send(error_frame(refusal)).await;
+                    }
+                }
+            }
+            control = registration.control.recv() => match control {
+                Some(Control::Close { code, reason }) => {
+                    tracing::info!(%agent_id, code, reason, "closing agent connection");
+                    let _ = out.send(Outbound::Close(code, reason)).await;
+                    break;
+                }
+                Some(Control::Cancel(command_id)) => {
+                    let _ = out.send(Outbound::Frame(ServerFrame::Cancel { command_id })).await;
+                }
+                None => break,
+            },
+            _ = ping.tick() => {
+                let _ = out.send(Outbound::Ping).await;
+            }
+        }
+    }
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.abort();
+    }
+    drop(out);
+    let _ = writer.await;
+    state.hub.unregister(agent_id, registration.conn_id);
+    if session.greeted() {
+        session.close().await;
+    }
+}
+
+fn error_frame(refusal: FrameError) -> Outbound {
+    Outbound::Frame(ServerFrame::Error { code: refusal.code.into(), detail: refusal.detail })
+}
+
+/// Pushes the agent's commands as they are queued: claim, send, wait for a wake-up.
+async fn dispatch_loop(
+    state: AppState,
+    tenant_id: Id,
+    agent_id: Id,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    out: mpsc::Sender<Outbound>,
+) {
+    loop {
+        match dispatch::claim(&state, tenant_id, agent_id).await {
+            Ok(envelopes) => {
+                let full = envelopes.len() as u32 == dispatch::CLAIM_BATCH;
+                for envelope in envelopes {
+                    if out.send(Outbound::Frame(ServerFrame::Command(Box::new(envelope)))).await.is_err() {
+                        // The connection is gone: the lease brings the command back to the queue.
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => tracing::error!(%agent_id, error = %e, "dispatch failed"),
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(SAFETY_RECHECK) => {}
+            () = out.closed() => return,
+        }
+    }
+}
+
+/// Asks every agent connected here to reconnect (graceful shutdown).
+pub fn close_all(state: &AppState) {
+    state.hub.close_all(CLOSE_SHUTDOWN, "server shutting down: reconnect");
+}
