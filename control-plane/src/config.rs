@@ -100,6 +100,18 @@ pub struct ServeArgs {
     #[arg(long = "cors-origin", env = "BOTMOX_CORS_ORIGINS", value_delimiter = ',', value_parser = cors_origin)]
     pub cors_origins: Vec<axum::http::HeaderValue>,
 
+    /// Seconds between agent heartbeats (three missed: offline).
+    #[arg(long, env = "BOTMOX_HEARTBEAT_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub heartbeat_interval: u64,
+
+    /// Seconds an agent has to acknowledge a command before it is sent again.
+    #[arg(long, env = "BOTMOX_COMMAND_LEASE", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub command_lease: u64,
+
+    /// Seconds a command waits for its agent before it expires.
+    #[arg(long, env = "BOTMOX_COMMAND_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub command_ttl: u64,
+
     #[arg(long, env = "BOTMOX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 

@@ -1,7 +1,7 @@
 //! The life of `botmox serve`: open and migrate the store, bootstrap the first admin, build the
 //! state, listen, serve until SIGINT/SIGTERM, then drain and close the store.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
@@ -95,6 +95,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings {
         trust_proxy_headers: args.trust_proxy_headers,
         cors_origins: args.cors_origins.clone(),
+        heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
+        command_lease: Duration::from_secs(args.command_lease),
+        command_ttl: Duration::from_secs(args.command_ttl),
         ..Settings::new(public_url.clone())
     };
     let state = AppState::new(store.clone(), clock, settings, master_key).await?;
