@@ -3,7 +3,6 @@
 //! and refresh, and by the supervisor. There is no route that changes or deletes one.
 
 use axum::extract::State;
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use botmox_contract::audit::{ActorKind, AuditPage, Outcome};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -12,10 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    http::{
-        error::{ApiError, ApiResult},
-        extract::Query,
-    },
+    http::{error::ApiResult, extract::Query, page},
     state::AppState,
     store::AuditFilter,
 };
@@ -52,21 +48,8 @@ async fn list_audit(
     principal: Principal,
     Query(query): Query<AuditQuery>,
 ) -> ApiResult<axum::Json<AuditPage>> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 500"));
-    }
-    let before_id = match &query.cursor {
-        Some(cursor) => Some(
-            URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .and_then(|id| Uuid::parse_str(&id).ok())
-                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`cursor` is not one this server handed out"))?,
-        ),
-        None => None,
-    };
+    let limit = page::limit(query.limit, 100, 500)?;
+    let before_id = page::decode_id_cursor(query.cursor.as_deref())?;
     let filter = AuditFilter {
         actor_kind: query.actor_kind,
         actor_id: query.actor_id,
@@ -77,6 +60,6 @@ async fn list_audit(
         limit,
     };
     let (items, has_more) = state.store.list_audit(principal.tenant_id, &filter).await?;
-    let next_cursor = if has_more { items.last().map(|e| URL_SAFE_NO_PAD.encode(e.id.to_string())) } else { None };
+    let next_cursor = if has_more { items.last().map(|e| page::encode_cursor(&e.id.to_string())) } else { None };
     Ok(axum::Json(AuditPage { items, next_cursor }))
 }

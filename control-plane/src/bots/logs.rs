@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::{
     auth::Principal,
     http::{
-        error::{ApiError, ApiResult},
+        error::ApiResult,
         extract::{Path, Query},
     },
     state::AppState,
@@ -57,10 +57,7 @@ pub async fn bot_logs(
     Path(id): Path<Uuid>,
     Query(query): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    let limit = query.limit.unwrap_or(200);
-    if !(1..=5000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 5000"));
-    }
+    let limit = crate::http::page::limit(query.limit, 200, 5000)?;
     state.store.get_bot(principal.tenant_id, id).await?;
     let first = LogQuery { after_seq: query.after_seq, since: query.since, limit };
     let lines = state.store.read_logs(principal.tenant_id, id, &first).await?;

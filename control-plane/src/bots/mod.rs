@@ -11,7 +11,6 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use botmox_contract::{
     bots::{Bot, BotList, BotPatch, BotSpec, BotState},
     commands::CommandKind,
@@ -29,6 +28,7 @@ use crate::{
     http::{
         error::{ApiError, ApiResult},
         extract::{etag, IfMatch, Json, Path, Query},
+        page,
     },
     state::AppState,
     store::{definition_hash, BotFilter, NewBot, StoreError, UpdateBot},
@@ -64,17 +64,6 @@ struct ListQuery {
     cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
-}
-
-fn encode_cursor(name: &str) -> String {
-    URL_SAFE_NO_PAD.encode(name.as_bytes())
-}
-
-fn decode_cursor(cursor: &str) -> ApiResult<String> {
-    URL_SAFE_NO_PAD.decode(cursor).ok().and_then(|bytes| String::from_utf8(bytes).ok()).ok_or_else(|| {
-        ApiError::bad_request("invalid_cursor", "`cursor` is not one this server handed out")
-            .with_hint("pass the `next_cursor` of the previous page unchanged")
-    })
 }
 
 /// Queues a bookkeeping command (sync, remove) for an agent; failing to is logged, not fatal:
@@ -129,20 +118,17 @@ async fn list_bots(
     principal: Principal,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<axum::Json<BotList>> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("`limit` must be between 1 and {MAX_LIMIT}")));
-    }
+    let limit = page::limit(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let filter = BotFilter {
         state: query.state,
         agent_id: query.agent_id,
         tag: query.tag,
         name: query.name.filter(|n| !n.is_empty()),
-        after_name: query.cursor.as_deref().map(decode_cursor).transpose()?,
+        after_name: query.cursor.as_deref().map(page::decode_cursor).transpose()?,
         limit,
     };
     let page = state.store.list_bots(principal.tenant_id, &filter).await?;
-    let next_cursor = if page.has_more { page.items.last().map(|bot| encode_cursor(&bot.name)) } else { None };
+    let next_cursor = if page.has_more { page.items.last().map(|bot| page::encode_cursor(&bot.name)) } else { None };
     Ok(axum::Json(BotList { items: page.items, next_cursor, counts: page.counts, total: page.total }))
 }
 

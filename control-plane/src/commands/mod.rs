@@ -8,7 +8,6 @@ use axum::{
     extract::{FromRequestParts, State},
     http::{request::Parts, StatusCode},
 };
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use botmox_contract::{
     agents::AgentStatus,
     audit::Actor,
@@ -27,6 +26,7 @@ use crate::{
     http::{
         error::{ApiError, ApiResult},
         extract::{Json, Path, Query},
+        page,
     },
     state::AppState,
     store::{CommandFilter, NewCommand},
@@ -136,25 +136,12 @@ async fn list_commands(
     principal: Principal,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<axum::Json<CommandList>> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 500"));
-    }
-    let before_id = match &query.cursor {
-        Some(cursor) => Some(
-            URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|id| Uuid::parse_str(&id).ok())
-                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "`cursor` is not one this server handed out"))?,
-        ),
-        None => None,
-    };
+    let limit = page::limit(query.limit, 50, 500)?;
+    let before_id = page::decode_id_cursor(query.cursor.as_deref())?;
     let filter =
         CommandFilter { status: query.status, agent_id: query.agent_id, bot_id: query.bot_id, before_id, limit };
     let (items, has_more) = state.store.list_commands(principal.tenant_id, &filter).await?;
-    let next_cursor = if has_more { items.last().map(|c| URL_SAFE_NO_PAD.encode(c.id.to_string())) } else { None };
+    let next_cursor = if has_more { items.last().map(|c| page::encode_cursor(&c.id.to_string())) } else { None };
     Ok(axum::Json(CommandList { items, next_cursor }))
 }
 

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod error;
 pub mod extract;
+pub mod page;
 pub mod request_id;
 
 use std::{future::Future, net::SocketAddr, sync::OnceLock};
