@@ -46,3 +46,57 @@ pub struct Incident {
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub acknowledged_by: Option<Uuid>,
 }
+
+impl IncidentKind {
+    pub const ALL: [IncidentKind; 9] = [
+        IncidentKind::BotCrashed,
+        IncidentKind::BotRestarted,
+        IncidentKind::BotCrashLoop,
+        IncidentKind::BotFailed,
+        IncidentKind::AgentOffline,
+        IncidentKind::AgentOnline,
+        IncidentKind::CommandExpired,
+        IncidentKind::CommandDeadLettered,
+        IncidentKind::TokenRevokedAgentConnected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentKind::BotCrashed => "bot_crashed",
+            IncidentKind::BotRestarted => "bot_restarted",
+            IncidentKind::BotCrashLoop => "bot_crash_loop",
+            IncidentKind::BotFailed => "bot_failed",
+            IncidentKind::AgentOffline => "agent_offline",
+            IncidentKind::AgentOnline => "agent_online",
+            IncidentKind::CommandExpired => "command_expired",
+            IncidentKind::CommandDeadLettered => "command_dead_lettered",
+            IncidentKind::TokenRevokedAgentConnected => "token_revoked_agent_connected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s)
+    }
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Severity::Info, Severity::Warning, Severity::Critical].into_iter().find(|sev| sev.as_str() == s)
+    }
+}
+
+/// One page of `GET /incidents`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IncidentList {
+    pub items: Vec<Incident>,
+    pub next_cursor: Option<String>,
+}

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bots;
 pub mod commands;
 pub mod events;
+pub mod guide;
 pub mod incidents;
 pub mod logs;
 pub mod problem;

@@ -54,10 +54,12 @@ pub struct Settings {
     pub command_run_timeout: Duration,
     /// Dispatches before a command is dead-lettered.
     pub command_max_attempts: u32,
-    /// How often leases, TTLs and presence are checked.
+    /// How often the supervisor ticks (presence, leases, TTLs; reconciliation every 4th tick).
     pub hygiene_interval: Duration,
     /// Log lines kept per bot.
     pub log_keep_lines: u64,
+    /// How long logs, finished commands, resolved incidents and audit entries are kept.
+    pub retention: crate::supervisor::Retention,
 }
 
 impl Settings {
@@ -75,6 +77,7 @@ impl Settings {
             command_max_attempts: 5,
             hygiene_interval: Duration::from_millis(500),
             log_keep_lines: 10_000,
+            retention: Default::default(),
         }
     }
 }

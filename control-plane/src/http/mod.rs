@@ -30,7 +30,7 @@ use self::error::ApiError;
 use crate::{
     agents, audit,
     auth::{self, policy::Policy},
-    bots, commands, events, health, link, secrets,
+    bots, commands, events, guide, health, incidents, link, metrics, secrets,
     state::AppState,
     tokens, users,
 };
@@ -56,7 +56,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
         (name = "events", description = "Live events (Server-Sent Events)"),
         (name = "secrets", description = "The secrets vault (values go in, never out)"),
         (name = "audit", description = "The append-only audit log"),
-        (name = "health", description = "Liveness and readiness probes"),
+        (name = "incidents", description = "What the supervisor noticed"),
+        (name = "guide", description = "Health, recommendations, onboarding, the dashboard"),
+        (name = "health", description = "Liveness and readiness probes, Prometheus metrics"),
     )
 )]
 struct ApiDoc;
@@ -100,10 +102,12 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(bots::router())
         .merge(commands::router())
         .merge(events::router())
+        .merge(guide::router())
+        .merge(incidents::router())
         .merge(link::router())
         .merge(secrets::router())
         .merge(audit::router());
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).merge(health::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", v1).merge(health::router()).merge(metrics::router())
 }
 
 /// The OpenAPI 3.1 document of this server.
@@ -124,9 +128,11 @@ pub fn policy() -> &'static Policy {
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = api_router().split_for_parts();
     policy();
+    metrics::handle();
     let cors = state.settings.cors_origins.clone();
     let router = router
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::policy::authorize))
+        .route_layer(middleware::from_fn(metrics::track))
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async {

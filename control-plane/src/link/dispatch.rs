@@ -27,6 +27,8 @@ pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Res
     let claimed = state.store.claim_commands(agent_id, CLAIM_BATCH, now).await?;
     let mut envelopes = Vec::with_capacity(claimed.len());
     for command in claimed {
+        let waited = (now - command.created_at).to_std().unwrap_or_default();
+        metrics::histogram!("botmox_command_dispatch_latency_seconds").record(waited.as_secs_f64());
         match envelope(state, tenant_id, &command).await {
             Ok(envelope) => {
                 state.publish(tenant_id, EventPayload::CommandStatus((&command).into())).await;

@@ -1,12 +1,11 @@
 //! The agents' side of the control plane: their connections ([`ws`], [`poll`]), the protocol
 //! logic both transports share ([`session`]), command dispatch ([`dispatch`]), the registry of
-//! connections on this replica ([`hub`]), presence ([`presence`]), the periodic upkeep
-//! ([`hygiene`]) and the signals between replicas ([`cluster`]).
+//! connections on this replica ([`hub`]), batched heartbeats ([`presence`]) and the signals
+//! between replicas ([`cluster`]). Deciding what the fleet's state means is `supervisor`'s.
 
 pub mod cluster;
 pub mod dispatch;
 pub mod hub;
-pub mod hygiene;
 pub mod logs;
 pub mod poll;
 pub mod presence;
@@ -24,14 +23,16 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(ws::connect)).routes(routes!(poll::next)).merge(frames)
 }
 
-/// Starts the background work of a server: upkeep and (on Postgres) the cluster listener.
+/// Starts the background work of a server: heartbeat batches, the supervisor (when this replica
+/// leads) and (on Postgres) the cluster listener.
 pub fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    let hygiene = tokio::spawn(hygiene::run(state.clone()));
+    let presence = tokio::spawn(presence::run(state.clone()));
+    let supervisor = tokio::spawn(crate::supervisor::run(state.clone()));
     let listener_state = state.clone();
     let listener = tokio::spawn(async move {
         if let Err(e) = cluster::listen(listener_state).await {
             tracing::error!(error = %e, "the cluster listener stopped");
         }
     });
-    vec![hygiene, listener]
+    vec![presence, supervisor, listener]
 }

@@ -1,14 +1,9 @@
 //! Presence: heartbeats are kept in memory and written in one batch per tick (never a write
-//! per heartbeat per agent); agents silent for three intervals are marked offline and their
-//! bots `unknown`.
+//! per heartbeat per agent). The supervisor marks agents silent for three intervals offline.
 
 use std::{collections::HashMap, sync::Mutex};
 
-use botmox_contract::{
-    agents::{AgentMetrics, AgentStatus},
-    events::EventPayload,
-    Id, Timestamp,
-};
+use botmox_contract::{agents::AgentMetrics, Id, Timestamp};
 
 use crate::{state::AppState, store::Heartbeat};
 
@@ -30,28 +25,22 @@ impl Presence {
     }
 }
 
-/// One presence tick: write the batched heartbeats, then mark the silent agents offline.
-pub async fn tick(state: &AppState) -> anyhow::Result<()> {
+/// Writes the heartbeats batched since the last call (every replica does this for its own
+/// agents; deciding who is offline is the supervisor's).
+pub async fn flush(state: &AppState) -> anyhow::Result<()> {
     let beats = state.presence.take();
     state.store.record_heartbeats(&beats).await?;
-    let now = state.clock.now();
-    let silence = chrono::Duration::from_std(state.settings.heartbeat_interval * 3)?;
-    for agent in state.store.mark_silent_agents_offline(now - silence, now).await? {
-        tracing::info!(agent_id = %agent.id, name = %agent.name, "agent offline: missed three heartbeats");
-        let tenant = state.store.agent_tenant(agent.id).await?;
-        state
-            .publish(
-                tenant,
-                EventPayload::AgentPresence {
-                    agent_id: agent.id,
-                    name: agent.name.clone(),
-                    status: AgentStatus::Offline,
-                },
-            )
-            .await;
-        for bot in state.store.bots_of_agent(agent.id).await? {
-            state.publish(tenant, EventPayload::BotState((&bot).into())).await;
+    Ok(())
+}
+
+/// Flushes every half `hygiene_interval` until the server stops.
+pub async fn run(state: AppState) {
+    let mut every = tokio::time::interval(state.settings.hygiene_interval / 2);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = flush(&state).await {
+            tracing::error!(error = %e, "could not write heartbeats");
         }
     }
-    Ok(())
 }

@@ -113,11 +113,18 @@ impl AgentSession {
                 state
                     .publish(
                         self.tenant_id,
-                        EventPayload::AgentPresence { agent_id: agent.id, name: agent.name, status: agent.status },
+                        EventPayload::AgentPresence {
+                            agent_id: agent.id,
+                            name: agent.name.clone(),
+                            status: agent.status,
+                        },
                     )
                     .await;
                 for bot in &changed {
                     state.publish(self.tenant_id, EventPayload::BotState(bot.into())).await;
+                }
+                if let Err(e) = crate::supervisor::incidents::agent_online(&state, self.tenant_id, &agent).await {
+                    tracing::error!(error = %e, "could not resolve the agent's offline incident");
                 }
             }
             AgentFrame::Heartbeat { metrics } => state.presence.beat(self.agent_id, metrics, now),
@@ -133,12 +140,16 @@ impl AgentSession {
             }
             AgentFrame::BotState(report) => {
                 self.ensure_own(report.bot_id).await?;
+                let before = state.store.get_bot(self.tenant_id, report.bot_id).await?.state;
                 let bot = state
                     .store
                     .report_bot_state(self.agent_id, &report)
                     .await?
                     .ok_or_else(|| FrameError::new("not_found", "bot not found (or not yours)"))?;
                 state.publish(self.tenant_id, EventPayload::BotState((&bot).into())).await;
+                if let Err(e) = crate::supervisor::incidents::bot_reported(&state, self.tenant_id, before, &bot).await {
+                    tracing::error!(error = %e, "could not update the bot's incidents");
+                }
             }
             AgentFrame::Logs { bot_id, lines } => {
                 self.ensure_own(bot_id).await?;

@@ -2,12 +2,15 @@
 //! kind of credential → the expected answer. A route without a declared rule cannot be served
 //! (the app refuses to build) and is missing from the table, so the `known_routes` check fails.
 
-use botmox_contract::auth::{Role, Scope};
+use botmox_contract::{
+    auth::{Role, Scope},
+    incidents::{IncidentKind, Severity},
+};
 use botmox_control_plane::{
     auth::{credentials, min_role, policy::Access},
     clock::Clock,
     http,
-    store::NewApiToken,
+    store::{NewApiToken, NewIncident},
 };
 use botmox_e2e::{
     app::{send, TestApp},
@@ -33,6 +36,7 @@ fn concrete(path: &str, real: Option<&Fixtures>) -> String {
                 (Some(f), "tokens") => f.token.clone(),
                 (Some(f), "secrets") => f.secret.clone(),
                 (Some(f), "commands") => f.command.clone(),
+                (Some(f), "incidents") => f.incident.clone(),
                 (Some(_), other) => panic!("add a fixture for `{other}` so the matrix covers {path}"),
                 (None, "secrets") => "no-such-secret".to_owned(),
                 (None, _) => uuid::Uuid::now_v7().to_string(),
@@ -53,6 +57,7 @@ struct Fixtures {
     token: String,
     secret: String,
     command: String,
+    incident: String,
 }
 
 async fn call(app: &TestApp, method: &Method, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
@@ -122,6 +127,20 @@ async fn every_route_enforces_its_rule(backend: Backend) -> anyhow::Result<()> {
     let (status, started) =
         send(app.post(&format!("/api/v1/bots/{}/start", bot["id"].as_str().unwrap_or("")), &json!({}))).await?;
     assert_eq!(status, 202, "{started}");
+    let (incident, _) = app
+        .store
+        .open_incident(
+            NewIncident {
+                tenant_id: app.tenant_id,
+                kind: IncidentKind::AgentOffline,
+                severity: Severity::Warning,
+                subject: format!("agent:{agent_id}"),
+                message: "matrix fixture".into(),
+                data: json!({}),
+            },
+            now,
+        )
+        .await?;
     let viewer_id = app.store.list_users(app.tenant_id).await?.into_iter().find(|u| u.user.role == Role::Viewer);
     let fixtures = Fixtures {
         bot: bot["id"].as_str().unwrap_or_default().to_owned(),
@@ -130,6 +149,7 @@ async fn every_route_enforces_its_rule(backend: Backend) -> anyhow::Result<()> {
         token: token["token"]["id"].as_str().unwrap_or_default().to_owned(),
         secret: "matrix-secret".into(),
         command: started["command"]["id"].as_str().unwrap_or_default().to_owned(),
+        incident: incident.id.to_string(),
     };
 
     let mut rules: Vec<_> = http::policy().rules().map(|(m, p, r)| (m.clone(), p.to_owned(), r.clone())).collect();

@@ -1,0 +1,55 @@
+//! Reconciliation: a bot that should run on an online agent and does not (or should not and
+//! does), with no command for it pending or recent, gets the command that closes the gap.
+
+use std::time::Duration;
+
+use botmox_contract::{audit::Actor, bots::DesiredState, commands::CommandKind};
+
+use crate::{
+    commands::{submit, Submission},
+    state::AppState,
+};
+
+/// A bot is left alone this long after any command for it (so a failing start is not retried
+/// in a tight loop; the operator sees the failure and its incident instead).
+pub const QUIET_PERIOD: Duration = Duration::from_secs(60);
+/// Bots nudged per pass.
+const BATCH: u32 = 500;
+
+pub async fn run(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now();
+    let drifting = state.store.drifting_bots(now - chrono::Duration::from_std(QUIET_PERIOD)?, BATCH).await?;
+    for drift in drifting {
+        let kind = match drift.desired {
+            DesiredState::Running => CommandKind::BotStart,
+            DesiredState::Stopped => CommandKind::BotStop,
+        };
+        let submission = Submission {
+            tenant_id: drift.tenant_id,
+            agent_id: drift.agent_id,
+            bot_id: Some(drift.bot_id),
+            kind,
+            payload: serde_json::json!({ "reason": "reconcile" }),
+            idempotency_key: None,
+            created_by: Actor::supervisor(),
+            extra_run_time: Duration::from_secs(drift.stop_timeout_seconds),
+        };
+        match submit(state, submission).await {
+            Ok(accepted) => {
+                tracing::info!(bot_id = %drift.bot_id, kind = kind.as_str(), "reconciling");
+                super::audit(
+                    state,
+                    drift.tenant_id,
+                    "reconcile_bot",
+                    format!("bot:{}", drift.bot_id),
+                    serde_json::json!({
+                        "desired": drift.desired, "observed": drift.state, "command_id": accepted.command.id,
+                    }),
+                )
+                .await;
+            }
+            Err(e) => tracing::warn!(bot_id = %drift.bot_id, error = %e, "could not reconcile"),
+        }
+    }
+    Ok(())
+}
