@@ -41,10 +41,35 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with settings adjusted first (short leases, fast heartbeats, …).
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        Self::build(backend, Clock::System, true, adjust).await
+    }
+
+    /// A server on a manual clock with no background tasks: the test moves time
+    /// ([`Clock::advance`] on `app.clock`) and runs the supervisor itself ([`TestApp::tick`]).
+    /// The admin acts with an API token here: moving the clock past 15 minutes would expire a
+    /// session's access token.
+    pub async fn spawn_manual(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        let mut app = Self::build(backend, Clock::manual(chrono::Utc::now()), false, adjust).await?;
+        app.token = app.api_token(&["admin"]).await?;
+        Ok(app)
+    }
+
+    /// One round of what the background tasks do: write heartbeats, then a supervisor tick
+    /// (`n` = 0 includes reconciliation and retention).
+    pub async fn tick(&self, n: u64) -> anyhow::Result<()> {
+        link::presence::flush(&self.state).await?;
+        botmox_control_plane::supervisor::tick(&self.state, n).await
+    }
+
+    async fn build(
+        backend: Backend,
+        clock: Clock,
+        background: bool,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
         crate::init_test_logging();
         let db = TestDb::new(backend).await?;
         let store = db.store().await?;
-        let clock = Clock::System;
         let tenant_id = match bootstrap::ensure_admin(&store, &clock, "admin", Some(ADMIN_PASSWORD)).await? {
             bootstrap::Bootstrap::Created { tenant_id, .. } | bootstrap::Bootstrap::Existing { tenant_id } => tenant_id,
         };
@@ -53,7 +78,7 @@ impl TestApp {
         let mut settings = Settings::new(base_url.clone());
         adjust(&mut settings);
         let state = AppState::new(store.clone(), clock.clone(), settings, Some(MasterKey::generate())).await?;
-        let background = link::spawn_background(&state);
+        let background = if background { link::spawn_background(&state) } else { Vec::new() };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(listener, http::app(state.clone()), async {
             let _ = stopped.await;
