@@ -21,18 +21,36 @@ use crate::{
 /// At most this many commands are leased to one agent per claim.
 pub const CLAIM_BATCH: u32 = 32;
 
-/// Leases up to [`CLAIM_BATCH`] queued commands of the agent and returns their envelopes.
-pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Result<Vec<CommandEnvelope>> {
+/// What a claim produced: envelopes to send, then dispatched commands to announce.
+pub struct Claimed {
+    pub envelopes: Vec<CommandEnvelope>,
+    dispatched: Vec<Command>,
+    tenant_id: Id,
+}
+
+impl Claimed {
+    /// Publishes the `dispatched` events — after the envelopes are on their way, so announcing
+    /// (a `NOTIFY` round trip on Postgres) never delays delivery.
+    pub async fn announce(self, state: &AppState) {
+        for command in &self.dispatched {
+            state.publish(self.tenant_id, EventPayload::CommandStatus(command.into())).await;
+        }
+    }
+}
+
+/// Leases up to [`CLAIM_BATCH`] queued commands of the agent and builds their envelopes.
+pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Result<Claimed> {
     let now = state.clock.now();
     let claimed = state.store.claim_commands(agent_id, CLAIM_BATCH, now).await?;
     let mut envelopes = Vec::with_capacity(claimed.len());
+    let mut dispatched = Vec::with_capacity(claimed.len());
     for command in claimed {
         let waited = (now - command.created_at).to_std().unwrap_or_default();
         metrics::histogram!("botmox_command_dispatch_latency_seconds").record(waited.as_secs_f64());
         match envelope(state, tenant_id, &command).await {
             Ok(envelope) => {
-                state.publish(tenant_id, EventPayload::CommandStatus((&command).into())).await;
                 envelopes.push(envelope);
+                dispatched.push(command);
             }
             Err(reason) => {
                 tracing::warn!(command_id = %command.id, %reason, "command cannot be delivered");
@@ -42,7 +60,7 @@ pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Res
             }
         }
     }
-    Ok(envelopes)
+    Ok(Claimed { envelopes, dispatched, tenant_id })
 }
 
 /// The envelope of a claimed command, or why it cannot be delivered.

@@ -80,10 +80,12 @@ pub async fn next(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut cancel = state.hub.take_pending_cancels(agent_id);
     let outcome = loop {
-        let commands = match dispatch::claim(&state, principal.tenant_id, agent_id).await {
-            Ok(commands) => commands,
+        let mut claimed = match dispatch::claim(&state, principal.tenant_id, agent_id).await {
+            Ok(claimed) => claimed,
             Err(e) => break Err(ApiError::Internal(e)),
         };
+        let commands = std::mem::take(&mut claimed.envelopes);
+        claimed.announce(&state).await;
         if !commands.is_empty() || !cancel.is_empty() {
             break Ok(PolledCommands { commands, cancel });
         }

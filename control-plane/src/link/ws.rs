@@ -186,14 +186,15 @@ async fn dispatch_loop(
 ) {
     loop {
         match dispatch::claim(&state, tenant_id, agent_id).await {
-            Ok(envelopes) => {
-                let full = envelopes.len() as u32 == dispatch::CLAIM_BATCH;
-                for envelope in envelopes {
+            Ok(mut claimed) => {
+                let full = claimed.envelopes.len() as u32 == dispatch::CLAIM_BATCH;
+                for envelope in std::mem::take(&mut claimed.envelopes) {
                     if out.send(Outbound::Frame(ServerFrame::Command(Box::new(envelope)))).await.is_err() {
                         // The connection is gone: the lease brings the command back to the queue.
                         return;
                     }
                 }
+                claimed.announce(&state).await;
                 if full {
                     continue;
                 }
