@@ -57,6 +57,7 @@ impl AppState {
             events: Arc::new(EventBus::new(EVENT_BACKLOG)),
             log_bus: Arc::default(),
             presence: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
@@ -118,9 +119,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let closing = state.clone();
     let shutdown = async move {
         shutdown.await;
-        // Agents hold open connections: ask them to reconnect (to another replica, or to us
-        // after a restart) so the drain does not wait on them.
-        link::ws::close_all(&closing);
+        begin_shutdown(&closing);
     };
     http::serve(listener, http::app(state), shutdown).await.context("the HTTP server failed")?;
     for task in background {
@@ -129,6 +128,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: closing the store");
     store.close().await;
     Ok(())
+}
+
+/// Ends what would keep the graceful drain waiting: agents are asked to reconnect (to another
+/// replica, or to us after a restart), and event streams, log follows and long polls end.
+pub fn begin_shutdown(state: &AppState) {
+    state.shutdown.cancel();
+    link::ws::close_all(state);
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is *called* (not when

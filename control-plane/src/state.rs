@@ -30,6 +30,9 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Signals to the other replicas (Postgres `NOTIFY`).
     pub cluster: Arc<Cluster>,
+    /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
+    /// follows, long polls) end so the graceful drain can finish.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Server settings handlers need at run time.

@@ -215,7 +215,7 @@ impl TestApp {
         for task in &self.background {
             task.abort();
         }
-        link::ws::close_all(&self.state);
+        botmox_control_plane::server::begin_shutdown(&self.state);
         let _ = self.shutdown.send(());
         self.server.await??;
         self.store.close().await;

@@ -4,6 +4,8 @@
 pub mod app;
 pub mod db;
 pub mod server;
+pub mod sim;
+pub mod sse;
 
 /// Logs go to the test's output only when `TEST_LOG=1` (tests are quiet otherwise).
 pub fn init_test_logging() {

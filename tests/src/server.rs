@@ -26,6 +26,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut command = std::process::Command::new(cargo);
             command.current_dir(&workspace).args(["build", "--quiet", "-p", "botmox-control-plane", "--bin", "botmox"]);
+            command.args(["-p", "botmox-agent", "--bin", "botmox-agent"]);
             let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
             if profile == "release" {
                 command.arg("--release");
@@ -46,7 +47,7 @@ pub fn botmox_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// Output lines of a child, collected as they arrive; waiters are woken on every line.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Lines {
     lines: Arc<Mutex<Vec<String>>>,
     changed: watch::Sender<usize>,
@@ -87,7 +88,7 @@ impl Lines {
         }
     }
 
-    fn spawn_reader(&self, stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
+    pub fn spawn_reader(&self, stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) {
         let lines = self.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream).lines();

@@ -81,6 +81,7 @@ pub async fn bot_logs(
             .data(serde_json::to_string(&line).unwrap_or_default());
         Some((Ok::<_, Infallible>(event), follow))
     });
+    let stream = futures::StreamExt::take_until(stream, state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 

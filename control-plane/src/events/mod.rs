@@ -129,8 +129,9 @@ async fn events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| Uuid::parse_str(v.trim()).ok());
     let subscription = state.events.subscribe(principal.tenant_id, last);
-    Ok(Sse::new(event_stream(principal.tenant_id, subscription))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    // Ends when the server shuts down, so the graceful drain is not held open by a browser.
+    let stream = event_stream(principal.tenant_id, subscription).take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// Replay, then live; a lagging subscriber is told to resync instead of silently losing events.

@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, Notify};
 pub const CLOSE_REPLACED: u16 = 4000;
 pub const CLOSE_REVOKED: u16 = 4001;
 pub const CLOSE_SHUTDOWN: u16 = 4002;
+/// The supervisor marked the agent offline (missed heartbeats): reconnect and say hello, so
+/// the snapshot restores the truth.
+pub const CLOSE_STALE: u16 = 4003;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -62,11 +65,15 @@ impl Hub {
         Registration { conn_id, wake, control: rx }
     }
 
-    /// Removes the connection, unless a newer one already replaced it.
-    pub fn unregister(&self, agent_id: Id, conn_id: u64) {
+    /// Removes the connection, unless a newer one already replaced it. Returns whether it was
+    /// still the agent's current connection here (if not, the newer one owns the agent's state).
+    pub fn unregister(&self, agent_id: Id, conn_id: u64) -> bool {
         let mut entries = self.entries();
         if entries.get(&agent_id).is_some_and(|e| e.conn_id == conn_id) {
             entries.remove(&agent_id);
+            true
+        } else {
+            false
         }
     }
 

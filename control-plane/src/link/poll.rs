@@ -76,6 +76,10 @@ pub async fn next(
         });
     }
     let agent_id = session.agent_id;
+    if state.shutdown.is_cancelled() {
+        // Going away: answer at once so the agent reconnects elsewhere (or to us, restarted).
+        return Ok(axum::Json(PolledCommands { commands: Vec::new(), cancel: Vec::new() }));
+    }
     let mut registration = state.hub.register(agent_id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut cancel = state.hub.take_pending_cancels(agent_id);
@@ -97,6 +101,7 @@ pub async fn next(
                 _ => break Ok(PolledCommands { commands: Vec::new(), cancel }),
             },
             () = tokio::time::sleep_until(deadline) => break Ok(PolledCommands { commands: Vec::new(), cancel }),
+            () = state.shutdown.cancelled() => break Ok(PolledCommands { commands: Vec::new(), cancel }),
         }
     };
     state.hub.unregister(agent_id, registration.conn_id);

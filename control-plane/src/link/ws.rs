@@ -166,8 +166,9 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
     }
     drop(out);
     let _ = writer.await;
-    state.hub.unregister(agent_id, registration.conn_id);
-    if session.greeted() {
+    let was_current = state.hub.unregister(agent_id, registration.conn_id);
+    // A replaced connection leaves the agent's state to the one that replaced it.
+    if session.greeted() && was_current {
         session.close().await;
     }
 }

@@ -454,8 +454,11 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for (tenant, id) in candidates.into_iter().filter(|(_, id)| !named.contains(id)) {
+                    // Not running there: `stopped`, or `pending` if it never ran at all.
                     sqlx::query(
-                        "UPDATE bots SET state = 'stopped', pid = NULL, state_at = $1, updated_at = $1 WHERE id = $2",
+                        "UPDATE bots SET state = CASE WHEN started_at IS NULL AND last_exit_code IS NULL \
+                         AND last_exit_signal IS NULL THEN 'pending' ELSE 'stopped' END, \
+                         pid = NULL, state_at = $1, updated_at = $1 WHERE id = $2",
                     )
                     .bind(to_ms(now))
                     .bind(&id)

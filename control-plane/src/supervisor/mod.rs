@@ -79,6 +79,8 @@ async fn sweep_presence(state: &AppState) -> anyhow::Result<()> {
     let silence = chrono::Duration::from_std(state.settings.heartbeat_interval * 3)?;
     for agent in state.store.mark_silent_agents_offline(now - silence, now).await? {
         tracing::info!(agent_id = %agent.id, name = %agent.name, "agent offline: missed three heartbeats");
+        // A connection that is still open is stale: make the agent reconnect with a snapshot.
+        state.close_agent(agent.id, crate::link::hub::CLOSE_STALE, "missed heartbeats: reconnect").await;
         let tenant = state.store.agent_tenant(agent.id).await?;
         let presence =
             EventPayload::AgentPresence { agent_id: agent.id, name: agent.name.clone(), status: AgentStatus::Offline };

@@ -1,7 +1,9 @@
-//! Acks and results of one agent applied in bulk: what a connection does with the frames that
-//! arrived together (under load, an agent's acks and results come in bursts). One statement
-//! moves every command that may move; each one that did not gets exactly the answer the
-//! single-command function would give (idempotent repeat, `NotFound`, `InvalidTransition`).
+//! The queue in bulk: many commands enqueued at once (a bulk action on a filtered set of
+//! bots), and the acks and results of one agent applied together (what a connection does with
+//! the frames that arrived together; under load they come in bursts). One statement moves
+//! every command that may move; each one that did not gets exactly the answer the
+//! single-command function would give (idempotent repeat, `Reference`, `NotFound`,
+//! `InvalidTransition`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,13 +13,83 @@ use botmox_contract::{
 };
 
 use super::{
-    refused,
+    duration_ms, refused,
     rows::{CommandRow, COMMAND_COLUMNS},
-    CommandOutcome,
+    CommandOutcome, Enqueued, NewCommand,
 };
-use crate::store::{to_json, to_ms, with_pool, Backend, Result, Store};
+use crate::store::{new_id, to_json, to_ms, with_pool, Backend, Result, Store, StoreError};
 
 impl Store {
+    /// [`Store::enqueue_command`] for many commands, in one statement (so all of them or, on a
+    /// database error, none). The answers come in the order of `news`, and so do the new
+    /// commands' ids (so they are claimed in that order). A key repeated within the batch
+    /// makes one command; the later entries get it as [`Enqueued::Existing`].
+    pub async fn enqueue_commands(&self, news: Vec<NewCommand>, now: Timestamp) -> Result<Vec<Result<Enqueued>>> {
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = to_ms(now);
+        let ids: Vec<Id> = news.iter().map(|_| new_id()).collect();
+        let values: Vec<_> = news
+            .iter()
+            .zip(&ids)
+            .map(|(new, id)| {
+                serde_json::json!({
+                    "id": id.to_string(),
+                    "tenant_id": new.tenant_id.to_string(),
+                    "agent_id": new.agent_id.to_string(),
+                    "bot_id": new.bot_id.map(|id| id.to_string()),
+                    "kind": new.kind.as_str(),
+                    "payload": to_json(&new.payload),
+                    "key": new.idempotency_key,
+                    "by_kind": new.created_by.kind.as_str(),
+                    "by_id": new.created_by.id.map(|id| id.to_string()),
+                    "max_attempts": i64::from(new.max_attempts),
+                    "lease_ms": duration_ms(new.lease),
+                    "run_timeout_ms": duration_ms(new.run_timeout),
+                    "expires_at": now_ms.saturating_add(duration_ms(new.ttl)),
+                })
+            })
+            .collect();
+        // The same statement as the single enqueue, fed from a JSON array: the agent check is
+        // the EXISTS, the idempotency check is the conflict. Rows go in in id (= batch) order,
+        // so the first of two entries with one key is the one inserted, whatever the plan.
+        let sql = format!(
+            "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
+             created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
+             created_at, updated_at) \
+             SELECT v_id, v_tenant, v_agent, v_bot, v_kind, 'queued', v_payload, v_key, v_by_kind, v_by_id, 0, \
+                    v_max_attempts, v_lease_ms, v_run_timeout_ms, v_expires_at, $1, $1 \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'tenant_id' AS v_tenant, value ->> 'agent_id' AS v_agent, \
+                          value ->> 'bot_id' AS v_bot, value ->> 'kind' AS v_kind, value ->> 'payload' AS v_payload, \
+                          value ->> 'key' AS v_key, value ->> 'by_kind' AS v_by_kind, value ->> 'by_id' AS v_by_id, \
+                          CAST(value ->> 'max_attempts' AS BIGINT) AS v_max_attempts, \
+                          CAST(value ->> 'lease_ms' AS BIGINT) AS v_lease_ms, \
+                          CAST(value ->> 'run_timeout_ms' AS BIGINT) AS v_run_timeout_ms, \
+                          CAST(value ->> 'expires_at' AS BIGINT) AS v_expires_at \
+                   FROM {}) AS v \
+             WHERE EXISTS (SELECT 1 FROM agents WHERE agents.tenant_id = v_tenant AND agents.id = v_agent) \
+             ORDER BY v_id ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}",
+            self.json_array_rows("$2", Elements::Json)
+        );
+        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql).bind(now_ms).bind(to_json(&values)).fetch_all(pool).await?
+        });
+        let mut inserted: HashMap<Id, Command> =
+            rows.into_iter().map(|row| Command::try_from(row).map(|c| (c.id, c))).collect::<Result<_>>()?;
+        let mut answers = Vec::with_capacity(news.len());
+        for (new, id) in news.iter().zip(&ids) {
+            answers.push(match inserted.remove(id) {
+                Some(command) => Ok(Enqueued::Created(command)),
+                None => match self.not_inserted(new).await {
+                    Err(StoreError::Reference(why)) => Err(StoreError::Reference(why)),
+                    other => Ok(other?),
+                },
+            });
+        }
+        Ok(answers)
+    }
+
     /// [`Store::ack_command`] for several commands of one agent, in one statement. The answers
     /// come in the order of `command_ids`; the outer error is the database's.
     pub async fn ack_commands(&self, agent_id: Id, command_ids: &[Id], now: Timestamp) -> Result<Vec<Result<Command>>> {

@@ -10,7 +10,20 @@
 //!   └─cancel (also from dispatched, running)──▶ cancelled
 //! ```
 //!
-//! Any other transition is refused with [`StoreError::InvalidTransition`].
+//! Any other transition is refused with [`StoreError::InvalidTransition`] and changes nothing:
+//! every transition is one guarded `UPDATE … WHERE status IN (…) RETURNING …` (the sweep is
+//! one transaction), and only when it matched no row is the row read, to say why. A few
+//! choices the diagram does not show:
+//!
+//! - An ack or result for a `dispatched` command is taken even after its lease passed, until
+//!   a sweep has re-queued it (the agent did get it).
+//! - A re-queued command keeps its TTL: once that passed, it is expired rather than delivered
+//!   late (a stale `bot.start` must not run minutes after the operator clicked).
+//! - Repeats an agent may send (ack of a `running` command, the same result again) return the
+//!   command unchanged.
+//!
+//! `batch.rs` holds the bulk forms (bulk enqueue, coalesced acks and results), `reads.rs`
+//! the queries, `rows.rs` the row type.
 
 mod batch;
 mod reads;
@@ -157,16 +170,20 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
         });
-        if let Some(row) = inserted {
-            return Ok(Enqueued::Created(row.try_into()?));
+        match inserted {
+            Some(row) => Ok(Enqueued::Created(row.try_into()?)),
+            None => self.not_inserted(&new).await,
         }
-        // Nothing inserted: either the key was taken (the first command is committed by now:
-        // Postgres waited for it, SQLite's single writer ran it before us) or the agent is not
-        // the tenant's.
+    }
+
+    /// Why an enqueue inserted nothing: the key was taken (the first command is committed by
+    /// now: Postgres waited for it, SQLite's single writer ran it before us), or the agent is
+    /// not the tenant's.
+    async fn not_inserted(&self, new: &NewCommand) -> Result<Enqueued> {
         if let Some(key) = &new.idempotency_key {
             let sql = format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE tenant_id = $1 AND idempotency_key = $2");
             let existing: Option<CommandRow> = with_pool!(self, read, |pool| {
-                sqlx::query_as(&sql).bind(&tenant).bind(key).fetch_optional(pool).await?
+                sqlx::query_as(&sql).bind(new.tenant_id.to_string()).bind(key).fetch_optional(pool).await?
             });
             if let Some(row) = existing {
                 return Ok(Enqueued::Existing(row.try_into()?));
@@ -183,7 +200,8 @@ impl Store {
     /// Claims up to `limit` of the agent's oldest `queued` commands whose TTL has not passed:
     /// each becomes `dispatched` with attempt + 1 and a lease of its `lease`, in one statement.
     /// Returned oldest first. Concurrent claimers never get the same command: Postgres skips
-    /// rows another claimer holds (`SKIP LOCKED`), SQLite's single writer runs one claim at a time.
+    /// rows another claimer holds (`SKIP LOCKED`, so a claim racing another one for the same
+    /// agent may come back short), SQLite's single writer runs one claim at a time.
     pub async fn claim_commands(&self, agent_id: Id, limit: u32, now: Timestamp) -> Result<Vec<Command>> {
         let lock = match self.backend {
             Backend::Sqlite { .. } => "",

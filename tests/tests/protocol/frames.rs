@@ -1,0 +1,181 @@
+//! Bad frames: each gets an `error` frame (or, on long-poll, a refusal naming its index), changes
+//! nothing, and leaves the connection open.
+
+use anyhow::Context as _;
+use botmox_contract::{
+    bots::BotState,
+    protocol::{AgentFrame, PROTOCOL_VERSION},
+};
+use botmox_e2e::{
+    app::send,
+    both_backends,
+    db::Backend,
+    sim::{log_line, state_report, SimAgent, Transport},
+};
+use reqwest::Method;
+use serde_json::json;
+
+use super::*;
+
+both_backends!(frames_before_hello_are_refused, malformed_frames_change_nothing);
+both_backends!(an_agent_cannot_touch_another_agents_commands_or_bots, long_poll_refusals_name_the_frame);
+
+async fn frames_before_hello_are_refused(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (agent_id, token) = app.pair_agent("vm-rude").await?;
+    let mut agent = SimAgent::connect(sim(&app, &token).without_hello()).await?;
+
+    agent.heartbeat().await?;
+    let refusal = agent.next_error(WAIT).await?;
+    assert_eq!(refusal.code, "hello_first", "{refusal:?}");
+    agent.send_raw(json!({ "type": "ack", "command_id": uuid::Uuid::now_v7() }).to_string()).await?;
+    assert_eq!(agent.next_error(WAIT).await?.code, "hello_first");
+    let still = get_agent(&app, agent_id).await?;
+    assert_eq!((still["status"].as_str(), still["last_seen_at"].as_str()), (Some("pending"), None), "{still}");
+
+    // The connection is still open, and hello now works.
+    agent.hello().await?;
+    assert_eq!(agent.settings(WAIT).await?.heartbeat_interval_s, 1);
+    assert_eq!(get_agent(&app, agent_id).await?["status"], "online");
+
+    // A hello of another protocol version is refused with the reason.
+    let mut old = SimAgent::connect(sim(&app, &token).without_hello()).await?;
+    let hello = json!({ "type": "hello", "protocol": PROTOCOL_VERSION + 1, "agent_version": "9", "hostname": "h",
+                        "os": "linux", "arch": "x86_64", "bots": [] });
+    old.send_raw(hello.to_string()).await?;
+    let refusal = old.next_error(WAIT).await?;
+    assert_eq!(refusal.code, "unsupported_protocol", "{refusal:?}");
+    app.stop().await
+}
+
+async fn malformed_frames_change_nothing(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (agent_id, token) = app.pair_agent("vm-garbled").await?;
+    let bot_id = create_bot(&app, "garbled", agent_id).await?;
+    let mut agent = SimAgent::connect(sim(&app, &token)).await?;
+    let before = bot(&app, bot_id).await?;
+
+    let bad = [
+        ("not JSON", "{this is not json".to_owned(), "malformed_frame"),
+        ("unknown type", json!({ "type": "launch", "bot_id": bot_id }).to_string(), "malformed_frame"),
+        ("no type", json!({ "command_id": bot_id }).to_string(), "malformed_frame"),
+        (
+            "unknown field",
+            json!({ "type": "bot_state", "bot_id": bot_id, "state": "running", "pid": 1, "started_at": null,
+                    "exit_code": null, "exit_signal": null, "restart_count": 0, "error": null,
+                    "at": "2024-01-01T00:00:00Z", "surprise": true })
+            .to_string(),
+            "malformed_frame",
+        ),
+        (
+            "bad state",
+            json!({ "type": "bot_state", "bot_id": bot_id, "state": "dancing", "pid": 1, "started_at": null,
+                    "exit_code": null, "exit_signal": null, "restart_count": 0, "error": null,
+                    "at": "2024-01-01T00:00:00Z" })
+            .to_string(),
+            "malformed_frame",
+        ),
+    ];
+    for (what, text, code) in bad {
+        agent.send_raw(text).await?;
+        let refusal = agent.next_error(WAIT).await?;
+        assert_eq!(refusal.code, code, "{what}: {refusal:?}");
+        assert!(!refusal.detail.is_empty(), "{what}: the detail says why");
+    }
+
+    // Larger than the 1 MiB frame limit: refused, and the connection survives.
+    let huge = AgentFrame::Logs { bot_id, lines: vec![log_line(1, "x".repeat((1 << 20) + 1))] };
+    agent.send_raw(serde_json::to_string(&huge)?).await?;
+    let refusal = agent.next_error(WAIT).await?;
+    assert_eq!(refusal.code, "frame_too_large", "{refusal:?}");
+
+    assert_eq!(bot(&app, bot_id).await?, before, "no bad frame changed the bot");
+    let lines = get(&app, &format!("/api/v1/bots/{bot_id}/logs")).await?;
+    assert_eq!(lines, json!([]), "the oversized batch was not stored");
+    // Still connected and serving: a start arrives.
+    let id = command_id(&control(&app, bot_id, "start").await?)?;
+    assert_eq!(agent.next_command(WAIT).await?.id, id);
+    assert!(agent.disconnect().is_none());
+    app.stop().await
+}
+
+async fn an_agent_cannot_touch_another_agents_commands_or_bots(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (mine_id, mine_token) = app.pair_agent("vm-mine").await?;
+    let (theirs_id, theirs_token) = app.pair_agent("vm-theirs").await?;
+    let their_bot = create_bot(&app, "theirs", theirs_id).await?;
+    let my_bot = create_bot(&app, "mine", mine_id).await?;
+    let mut mine = SimAgent::connect(sim(&app, &mine_token)).await?;
+    let mut theirs = SimAgent::connect(sim(&app, &theirs_token)).await?;
+    let their_command = command_id(&control(&app, their_bot, "start").await?)?;
+    assert_eq!(theirs.next_command(WAIT).await?.id, their_command);
+    let bot_before = bot(&app, their_bot).await?;
+
+    mine.ack(their_command).await?;
+    assert_eq!(mine.next_error(WAIT).await?.code, "not_found");
+    mine.succeed(their_command, json!({})).await?;
+    assert_eq!(mine.next_error(WAIT).await?.code, "not_found");
+    mine.report_state(state_report(their_bot, BotState::Crashed, None)).await?;
+    assert_eq!(mine.next_error(WAIT).await?.code, "not_found");
+    mine.send_logs(their_bot, vec![log_line(1, "not yours")]).await?;
+    assert_eq!(mine.next_error(WAIT).await?.code, "not_found");
+    mine.ack(uuid::Uuid::now_v7()).await?;
+    assert_eq!(mine.next_error(WAIT).await?.code, "not_found", "an unknown command");
+
+    assert_eq!(command(&app, their_command).await?["status"], "dispatched", "still theirs to ack");
+    assert_eq!(bot(&app, their_bot).await?, bot_before);
+    assert_eq!(get(&app, &format!("/api/v1/bots/{their_bot}/logs")).await?, json!([]));
+    // The rightful agent still can, and mine still works for its own bot.
+    theirs.ack(their_command).await?;
+    let mut events = events(&app).await?;
+    mine.report(my_bot, BotState::Running, Some(5)).await?;
+    wait_bot_state(&mut events, my_bot, BotState::Running).await?;
+    assert_eq!(command(&app, their_command).await?["status"], "running");
+    assert!(theirs.try_next_error().is_none());
+    // Open event streams would hold the graceful shutdown.
+    drop(events);
+    app.stop().await
+}
+
+async fn long_poll_refusals_name_the_frame(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (agent_id, token) = app.pair_agent("vm-polling").await?;
+    let bot_id = create_bot(&app, "polled", agent_id).await?;
+    let mut agent = SimAgent::connect(sim(&app, &token).transport(Transport::LONG_POLL).without_hello()).await?;
+
+    // Before hello: frames are refused by index, and so is polling.
+    let stray = AgentFrame::Ack { command_id: uuid::Uuid::now_v7() };
+    let outcome = agent.send_frames(vec![stray]).await?.context("long-poll answers with an outcome")?;
+    assert_eq!(outcome.accepted, 0);
+    assert_eq!(outcome.refused.iter().map(|r| (r.index, r.code.as_str())).collect::<Vec<_>>(), [(0, "hello_first")]);
+    assert_eq!(agent.next_error(WAIT).await?.index, Some(0), "the simulator reports refusals too");
+    let poll = app.request_as(Method::GET, "/api/v1/agent/commands/next?wait=0", Some(&token));
+    let (status, problem) = send(poll).await?;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("hello_first")), "{problem}");
+
+    // One batch, applied in order: the good frames are taken, the bad ones named.
+    let batch = json!([
+        agent.hello_frame(),
+        AgentFrame::Heartbeat { metrics: Default::default() },
+        { "type": "bogus" },
+        AgentFrame::Ack { command_id: uuid::Uuid::now_v7() },
+        AgentFrame::BotState(state_report(bot_id, BotState::Running, Some(9))),
+    ]);
+    let outcome = agent.send_raw(batch.to_string()).await?.context("long-poll answers with an outcome")?;
+    assert_eq!(outcome.accepted, 3, "{outcome:?}");
+    let refused: Vec<(u32, &str)> = outcome.refused.iter().map(|r| (r.index, r.code.as_str())).collect();
+    assert_eq!(refused, [(2, "malformed_frame"), (3, "not_found")]);
+    let running = bot(&app, bot_id).await?;
+    assert_eq!((running["state"].as_str(), running["pid"].as_u64()), (Some("running"), Some(9)));
+    assert_eq!(get_agent(&app, agent_id).await?["status"], "online");
+
+    // Bodies that are not a list of frames, and waits out of range, are plain 4xx problems.
+    let post = app.request_as(Method::POST, "/api/v1/agent/frames", Some(&token));
+    let (status, problem) = send(post.header("content-type", "application/json").body("{\"type\":\"ack\"}")).await?;
+    assert!((400..500).contains(&status) && problem["code"].is_string(), "{status} {problem}");
+    let poll = app.request_as(Method::GET, "/api/v1/agent/commands/next?wait=31", Some(&token));
+    let (status, problem) = send(poll).await?;
+    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{problem}");
+    assert_eq!(bot(&app, bot_id).await?, running, "nothing changed");
+    app.stop().await
+}
