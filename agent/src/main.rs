@@ -1,22 +1,43 @@
 //! `botmox-agent`: the small program that runs on every host of a botmox fleet (SPEC §5).
 //!
-//! What it will be: one binary for Windows and Linux that pairs with the control plane
-//! (`pair`), keeps one WebSocket open to it (HTTP long-poll where proxies break WebSockets),
-//! receives start/stop commands, runs each bot as a local process in its own process group /
-//! Job Object, supervises it locally (restart policy, backoff, crash-loop `failed`) even while
-//! the server is unreachable, re-adopts its bots after its own restart, and reports states,
-//! exit codes, logs and host metrics back. `run` is the headless mode a service uses, `tray`
-//! the desktop icon, `service install|uninstall` registers it with systemd or Windows.
-//! Credentials live in the OS config dir with owner-only permissions.
+//! It pairs with the control plane (`pair`), keeps one WebSocket open to it (HTTP long-poll
+//! where proxies break WebSockets), receives commands, runs each bot as a local process in its
+//! own process group, supervises it locally (restart policy, backoff, crash-loop `failed`)
+//! even while the server is unreachable, re-adopts its bots after its own restart, and reports
+//! states, exit codes, logs and host metrics back. `run` is the headless mode a service uses.
 //!
-//! This build is the skeleton: the command line is final, `status` knows whether the host
-//! is paired, and every other command says plainly that it is not available yet.
+//! Module map: [`paths`] (the agent dir), [`config`] (credentials, private atomic writes),
+//! [`pair`], [`run`] (the life of `run`), [`connection`] (WebSocket, long-poll, the outbox),
+//! [`commands`] (ack/execute/result with the [`journal`]), [`bots`] (one task per bot),
+//! [`supervise`] (the restart state machine), [`runner`] (processes, groups, output capture),
+//! [`state_file`], [`status`], [`metrics`], [`logging`], [`tls`], [`exec`], [`host`].
+//!
+//! Exit codes: 0 done, 1 failed (one line on stderr says why), 2 not available in this
+//! build, 3 revoked by the server.
 
+mod bots;
+mod commands;
+mod config;
+mod connection;
+mod exec;
+mod host;
+mod journal;
+mod logging;
+mod metrics;
+mod pair;
 mod paths;
+mod run;
+mod runner;
+mod state_file;
+mod status;
+mod supervise;
+mod tls;
 
-use std::process::ExitCode;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::{connection::TransportMode, paths::AgentDir};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +46,9 @@ use clap::{Args, Parser, Subcommand};
     about = "The botmox host agent: runs and supervises bots for a botmox server."
 )]
 struct Cli {
+    /// Directory for credentials, state, journal and logs [default: ~/.config/botmox, %APPDATA%\botmox]
+    #[arg(long, global = true, env = "BOTMOX_AGENT_DIR", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -34,15 +58,15 @@ enum Cmd {
     /// Pair this host with a botmox server using a one-time pairing code.
     Pair(PairArgs),
     /// Run headless: connect to the server and run this host's bots (what a service runs).
-    Run,
+    Run(RunArgs),
     /// Run with a tray icon on the desktop.
     Tray,
-    /// Show whether this host is paired, the connection, and its bots.
+    /// Show the connection, the server, the bots and the last errors.
     Status,
     /// Register or remove the agent as an OS service (systemd / Windows service).
     #[command(subcommand)]
     Service(ServiceCmd),
-    /// Forget this host's credentials.
+    /// Forget this host's credentials (and stop the bots nobody could control any more).
     Unpair,
 }
 
@@ -54,12 +78,31 @@ struct PairArgs {
     /// Pairing code shown in the control panel, e.g. K7QX-M2PD-9HFA
     #[arg(long, value_name = "CODE")]
     code: String,
-    /// Name for this agent (defaults to the hostname)
+    /// Name for this agent (defaults to the name on the pairing code, then the hostname)
     #[arg(long, value_name = "N")]
     name: Option<String>,
     /// Label for this agent as key=value; repeat for more
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// An extra CA certificate (PEM) to trust for this server, besides the system's
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// How to reach the server: WebSocket with long-poll fallback, or one of them only
+    #[arg(long, value_enum, default_value = "auto", env = "BOTMOX_AGENT_TRANSPORT")]
+    transport: TransportMode,
+    /// Accept `agent.exec` commands (run one-off programs from the server)
+    #[arg(long)]
+    allow_exec: bool,
+    /// Replace the agent token now (it is also replaced weekly)
+    #[arg(long)]
+    rotate_token: bool,
+    /// Loopback address of the local status endpoint (`botmox-agent status` reads it)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", env = "BOTMOX_AGENT_STATUS_LISTEN")]
+    status_listen: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,15 +115,38 @@ enum ServiceCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let dir = match AgentDir::resolve(cli.config_dir) {
+        Ok(dir) => dir,
+        Err(err) => return fail("botmox-agent", err),
+    };
     match cli.command {
-        Cmd::Pair(_) => not_available("pair"),
-        Cmd::Run => not_available("run"),
+        Cmd::Pair(args) => with_runtime(false, pair(dir, args)),
+        Cmd::Run(args) => with_runtime(true, run(dir, args)),
+        Cmd::Status => with_runtime(false, status(dir)),
+        Cmd::Unpair => with_runtime(false, unpair(dir)),
         Cmd::Tray => not_available("tray"),
-        Cmd::Status => status(),
         Cmd::Service(ServiceCmd::Install) => not_available("service install"),
         Cmd::Service(ServiceCmd::Uninstall) => not_available("service uninstall"),
-        Cmd::Unpair => not_available("unpair"),
     }
+}
+
+/// `run` gets two worker threads (a stop waiting out a grace period never blocks a command);
+/// the short commands one thread.
+fn with_runtime(multi_thread: bool, work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let runtime = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(8).enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(work),
+        Err(err) => fail("botmox-agent", err),
+    }
+}
+
+fn fail(what: &str, err: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{what}: {err}");
+    ExitCode::FAILURE
 }
 
 /// Exit code 2 tells scripts "this command does not exist here" rather than "it failed".
@@ -89,20 +155,74 @@ fn not_available(command: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn status() -> ExitCode {
-    let path = match paths::credentials_file() {
-        Ok(path) => path,
-        Err(err) => {
-            eprintln!("botmox-agent status: {err}");
-            return ExitCode::FAILURE;
-        }
+async fn pair(dir: AgentDir, args: PairArgs) -> ExitCode {
+    logging::init_cli();
+    let options = pair::PairOptions {
+        server: args.server,
+        code: args.code,
+        name: args.name,
+        labels: args.labels,
+        ca_file: args.ca_file,
     };
-    if path.exists() {
-        // Paired, but reading the credentials and asking the running agent comes later.
-        not_available("status")
-    } else {
-        println!("not paired");
-        ExitCode::SUCCESS
+    match pair::pair(&dir, options).await {
+        Ok(credentials) => {
+            println!(
+                "paired with {} as agent {}; credentials in {}\nnext: botmox-agent run",
+                credentials.server,
+                credentials.agent_id,
+                dir.credentials().display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail("botmox-agent pair", err),
+    }
+}
+
+async fn run(dir: AgentDir, args: RunArgs) -> ExitCode {
+    let options = run::RunOptions {
+        transport: args.transport,
+        allow_exec: args.allow_exec,
+        rotate_token: args.rotate_token,
+        status_listen: args.status_listen,
+    };
+    match run::run(dir, options).await {
+        Ok(code) => code,
+        Err(err) => fail("botmox-agent run", format!("{err:#}")),
+    }
+}
+
+async fn status(dir: AgentDir) -> ExitCode {
+    logging::init_cli();
+    if let Some(report) = status::fetch(&dir).await {
+        print!("{}", status::render(&report));
+        return ExitCode::SUCCESS;
+    }
+    match status::from_files(&dir) {
+        Ok(report) if report.agent_id.is_none() && report.bots.is_empty() => {
+            println!("not paired");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", status::render(&report));
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail("botmox-agent status", format!("{err:#}")),
+    }
+}
+
+async fn unpair(dir: AgentDir) -> ExitCode {
+    logging::init_cli();
+    match pair::unpair(&dir).await {
+        Ok(pair::Unpaired { server: None, bots_stopped: 0 }) => {
+            println!("not paired");
+            ExitCode::SUCCESS
+        }
+        Ok(done) => {
+            let server = done.server.unwrap_or_else(|| "the server".into());
+            println!("unpaired from {server}; stopped {} bot(s)", done.bots_stopped);
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail("botmox-agent unpair", err),
     }
 }
 
@@ -145,11 +265,29 @@ mod tests {
             "--label",
             "tier=gold",
         ]);
-        let Ok(Cli { command: Cmd::Pair(args) }) = cli else {
+        let Ok(Cli { command: Cmd::Pair(args), .. }) = cli else {
             panic!("pair did not parse: {cli:?}");
         };
         assert_eq!(args.server, "https://h.example");
         assert_eq!(args.labels, [("region".into(), "eu".into()), ("tier".into(), "gold".into())]);
+    }
+
+    #[test]
+    fn run_options_parse() {
+        let cli = Cli::try_parse_from([
+            "botmox-agent",
+            "--config-dir",
+            "/tmp/a",
+            "run",
+            "--transport",
+            "poll",
+            "--allow-exec",
+        ]);
+        let Ok(Cli { command: Cmd::Run(args), config_dir, .. }) = cli else {
+            panic!("run did not parse: {cli:?}");
+        };
+        assert_eq!((args.transport, args.allow_exec, args.rotate_token), (TransportMode::Poll, true, false));
+        assert_eq!(config_dir, Some(PathBuf::from("/tmp/a")));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Test kit shared by botmox's integration and end-to-end tests and by the benchmark: fresh
 //! databases on both backends, the in-process app, and the real binaries.
 
+pub mod agent;
 pub mod app;
+pub mod bench;
 pub mod db;
 pub mod server;
 pub mod sim;

@@ -3,7 +3,7 @@
 
 use axum::{extract::State, http::StatusCode};
 use botmox_contract::{
-    agents::{CreatePairingCode, PairRequest, PairResponse, PairingCode, ServerSettings},
+    agents::{CreatePairingCode, PairRequest, PairResponse, PairingCode},
     audit::{Actor, ActorKind, Outcome},
     problem::Problem,
 };
@@ -139,8 +139,11 @@ pub async fn pair(
             };
             state.store.append_audit(entry, now).await?;
             tracing::info!(agent_id = %agent.id, hostname = %agent.hostname, "agent paired");
-            let response =
-                PairResponse { agent_id: agent.id, agent_token: token, server_settings: ServerSettings::default() };
+            let response = PairResponse {
+                agent_id: agent.id,
+                agent_token: token,
+                server_settings: crate::link::ws::server_settings(&state),
+            };
             Ok((StatusCode::CREATED, axum::Json(response)))
         }
         Redeemed::Unknown => Err(refused(StatusCode::BAD_REQUEST, "pairing_code_invalid", "no such pairing code")),

@@ -74,7 +74,8 @@ async fn tell_agent(state: &AppState, principal: &Principal, agent_id: Uuid, bot
         agent_id,
         bot_id: Some(bot_id),
         kind,
-        payload: serde_json::json!({}),
+        // The bot's id rides in the payload too: after a delete, the envelope has no definition.
+        payload: serde_json::json!({ "bot_id": bot_id }),
         idempotency_key: None,
         created_by: principal.actor(),
         extra_run_time: std::time::Duration::ZERO,

@@ -1,0 +1,218 @@
+//! The bots of this host: one task per bot ([`actor`]), found by id here. [`Bots::recover`]
+//! rebuilds them from the state file when the agent starts — re-adopting processes that still
+//! run (same pid *and* same start time), cleaning up what a dead bot left in its process
+//! group, restarting bots whose definition changed — before any command is taken, so that
+//! no bot is ever started twice. [`Bots::snapshot`] is the truth sent in every `hello`.
+
+pub mod actor;
+pub mod logs;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use botmox_contract::{
+    bots::{BotState, DesiredState},
+    protocol::{BotRuntimeSpec, BotSnapshot},
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use self::{
+    actor::{Actor, Msg, Reply, Request, Startup},
+    logs::LogSink,
+};
+use crate::{
+    connection::buffer::Outbox,
+    runner,
+    state_file::{BotRecord, StateFile},
+    supervise::Supervisor,
+};
+
+/// What the rest of the agent may know about a bot without asking its task.
+#[derive(Debug, Clone, Serialize)]
+pub struct BotView {
+    pub name: String,
+    pub state: BotState,
+    pub desired: DesiredState,
+    pub pid: Option<u32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub definition_hash: String,
+    pub restart_count: u32,
+    pub last_error: Option<String>,
+}
+
+/// What every bot task shares.
+pub struct Shared {
+    pub outbox: Arc<Outbox>,
+    pub state: Arc<StateFile>,
+    pub run_dir: PathBuf,
+    views: Mutex<HashMap<Uuid, BotView>>,
+}
+
+impl Shared {
+    pub fn new(outbox: Arc<Outbox>, state: Arc<StateFile>, run_dir: PathBuf) -> Self {
+        Self { outbox, state, run_dir, views: Mutex::default() }
+    }
+
+    pub fn views(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, BotView>> {
+        self.views.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub struct Bots {
+    shared: Arc<Shared>,
+    inboxes: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Msg>>>,
+}
+
+impl Bots {
+    /// Rebuilds the bots from the state file and starts their tasks.
+    pub fn recover(shared: Arc<Shared>) -> Arc<Self> {
+        let bots = Arc::new(Self { shared: shared.clone(), inboxes: Mutex::default() });
+        for (id, record) in shared.state.snapshot().bots {
+            let (actor, startup) = bots.recover_one(&record);
+            let (tx, rx) = mpsc::unbounded_channel();
+            bots.inboxes().insert(id, tx);
+            // The view exists before the task runs, so the first `hello` has this bot.
+            actor.publish_view();
+            tokio::spawn(actor.run(rx, startup));
+        }
+        bots
+    }
+
+    fn recover_one(&self, record: &BotRecord) -> (Actor, Startup) {
+        let id = record.spec.bot_id;
+        let now = tokio::time::Instant::now();
+        let logs = Arc::new(LogSink::new(id, record.log_seq, self.shared.outbox.clone(), self.shared.state.clone()));
+        let sup = Supervisor::resume(record.spec.restart.clone(), record.state, record.restart_count, now);
+        let mut actor = Actor::new(record.spec.clone(), record.desired, sup, self.shared.clone(), logs);
+        let Some(process) = &record.process else {
+            let between_runs = matches!(record.state, BotState::Starting | BotState::Backoff | BotState::Running);
+            let resume = record.desired == DesiredState::Running && between_runs;
+            return (actor, if resume { Startup::Resume } else { Startup::Nothing });
+        };
+        if let Some((adopted, outputs)) = runner::adopt(process.pid, process.start_ticks, id, &self.shared.run_dir) {
+            tracing::info!(bot_id = %id, pid = process.pid, "re-adopted a running bot");
+            actor.adopt(adopted, outputs, process);
+            let definition_changed = process.definition_hash != record.spec.definition_hash;
+            return (actor, Startup::Adopted { definition_changed });
+        }
+        // Gone (or its pid now belongs to another process, which is left alone). Whatever
+        // the dead bot left in its group goes with it — unless the pid lives on as someone
+        // else's process, whose group that would be.
+        if !runner::is_alive(process.pid, None) {
+            runner::kill_orphan_group(process.pid);
+        }
+        tracing::info!(bot_id = %id, pid = process.pid, "a bot's process ended while the agent was away");
+        let startup = if record.desired == DesiredState::Running { Startup::DiedWhileAway } else { Startup::Nothing };
+        (actor, startup)
+    }
+
+    fn inboxes(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, mpsc::UnboundedSender<Msg>>> {
+        self.inboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `request` to the bot's task (creating the bot from `spec` if it is new here) and
+    /// returns where its reply will come. Requests to one bot run in the order sent.
+    pub fn request(
+        &self,
+        bot_id: Uuid,
+        spec: Option<&BotRuntimeSpec>,
+        request: Request,
+        cancel: Option<watch::Receiver<bool>>,
+    ) -> Result<oneshot::Receiver<Reply>, String> {
+        let (reply, answer) = oneshot::channel();
+        let msg = Msg { request, cancel, reply };
+        let mut inboxes = self.inboxes();
+        let msg = match inboxes.get(&bot_id) {
+            Some(inbox) => match inbox.send(msg) {
+                Ok(()) => return Ok(answer),
+                // Its task ended (the bot was removed): a new bot of the same id starts anew.
+                Err(mpsc::error::SendError(msg)) => msg,
+            },
+            None => msg,
+        };
+        let Some(spec) = spec else {
+            return Err(format!("bot {bot_id} is not on this agent"));
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared.state.update(|doc| {
+            let log_seq = doc.bots.get(&bot_id).map_or(1, |r| r.log_seq);
+            doc.bots.insert(
+                bot_id,
+                BotRecord {
+                    spec: spec.clone(),
+                    desired: DesiredState::Stopped,
+                    state: BotState::Pending,
+                    process: None,
+                    restart_count: 0,
+                    last_error: None,
+                    exit_code: None,
+                    exit_signal: None,
+                    log_seq,
+                },
+            );
+        });
+        let log_seq = self.shared.state.bot(bot_id).map_or(1, |r| r.log_seq);
+        let logs = Arc::new(LogSink::new(bot_id, log_seq, self.shared.outbox.clone(), self.shared.state.clone()));
+        let sup = Supervisor::new(spec.restart.clone());
+        let actor = Actor::new(spec.clone(), DesiredState::Stopped, sup, self.shared.clone(), logs);
+        tokio::spawn(actor.run(rx, Startup::Nothing));
+        let _ = tx.send(msg);
+        inboxes.insert(bot_id, tx);
+        Ok(answer)
+    }
+
+    /// Whether the bot is known here.
+    pub fn contains(&self, bot_id: Uuid) -> bool {
+        self.inboxes().get(&bot_id).is_some_and(|inbox| !inbox.is_closed())
+    }
+
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.inboxes().iter().filter(|(_, inbox)| !inbox.is_closed()).map(|(id, _)| *id).collect()
+    }
+
+    /// The full truth about every bot, for `hello`.
+    pub fn snapshot(&self) -> Vec<BotSnapshot> {
+        self.shared
+            .views()
+            .iter()
+            .map(|(id, view)| BotSnapshot {
+                bot_id: *id,
+                state: view.state,
+                pid: view.pid,
+                started_at: view.started_at,
+                definition_hash: view.definition_hash.clone(),
+            })
+            .collect()
+    }
+
+    pub fn views(&self) -> Vec<(Uuid, BotView)> {
+        let mut views: Vec<(Uuid, BotView)> = self.shared.views().iter().map(|(id, v)| (*id, v.clone())).collect();
+        views.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        views
+    }
+
+    pub fn running_count(&self) -> u32 {
+        self.shared.views().values().filter(|v| v.pid.is_some()).count() as u32
+    }
+
+    /// Stops every bot (the agent was revoked: nobody may control them any more).
+    pub async fn stop_all(&self) -> usize {
+        let mut answers = Vec::new();
+        for id in self.ids() {
+            if let Ok(answer) = self.request(id, None, Request::Stop, None) {
+                answers.push(answer);
+            }
+        }
+        let count = answers.len();
+        for answer in answers {
+            let _ = answer.await;
+        }
+        count
+    }
+}

@@ -1,0 +1,332 @@
+//! Executing the server's commands: `ack` at once, execute, `result` — with the journal in
+//! front, so a redelivered command (the queue is at-least-once) is answered from its record
+//! and never executed twice, also across an agent restart.
+//!
+//! Bot commands go to their bot's task in arrival order ([`Commands::handle`] is called by the
+//! connection for each command in the order received, and hands it over before returning);
+//! they are idempotent in effect (start of a running bot, stop of a stopped one), so a command
+//! whose agent died mid-way is simply executed again. `agent.exec` is not: one found started
+//! but unfinished in the journal is answered as failed rather than run a second time.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use botmox_contract::{
+    commands::CommandKind,
+    protocol::{AgentFrame, CommandEnvelope, CommandOutcome},
+};
+use serde_json::json;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    bots::{
+        actor::{Reply, Request},
+        Bots,
+    },
+    connection::buffer::Outbox,
+    journal::{Journal, Recorded},
+};
+
+type Execution = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+pub struct Commands {
+    bots: Arc<Bots>,
+    outbox: Arc<Outbox>,
+    journal: Mutex<Journal>,
+    /// Commands executing now, with the switch that cancels them.
+    running: Mutex<HashMap<Uuid, watch::Sender<bool>>>,
+    draining: AtomicBool,
+    allow_exec: bool,
+}
+
+impl Commands {
+    pub fn new(bots: Arc<Bots>, outbox: Arc<Outbox>, journal: Journal, allow_exec: bool) -> Arc<Self> {
+        Arc::new(Self {
+            bots,
+            outbox,
+            journal: Mutex::new(journal),
+            running: Mutex::default(),
+            draining: AtomicBool::new(false),
+            allow_exec,
+        })
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, watch::Sender<bool>>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes one command from the server. Must be called in the order commands arrive.
+    pub fn handle(self: &Arc<Self>, envelope: CommandEnvelope) {
+        let (id, kind) = (envelope.id, envelope.kind);
+        if self.running().contains_key(&id) {
+            // Redelivered while it runs here (our ack was lost): ack again, the result follows.
+            self.outbox.push(AgentFrame::Ack { command_id: id });
+            return;
+        }
+        let recorded = self.journal().get(id).cloned();
+        if let Some(entry) = recorded {
+            if let Some(outcome) = entry.outcome {
+                tracing::info!(command_id = %id, attempt = envelope.attempt, "redelivered command: answering from the journal");
+                self.outbox.push(AgentFrame::Ack { command_id: id });
+                self.outbox.push(AgentFrame::Result(outcome.outcome(id)));
+                return;
+            }
+            if kind == CommandKind::AgentExec {
+                self.outbox.push(AgentFrame::Ack { command_id: id });
+                self.finish(id, kind, Err("the agent restarted while this command ran; it is not run twice".into()));
+                return;
+            }
+        }
+        if let Err(e) = self.journal().started(id, kind) {
+            tracing::error!(command_id = %id, error = %e, "cannot write the command journal");
+        }
+        self.outbox.push(AgentFrame::Ack { command_id: id });
+        let (cancel, cancelled) = watch::channel(false);
+        self.running().insert(id, cancel);
+        tracing::info!(command_id = %id, kind = kind.as_str(), attempt = envelope.attempt, "command");
+        let execution = self.execution(envelope, cancelled);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let reply = execution.await;
+            this.finish(id, kind, reply);
+        });
+    }
+
+    /// The server cancelled a command: stop it where that makes sense (`agent.exec` is
+    /// killed; a bot command not yet started by its bot is skipped).
+    pub fn cancel(&self, command_id: Uuid) {
+        if let Some(cancel) = self.running().get(&command_id) {
+            tracing::info!(%command_id, "command cancelled by the server");
+            cancel.send_replace(true);
+        }
+    }
+
+    /// Starts executing (bot requests are handed to their bot before this returns).
+    fn execution(self: &Arc<Self>, envelope: CommandEnvelope, cancelled: watch::Receiver<bool>) -> Execution {
+        let kind = envelope.kind;
+        let refuse = |reason: String| -> Execution { Box::pin(async move { Err(reason) }) };
+        match kind {
+            CommandKind::AgentExec => {
+                if !self.allow_exec {
+                    return refuse(
+                        "agent.exec is refused: this agent was not started with `botmox-agent run --allow-exec`".into(),
+                    );
+                }
+                Box::pin(async move { crate::exec::run(&envelope.payload, cancelled).await })
+            }
+            CommandKind::AgentDrain => {
+                let drain = envelope.payload.get("drain").and_then(serde_json::Value::as_bool).unwrap_or(true);
+                self.draining.store(drain, Ordering::Relaxed);
+                tracing::info!(drain, "drain");
+                Box::pin(async move { Ok(json!({ "draining": drain })) })
+            }
+            CommandKind::BotStart | CommandKind::BotRestart if self.is_draining() => {
+                refuse("this agent is draining: it takes no new starts".into())
+            }
+            _ => match self.bot_request(envelope, cancelled) {
+                Ok(answer) => Box::pin(async move {
+                    answer.await.unwrap_or_else(|_| Err("the bot's task ended before answering".into()))
+                }),
+                Err(reason) => refuse(reason),
+            },
+        }
+    }
+
+    fn bot_request(
+        &self,
+        envelope: CommandEnvelope,
+        cancelled: watch::Receiver<bool>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Reply>, String> {
+        let spec = envelope.bot;
+        // The envelope names its bot through its definition; a removal of a deleted bot may
+        // come without one, so `payload.bot_id` is accepted too.
+        let bot_id = spec
+            .as_ref()
+            .map(|s| s.bot_id)
+            .or_else(|| envelope.payload.get("bot_id").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()))
+            .ok_or_else(|| format!("{} without a bot: the command names no bot id", envelope.kind.as_str()))?;
+        let needs_spec = || {
+            spec.clone().map(Box::new).ok_or_else(|| format!("{} without the bot's definition", envelope.kind.as_str()))
+        };
+        let request = match envelope.kind {
+            CommandKind::BotStart => Request::Start { spec: needs_spec()?, secrets: envelope.secrets },
+            CommandKind::BotRestart => Request::Restart { spec: needs_spec()?, secrets: envelope.secrets },
+            CommandKind::BotSync => Request::Sync { spec: needs_spec()? },
+            CommandKind::BotStop => Request::Stop,
+            CommandKind::BotRemove => {
+                if !self.bots.contains(bot_id) {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(Ok(json!({ "removed": true, "was_known": false })));
+                    return Ok(rx);
+                }
+                Request::Remove
+            }
+            other => return Err(format!("{} is not a bot command", other.as_str())),
+        };
+        if matches!(request, Request::Stop) && !self.bots.contains(bot_id) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(Ok(json!({ "stopped": true, "already_stopped": true })));
+            return Ok(rx);
+        }
+        self.bots.request(bot_id, spec.as_ref(), request, Some(cancelled))
+    }
+
+    /// Records the outcome, then sends it.
+    fn finish(&self, id: Uuid, kind: CommandKind, reply: Reply) {
+        let recorded = match reply {
+            Ok(result) => Recorded { ok: true, result, error: None },
+            Err(error) => Recorded { ok: false, result: serde_json::Value::Null, error: Some(error) },
+        };
+        if let Err(e) = self.journal().finished(id, kind, recorded.clone()) {
+            tracing::error!(command_id = %id, error = %e, "cannot write the command journal");
+        }
+        self.running().remove(&id);
+        match &recorded.error {
+            Some(error) => tracing::warn!(command_id = %id, kind = kind.as_str(), %error, "command failed"),
+            None => tracing::info!(command_id = %id, kind = kind.as_str(), "command done"),
+        }
+        let CommandOutcome { command_id, ok, result, error } = recorded.outcome(id);
+        self.outbox.push(AgentFrame::Result(CommandOutcome { command_id, ok, result, error }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use botmox_contract::protocol::AgentFrame;
+
+    use super::*;
+    use crate::{
+        bots::Shared,
+        connection::buffer::Limits,
+        state_file::{tests_support::spec, StateFile},
+    };
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        outbox: Arc<Outbox>,
+    }
+
+    impl Fixture {
+        fn new() -> anyhow::Result<Self> {
+            Ok(Self { dir: tempfile::tempdir()?, outbox: Arc::new(Outbox::new(Limits::default())) })
+        }
+
+        /// A fresh agent over the same files (what a restarted agent sees).
+        fn commands(&self, allow_exec: bool) -> anyhow::Result<Arc<Commands>> {
+            let state = Arc::new(StateFile::open(&self.dir.path().join("state.json"))?);
+            let shared = Arc::new(Shared::new(self.outbox.clone(), state, self.dir.path().join("run")));
+            let journal = Journal::open(&self.dir.path().join("journal.jsonl"))?;
+            Ok(Commands::new(Bots::recover(shared), self.outbox.clone(), journal, allow_exec))
+        }
+
+        /// Frames until the result of `id` (bounded).
+        async fn until_result(&self, id: Uuid) -> anyhow::Result<Vec<AgentFrame>> {
+            let mut frames = Vec::new();
+            let found = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    frames.extend(self.outbox.take(100, 1000, 1 << 20));
+                    if frames.iter().any(|f| matches!(f, AgentFrame::Result(r) if r.command_id == id)) {
+                        return;
+                    }
+                    self.outbox.notified().await;
+                }
+            })
+            .await;
+            anyhow::ensure!(found.is_ok(), "no result for {id}; frames: {frames:?}");
+            Ok(frames)
+        }
+    }
+
+    fn envelope(kind: CommandKind, payload: serde_json::Value, attempt: u32) -> CommandEnvelope {
+        CommandEnvelope { id: Uuid::now_v7(), kind, attempt, payload, bot: None, secrets: Default::default() }
+    }
+
+    fn outcome(frames: &[AgentFrame], id: Uuid) -> Option<CommandOutcome> {
+        frames.iter().find_map(|f| match f {
+            AgentFrame::Result(r) if r.command_id == id => Some(r.clone()),
+            _ => None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_command_is_answered_from_the_journal_and_not_run_again() -> anyhow::Result<()> {
+        let fixture = Fixture::new()?;
+        let marker = fixture.dir.path().join("runs.txt");
+        let script = format!("echo ran >> '{}'; echo done", marker.display());
+        let mut exec = envelope(CommandKind::AgentExec, json!({ "program": "sh", "args": ["-c", script] }), 1);
+        let commands = fixture.commands(true)?;
+        commands.handle(exec.clone());
+        let frames = fixture.until_result(exec.id).await?;
+        assert!(matches!(frames[0], AgentFrame::Ack { command_id } if command_id == exec.id), "ack first");
+        let first = outcome(&frames, exec.id).ok_or_else(|| anyhow::anyhow!("a result"))?;
+        assert!(first.ok, "{first:?}");
+
+        exec.attempt = 2;
+        commands.handle(exec.clone());
+        let again = fixture.until_result(exec.id).await?;
+        assert_eq!(outcome(&again, exec.id).map(|o| o.result), Some(first.result.clone()), "the recorded result");
+
+        // And after an agent restart, from the journal on disk.
+        drop(commands);
+        exec.attempt = 3;
+        fixture.commands(true)?.handle(exec.clone());
+        let after_restart = fixture.until_result(exec.id).await?;
+        assert_eq!(outcome(&after_restart, exec.id).map(|o| o.result), Some(first.result));
+        assert_eq!(std::fs::read_to_string(&marker)?, "ran\n", "executed exactly once");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn exec_is_refused_unless_allowed_and_drain_refuses_starts() -> anyhow::Result<()> {
+        let fixture = Fixture::new()?;
+        let commands = fixture.commands(false)?;
+        let exec = envelope(CommandKind::AgentExec, json!({ "program": "true" }), 1);
+        commands.handle(exec.clone());
+        let refused = outcome(&fixture.until_result(exec.id).await?, exec.id);
+        assert!(refused.is_some_and(|o| !o.ok && o.error.is_some_and(|e| e.contains("--allow-exec"))));
+
+        let drain = envelope(CommandKind::AgentDrain, json!({}), 1);
+        commands.handle(drain.clone());
+        assert!(outcome(&fixture.until_result(drain.id).await?, drain.id).is_some_and(|o| o.ok));
+        assert!(commands.is_draining());
+        let mut start = envelope(CommandKind::BotStart, json!({}), 1);
+        start.bot = Some(spec(Uuid::now_v7()));
+        commands.handle(start.clone());
+        let refused = outcome(&fixture.until_result(start.id).await?, start.id);
+        assert!(refused.is_some_and(|o| !o.ok && o.error.is_some_and(|e| e.contains("draining"))));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn commands_for_unknown_bots_are_harmless() -> anyhow::Result<()> {
+        let fixture = Fixture::new()?;
+        let commands = fixture.commands(false)?;
+        let bot_id = Uuid::now_v7();
+        let stop = envelope(CommandKind::BotStop, json!({ "bot_id": bot_id }), 1);
+        commands.handle(stop.clone());
+        assert!(outcome(&fixture.until_result(stop.id).await?, stop.id).is_some_and(|o| o.ok));
+        let nameless = envelope(CommandKind::BotRemove, json!({}), 1);
+        commands.handle(nameless.clone());
+        let refused = outcome(&fixture.until_result(nameless.id).await?, nameless.id);
+        assert!(refused.is_some_and(|o| !o.ok && o.error.is_some_and(|e| e.contains("no bot id"))));
+        Ok(())
+    }
+}

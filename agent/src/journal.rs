@@ -1,0 +1,199 @@
+//! The command journal: which command ids this agent has started and how each ended, kept on
+//! disk (JSON lines, bounded to the newest [`KEEP`] ids) so that a redelivered command — the
+//! queue is at-least-once — is answered with its recorded result instead of running twice,
+//! even across an agent restart (SPEC §4, "effectively once").
+//!
+//! Appending a line per event keeps each write small; the file is rewritten (atomically)
+//! when it holds twice as many lines as ids kept.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+};
+
+use botmox_contract::{commands::CommandKind, protocol::CommandOutcome};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Command ids remembered.
+pub const KEEP: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: Uuid,
+    pub kind: CommandKind,
+    pub at: DateTime<Utc>,
+    /// `None` while the command runs (or if the agent died while it ran).
+    pub outcome: Option<Recorded>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub ok: bool,
+    pub result: serde_json::Value,
+    pub error: Option<String>,
+}
+
+impl Recorded {
+    pub fn outcome(&self, command_id: Uuid) -> CommandOutcome {
+        CommandOutcome { command_id, ok: self.ok, result: self.result.clone(), error: self.error.clone() }
+    }
+}
+
+pub struct Journal {
+    path: PathBuf,
+    entries: HashMap<Uuid, Entry>,
+    /// Ids oldest first, for eviction.
+    order: VecDeque<Uuid>,
+    lines_in_file: usize,
+}
+
+impl Journal {
+    /// Reads the journal (a missing file is an empty journal; a torn last line is skipped).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let mut journal =
+            Self { path: path.to_path_buf(), entries: HashMap::new(), order: VecDeque::new(), lines_in_file: 0 };
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(journal),
+            Err(e) => return Err(e),
+        };
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            journal.lines_in_file += 1;
+            if let Ok(entry) = serde_json::from_str::<Entry>(&line) {
+                journal.remember(entry);
+            }
+        }
+        Ok(journal)
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    /// Records that `id` starts executing (before it does anything).
+    pub fn started(&mut self, id: Uuid, kind: CommandKind) -> std::io::Result<()> {
+        self.write(Entry { id, kind, at: Utc::now(), outcome: None })
+    }
+
+    /// Records how `id` ended (before the result is sent).
+    pub fn finished(&mut self, id: Uuid, kind: CommandKind, outcome: Recorded) -> std::io::Result<()> {
+        self.write(Entry { id, kind, at: Utc::now(), outcome: Some(outcome) })
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn remember(&mut self, entry: Entry) {
+        let id = entry.id;
+        if self.entries.insert(id, entry).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.entries.remove(&old);
+            }
+        }
+    }
+
+    fn write(&mut self, entry: Entry) -> std::io::Result<()> {
+        let line = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
+        self.remember(entry);
+        if self.lines_in_file + 1 > 2 * KEEP {
+            return self.compact();
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&self.path)?;
+        file.write_all(format!("{line}\n").as_bytes())?;
+        self.lines_in_file += 1;
+        Ok(())
+    }
+
+    /// Rewrites the file with one line per remembered id, oldest first.
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut text = String::new();
+        for id in &self.order {
+            if let Some(entry) = self.entries.get(id) {
+                text.push_str(&serde_json::to_string(entry).map_err(std::io::Error::other)?);
+                text.push('\n');
+            }
+        }
+        crate::config::write_private(&self.path, text.as_bytes())?;
+        self.lines_in_file = self.order.len();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(n: u64) -> Recorded {
+        Recorded { ok: true, result: serde_json::json!({ "n": n }), error: None }
+    }
+
+    #[test]
+    fn remembers_results_across_a_reopen() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.jsonl");
+        let (done, running) = (Uuid::now_v7(), Uuid::now_v7());
+        {
+            let mut journal = Journal::open(&path)?;
+            journal.started(done, CommandKind::BotStart)?;
+            journal.finished(done, CommandKind::BotStart, ok(1))?;
+            journal.started(running, CommandKind::AgentExec)?;
+        }
+        let journal = Journal::open(&path)?;
+        assert_eq!(journal.get(done).and_then(|e| e.outcome.clone()), Some(ok(1)));
+        let unfinished = journal.get(running).map(|e| (e.kind, e.outcome.is_none()));
+        assert_eq!(unfinished, Some((CommandKind::AgentExec, true)), "started, never finished");
+        assert!(journal.get(Uuid::now_v7()).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn keeps_only_the_newest_ids_and_compacts_the_file() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.jsonl");
+        let mut journal = Journal::open(&path)?;
+        let ids: Vec<Uuid> = (0..KEEP + 500).map(|_| Uuid::now_v7()).collect();
+        for (n, id) in ids.iter().enumerate() {
+            journal.started(*id, CommandKind::BotStop)?;
+            journal.finished(*id, CommandKind::BotStop, ok(n as u64))?;
+        }
+        assert_eq!(journal.len(), KEEP);
+        assert!(journal.get(ids[0]).is_none(), "the oldest are forgotten");
+        assert!(journal.get(ids[KEEP + 499]).is_some());
+        let lines = std::fs::read_to_string(&path)?.lines().count();
+        assert!(lines <= 2 * KEEP, "the file stays bounded: {lines} lines");
+        let reopened = Journal::open(&path)?;
+        assert_eq!(reopened.len(), KEEP);
+        assert_eq!(reopened.get(ids[KEEP + 499]).and_then(|e| e.outcome.clone()), Some(ok((KEEP + 499) as u64)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.jsonl");
+        let id = Uuid::now_v7();
+        {
+            let mut journal = Journal::open(&path)?;
+            journal.started(id, CommandKind::BotStart)?;
+            journal.finished(id, CommandKind::BotStart, ok(7))?;
+        }
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        file.write_all(b"{\"id\":\"0190")?;
+        let journal = Journal::open(&path)?;
+        assert_eq!(journal.get(id).and_then(|e| e.outcome.clone()), Some(ok(7)));
+        Ok(())
+    }
+}
