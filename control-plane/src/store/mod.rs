@@ -175,12 +175,16 @@ impl Store {
                     .foreign_keys(true)
                     .pragma("temp_store", "memory")
                     .pragma("cache_size", "-32000");
+                // No liveness ping before each use: an embedded connection cannot go stale, and
+                // the ping is a round trip on every statement (measured: ~10-20 % of throughput).
                 let write = SqlitePoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(1)
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(connect.clone())
                     .await?;
                 let read = SqlitePoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(options.max_connections.clamp(1, 8))
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(connect.read_only(true))

@@ -1,0 +1,74 @@
+//! The agent registry.
+
+use botmox_contract::agents::AgentStatus;
+use botmox_control_plane::store::StoreError;
+
+use crate::{new_agent, Ctx};
+
+conformance!(agents_round_trip, agents_list_by_name, agent_status_changes);
+
+async fn agents_round_trip(t: Ctx) -> anyhow::Result<()> {
+    let mut new = new_agent(t.tenant, "host-1");
+    new.token_hash = Some("hash-of-token".into());
+    let agent = t.store.create_agent(new, t.at(1.0)).await?;
+    assert_eq!(agent.id.get_version_num(), 7);
+    assert_eq!(agent.name, "host-1");
+    assert_eq!(agent.hostname, "host-1.example");
+    assert_eq!(agent.os, "linux");
+    assert_eq!(agent.arch, "x86_64");
+    assert_eq!(agent.version, "0.1.0");
+    assert_eq!(agent.labels.get("zone").map(String::as_str), Some("eu"));
+    assert_eq!(agent.status, AgentStatus::Pending);
+    assert_eq!(agent.last_seen_at, None);
+    assert_eq!(agent.connected_replica, None);
+    assert_eq!(agent.metrics, None);
+    assert_eq!(agent.created_at, t.at(1.0));
+    assert_eq!(agent.updated_at, t.at(1.0));
+
+    assert_eq!(t.store.get_agent(t.tenant, agent.id).await?, agent);
+    assert_err!(t.store.get_agent(t.tenant, uuid::Uuid::now_v7()).await, StoreError::NotFound(_));
+    Ok(())
+}
+
+async fn agents_list_by_name(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    assert!(t.store.list_agents(t.tenant).await?.is_empty());
+    let c = t.agent("charlie").await?;
+    let a = t.agent("alpha").await?;
+    let b = t.agent("bravo").await?;
+    // Two agents may share a name; the id breaks the tie (oldest first).
+    let b2 = t.agent("bravo").await?;
+    t.agent_in(other, "alpha-elsewhere").await?;
+
+    let names: Vec<_> = t.store.list_agents(t.tenant).await?.into_iter().map(|a| a.id).collect();
+    assert_eq!(names, vec![a.id, b.id, b2.id, c.id]);
+    assert_eq!(t.store.list_agents(other).await?.len(), 1);
+    Ok(())
+}
+
+async fn agent_status_changes(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let online = t.store.set_agent_status(t.tenant, agent.id, AgentStatus::Online, t.at(5.0)).await?;
+    assert_eq!(online.status, AgentStatus::Online);
+    assert_eq!(online.updated_at, t.at(5.0));
+    assert_eq!(online.created_at, agent.created_at);
+
+    for status in AgentStatus::ALL {
+        let changed = t.store.set_agent_status(t.tenant, agent.id, status, t.at(6.0)).await?;
+        assert_eq!(changed.status, status);
+        assert_eq!(t.store.get_agent(t.tenant, agent.id).await?.status, status);
+    }
+
+    let before = t.store.get_agent(t.tenant, agent.id).await?;
+    assert_err!(
+        t.store.set_agent_status(other, agent.id, AgentStatus::Online, t.at(7.0)).await,
+        StoreError::NotFound(_)
+    );
+    assert_err!(
+        t.store.set_agent_status(t.tenant, uuid::Uuid::now_v7(), AgentStatus::Online, t.at(7.0)).await,
+        StoreError::NotFound(_)
+    );
+    assert_eq!(t.store.get_agent(t.tenant, agent.id).await?, before, "a refused change changes nothing");
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! Bot definitions: create, read, list (filters, counts, pagination), update, delete.
+
+use botmox_contract::bots::{Bot, BotState, DesiredState, RestartPolicy};
+use botmox_control_plane::store::{definition_hash, BotFilter, NewBot, StoreError, UpdateBot};
+
+use crate::{bot_spec, Ctx};
+
+conformance!(
+    bots_round_trip,
+    bot_creation_refusals,
+    list_bots_filters,
+    list_bots_counts_ignore_the_state_filter,
+    list_bots_paginates_by_name,
+    update_bot_bumps_the_version,
+    update_bot_refusals_change_nothing,
+    delete_bot_checks_the_version,
+);
+
+fn update_of(bot: &Bot) -> UpdateBot {
+    UpdateBot {
+        name: bot.name.clone(),
+        agent_id: bot.agent_id,
+        exec: bot.exec.clone(),
+        restart: bot.restart.clone(),
+        stop: bot.stop.clone(),
+        tags: bot.tags.clone(),
+    }
+}
+
+fn names(bots: &[Bot]) -> Vec<&str> {
+    bots.iter().map(|b| b.name.as_str()).collect()
+}
+
+async fn list_names(t: &Ctx, filter: BotFilter) -> anyhow::Result<Vec<String>> {
+    let page = t.store.list_bots(t.tenant, &BotFilter { limit: 100, ..filter }).await?;
+    Ok(page.items.into_iter().map(|b| b.name).collect())
+}
+
+async fn bots_round_trip(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let mut spec = bot_spec("farmer-eu-01", agent.id, &["eu", "farm"]);
+    spec.desired_state = DesiredState::Running;
+    spec.restart.policy = RestartPolicy::Always;
+    spec.stop.timeout_seconds = 3;
+    let bot = t.store.create_bot(NewBot { tenant_id: t.tenant, spec: spec.clone() }, t.at(1.0)).await?;
+    assert_eq!(bot.id.get_version_num(), 7);
+    assert_eq!(bot.name, spec.name);
+    assert_eq!(bot.agent_id, agent.id);
+    assert_eq!(bot.exec, spec.exec);
+    assert_eq!(bot.restart, spec.restart);
+    assert_eq!(bot.stop, spec.stop);
+    assert_eq!(bot.desired_state, DesiredState::Running);
+    assert_eq!(bot.tags, vec!["eu", "farm"]);
+    assert_eq!(bot.state, BotState::Pending);
+    assert_eq!((bot.pid, bot.started_at, bot.last_exit_code, bot.last_exit_signal), (None, None, None, None));
+    assert_eq!(bot.restart_count, 0);
+    assert_eq!(bot.last_error, None);
+    assert_eq!(bot.version, 1);
+    assert_eq!(bot.created_at, t.at(1.0));
+    assert_eq!(bot.updated_at, t.at(1.0));
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, bot);
+    assert_err!(t.store.get_bot(t.tenant, uuid::Uuid::now_v7()).await, StoreError::NotFound(_));
+
+    // The definition hash: 128 bits of hex, stable, and sensitive to what the agent runs.
+    let hash = definition_hash(&spec.exec, &spec.restart, &spec.stop);
+    assert_eq!(hash.len(), 32);
+    assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(hash, definition_hash(&bot.exec, &bot.restart, &bot.stop));
+    let mut exec = spec.exec.clone();
+    exec.args.push("--verbose".into());
+    assert_ne!(hash, definition_hash(&exec, &spec.restart, &spec.stop));
+    let mut stop = spec.stop.clone();
+    stop.timeout_seconds += 1;
+    assert_ne!(hash, definition_hash(&spec.exec, &spec.restart, &stop));
+    Ok(())
+}
+
+async fn bot_creation_refusals(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let foreign_agent = t.agent_in(other, "host-x").await?;
+    t.bot("farmer", agent.id, &["eu"]).await?;
+
+    let create = |tenant_id, name: &str, agent_id| {
+        t.store.create_bot(NewBot { tenant_id, spec: bot_spec(name, agent_id, &["eu"]) }, t.at(2.0))
+    };
+    assert_err!(create(t.tenant, "farmer", agent.id).await, StoreError::Conflict(_));
+    assert_err!(create(t.tenant, "ghost", uuid::Uuid::now_v7()).await, StoreError::Reference(_));
+    assert_err!(create(t.tenant, "ghost", foreign_agent.id).await, StoreError::Reference(_));
+    // Names are unique per tenant only.
+    let elsewhere = create(other, "farmer", foreign_agent.id).await?;
+    assert_eq!(elsewhere.name, "farmer");
+
+    // Refused creations left nothing behind (not even tags).
+    let page = t.store.list_bots(t.tenant, &BotFilter { limit: 10, ..Default::default() }).await?;
+    assert_eq!(names(&page.items), vec!["farmer"]);
+    assert_eq!(page.total, 1);
+    let tagged = BotFilter { tag: Some("eu".into()), limit: 10, ..Default::default() };
+    assert_eq!(t.store.list_bots(t.tenant, &tagged).await?.total, 1);
+    Ok(())
+}
+
+async fn list_bots_filters(t: Ctx) -> anyhow::Result<()> {
+    let a1 = t.agent("host-1").await?;
+    let a2 = t.agent("host-2").await?;
+    t.bot("farmer-eu-01", a1.id, &["eu", "farm"]).await?;
+    t.bot("farmer-eu-02", a1.id, &["eu"]).await?;
+    t.bot("Miner_US", a2.id, &["us", "farm"]).await?;
+    t.bot("100%-bot", a2.id, &[]).await?;
+    t.bot("x_y", a1.id, &[]).await?;
+    t.bot("xay", a1.id, &[]).await?;
+    t.bot("x\\y", a1.id, &[]).await?;
+
+    let all = list_names(&t, BotFilter::default()).await?;
+    assert_eq!(all, vec!["100%-bot", "Miner_US", "farmer-eu-01", "farmer-eu-02", "x\\y", "x_y", "xay"]);
+
+    let by_agent = list_names(&t, BotFilter { agent_id: Some(a2.id), ..Default::default() }).await?;
+    assert_eq!(by_agent, vec!["100%-bot", "Miner_US"]);
+    let by_tag = list_names(&t, BotFilter { tag: Some("farm".into()), ..Default::default() }).await?;
+    assert_eq!(by_tag, vec!["Miner_US", "farmer-eu-01"]);
+    let no_such_tag = list_names(&t, BotFilter { tag: Some("fa".into()), ..Default::default() }).await?;
+    assert!(no_such_tag.is_empty(), "tags match exactly: {no_such_tag:?}");
+    let both = BotFilter { agent_id: Some(a1.id), tag: Some("eu".into()), ..Default::default() };
+    assert_eq!(list_names(&t, both).await?, vec!["farmer-eu-01", "farmer-eu-02"]);
+
+    let name = |n: &str| BotFilter { name: Some(n.to_owned()), ..Default::default() };
+    assert_eq!(list_names(&t, name("FARMER")).await?, vec!["farmer-eu-01", "farmer-eu-02"], "case-insensitive");
+    assert_eq!(list_names(&t, name("miner_us")).await?, vec!["Miner_US"]);
+    assert_eq!(list_names(&t, name("eu-0")).await?, vec!["farmer-eu-01", "farmer-eu-02"], "substring");
+    // LIKE wildcards in the needle are literal characters.
+    assert_eq!(list_names(&t, name("_")).await?, vec!["Miner_US", "x_y"]);
+    assert_eq!(list_names(&t, name("%")).await?, vec!["100%-bot"]);
+    assert_eq!(list_names(&t, name("x_y")).await?, vec!["x_y"]);
+    assert_eq!(list_names(&t, name("\\")).await?, vec!["x\\y"]);
+    assert!(list_names(&t, name("nothing")).await?.is_empty());
+    Ok(())
+}
+
+async fn list_bots_counts_ignore_the_state_filter(t: Ctx) -> anyhow::Result<()> {
+    let a1 = t.agent("host-1").await?;
+    let a2 = t.agent("host-2").await?;
+    let r1 = t.bot("r1", a1.id, &["eu"]).await?;
+    let r2 = t.bot("r2", a1.id, &["eu"]).await?;
+    let c1 = t.bot("c1", a1.id, &["us"]).await?;
+    t.bot("p1", a1.id, &["eu"]).await?;
+    let r3 = t.bot("r3", a2.id, &["eu"]).await?;
+    for (bot, state) in [(&r1, "running"), (&r2, "running"), (&c1, "crashed"), (&r3, "running")] {
+        t.force_bot_state(bot.id, state).await?;
+    }
+
+    let filter = BotFilter { agent_id: Some(a1.id), state: Some(BotState::Running), limit: 10, ..Default::default() };
+    let page = t.store.list_bots(t.tenant, &filter).await?;
+    assert_eq!(names(&page.items), vec!["r1", "r2"]);
+    assert!(page.items.iter().all(|b| b.state == BotState::Running));
+    assert!(!page.has_more);
+    assert_eq!(page.total, 2, "total matches the whole filter");
+    // Counts cover a1's bots in every state, and list every state.
+    assert_eq!(page.counts.len(), BotState::ALL.len());
+    assert_eq!(page.counts[&BotState::Running], 2);
+    assert_eq!(page.counts[&BotState::Crashed], 1);
+    assert_eq!(page.counts[&BotState::Pending], 1);
+    assert_eq!(page.counts.values().sum::<u64>(), 4);
+
+    let tagged = BotFilter { tag: Some("eu".into()), state: Some(BotState::Crashed), limit: 10, ..Default::default() };
+    let page = t.store.list_bots(t.tenant, &tagged).await?;
+    assert!(page.items.is_empty());
+    assert_eq!(page.total, 0);
+    assert_eq!(page.counts[&BotState::Running], 3);
+    assert_eq!(page.counts[&BotState::Pending], 1);
+    assert_eq!(page.counts[&BotState::Crashed], 0);
+
+    let everything = t.store.list_bots(t.tenant, &BotFilter { limit: 10, ..Default::default() }).await?;
+    assert_eq!(everything.total, 5);
+    assert_eq!(everything.counts.values().sum::<u64>(), 5);
+    Ok(())
+}
+
+async fn list_bots_paginates_by_name(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    for name in ["e", "b", "d", "a", "c"] {
+        t.bot(name, agent.id, &[]).await?;
+    }
+    let mut after = None;
+    let mut pages = Vec::new();
+    loop {
+        let filter = BotFilter { after_name: after.clone(), limit: 2, ..Default::default() };
+        let page = t.store.list_bots(t.tenant, &filter).await?;
+        assert_eq!(page.total, 5, "the total ignores the cursor");
+        pages.push((names(&page.items).join(""), page.has_more));
+        if !page.has_more {
+            break;
+        }
+        after = page.items.last().map(|b| b.name.clone());
+    }
+    assert_eq!(pages, vec![("ab".into(), true), ("cd".into(), true), ("e".into(), false)]);
+
+    // A page that ends exactly at the last bot says there is no more.
+    let filter = BotFilter { after_name: Some("c".into()), limit: 2, ..Default::default() };
+    let page = t.store.list_bots(t.tenant, &filter).await?;
+    assert_eq!((names(&page.items), page.has_more), (vec!["d", "e"], false));
+    // limit 0 is read as 1.
+    let page = t.store.list_bots(t.tenant, &BotFilter::default()).await?;
+    assert_eq!((names(&page.items), page.has_more), (vec!["a"], true));
+    Ok(())
+}
+
+async fn update_bot_bumps_the_version(t: Ctx) -> anyhow::Result<()> {
+    let a1 = t.agent("host-1").await?;
+    let a2 = t.agent("host-2").await?;
+    let bot = t.bot("farmer", a1.id, &["eu", "farm"]).await?;
+    t.force_bot_state(bot.id, "running").await?;
+
+    let mut update = update_of(&bot);
+    update.name = "farmer-renamed".into();
+    update.agent_id = a2.id;
+    update.exec.args = vec!["other.py".into()];
+    update.restart.max_restarts = 9;
+    update.stop.timeout_seconds = 30;
+    update.tags = vec!["us".into()];
+    let updated = t.store.update_bot(t.tenant, bot.id, 1, update, t.at(9.0)).await?;
+    assert_eq!(updated.version, 2);
+    assert_eq!(updated.name, "farmer-renamed");
+    assert_eq!(updated.agent_id, a2.id);
+    assert_eq!(updated.exec.args, vec!["other.py"]);
+    assert_eq!(updated.restart.max_restarts, 9);
+    assert_eq!(updated.stop.timeout_seconds, 30);
+    assert_eq!(updated.tags, vec!["us"]);
+    assert_eq!(updated.updated_at, t.at(9.0));
+    assert_eq!(updated.created_at, bot.created_at);
+    // What the agent reported and what the user wants are not part of the definition.
+    assert_eq!(updated.state, BotState::Running);
+    assert_eq!(updated.desired_state, bot.desired_state);
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, updated);
+
+    // The tag index follows the new tags.
+    assert!(list_names(&t, BotFilter { tag: Some("eu".into()), ..Default::default() }).await?.is_empty());
+    assert_eq!(
+        list_names(&t, BotFilter { tag: Some("us".into()), ..Default::default() }).await?,
+        vec!["farmer-renamed"]
+    );
+
+    // An update that changes nothing still bumps the version (every write is a new version).
+    let same = t.store.update_bot(t.tenant, bot.id, 2, update_of(&updated), t.at(10.0)).await?;
+    assert_eq!(same.version, 3);
+    Ok(())
+}
+
+async fn update_bot_refusals_change_nothing(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let foreign_agent = t.agent_in(other, "host-x").await?;
+    let bot = t.bot("farmer", agent.id, &["eu"]).await?;
+    t.bot("miner", agent.id, &[]).await?;
+    let bot = t.store.update_bot(t.tenant, bot.id, 1, update_of(&bot), t.at(1.0)).await?;
+    assert_eq!(bot.version, 2);
+
+    let changed = || {
+        let mut changed = update_of(&bot);
+        changed.tags = vec!["changed".into()];
+        changed.exec.program = "changed".into();
+        changed
+    };
+
+    assert_err!(
+        t.store.update_bot(t.tenant, bot.id, 1, changed(), t.at(2.0)).await,
+        StoreError::VersionMismatch { current: 2 }
+    );
+    let rename = UpdateBot { name: "miner".into(), ..changed() };
+    assert_err!(t.store.update_bot(t.tenant, bot.id, 2, rename, t.at(2.0)).await, StoreError::Conflict(_));
+    let unknown_agent = UpdateBot { agent_id: uuid::Uuid::now_v7(), ..changed() };
+    assert_err!(t.store.update_bot(t.tenant, bot.id, 2, unknown_agent, t.at(2.0)).await, StoreError::Reference(_));
+    let foreign = UpdateBot { agent_id: foreign_agent.id, ..changed() };
+    assert_err!(t.store.update_bot(t.tenant, bot.id, 2, foreign, t.at(2.0)).await, StoreError::Reference(_));
+    assert_err!(t.store.update_bot(other, bot.id, 2, changed(), t.at(2.0)).await, StoreError::NotFound(_));
+    assert_err!(
+        t.store.update_bot(t.tenant, uuid::Uuid::now_v7(), 2, changed(), t.at(2.0)).await,
+        StoreError::NotFound(_)
+    );
+
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, bot, "refused updates change nothing");
+    assert_eq!(list_names(&t, BotFilter { tag: Some("eu".into()), ..Default::default() }).await?, vec!["farmer"]);
+    assert!(list_names(&t, BotFilter { tag: Some("changed".into()), ..Default::default() }).await?.is_empty());
+    Ok(())
+}
+
+async fn delete_bot_checks_the_version(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let first = t.bot("first", agent.id, &["eu"]).await?;
+    let second = t.bot("second", agent.id, &[]).await?;
+
+    assert_err!(t.store.delete_bot(t.tenant, first.id, Some(7)).await, StoreError::VersionMismatch { current: 1 });
+    assert_err!(t.store.delete_bot(other, first.id, None).await, StoreError::NotFound(_));
+    assert_eq!(t.store.get_bot(t.tenant, first.id).await?, first, "refused deletes change nothing");
+
+    t.store.delete_bot(t.tenant, first.id, Some(1)).await?;
+    assert_err!(t.store.get_bot(t.tenant, first.id).await, StoreError::NotFound(_));
+    assert_err!(t.store.delete_bot(t.tenant, first.id, None).await, StoreError::NotFound(_));
+    assert!(list_names(&t, BotFilter { tag: Some("eu".into()), ..Default::default() }).await?.is_empty());
+
+    t.store.delete_bot(t.tenant, second.id, None).await?;
+    assert!(list_names(&t, BotFilter::default()).await?.is_empty());
+    // The name is free again.
+    let again = t.bot("first", agent.id, &[]).await?;
+    assert_eq!(again.version, 1);
+    Ok(())
+}

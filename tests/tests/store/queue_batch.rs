@@ -1,0 +1,183 @@
+//! The queue in bulk (bulk enqueue, coalesced acks and results): the same answers as one at
+//! a time, in request order.
+
+use std::time::Duration;
+
+use botmox_contract::{
+    audit::{Actor, ActorKind},
+    commands::{CommandKind, CommandStatus},
+};
+use botmox_control_plane::store::{CommandOutcome, Enqueued, StoreError};
+
+use crate::{outcome, Ctx, RUN_TIMEOUT_SECS};
+
+conformance!(
+    enqueue_commands_answers_each_like_enqueue_command,
+    ack_commands_answers_each_like_ack_command,
+    complete_commands_answers_each_like_complete_command,
+);
+
+async fn enqueue_commands_answers_each_like_enqueue_command(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let foreign_agent = t.agent_in(other, "host-x").await?;
+    assert!(t.store.enqueue_commands(Vec::new(), t.at(1.0)).await?.is_empty());
+    let keyed = |tenant_id, agent_id, key: &str| {
+        let mut new = crate::new_command(tenant_id, agent_id);
+        new.idempotency_key = Some(key.to_owned());
+        new
+    };
+    let earlier = t.enqueue_at(keyed(t.tenant, agent.id, "old"), 0.0).await?;
+
+    let mut with_bot = t.command(agent.id);
+    with_bot.bot_id = Some(uuid::Uuid::now_v7());
+    with_bot.kind = CommandKind::BotStop;
+    with_bot.payload = serde_json::json!({ "nested": { "list": [1, 2.5, "x"] } });
+    with_bot.created_by = Actor { kind: ActorKind::User, id: Some(uuid::Uuid::now_v7()) };
+    with_bot.max_attempts = 7;
+    with_bot.ttl = Duration::from_secs(5);
+    let batch = vec![
+        with_bot.clone(),
+        keyed(t.tenant, agent.id, "new"),
+        keyed(t.tenant, agent.id, "old"),
+        t.command(uuid::Uuid::now_v7()),
+        t.command(foreign_agent.id),
+        keyed(t.tenant, agent.id, "new"),
+        keyed(other, foreign_agent.id, "new"),
+        t.command(agent.id),
+    ];
+    let answers = t.store.enqueue_commands(batch, t.at(2.0)).await?;
+    assert_eq!(answers.len(), 8);
+    let mut answers = answers.into_iter();
+    let mut next = || answers.next().expect("one answer per request");
+
+    let Enqueued::Created(first) = next()? else { panic!("created expected") };
+    assert_eq!(first.status, CommandStatus::Queued);
+    assert_eq!((first.agent_id, first.bot_id, first.kind), (agent.id, with_bot.bot_id, CommandKind::BotStop));
+    assert_eq!(first.payload, with_bot.payload);
+    assert_eq!((first.created_by.clone(), first.max_attempts, first.attempt), (with_bot.created_by.clone(), 7, 0));
+    assert_eq!((first.created_at, first.expires_at), (t.at(2.0), t.at(7.0)));
+    assert_eq!((first.idempotency_key.clone(), first.lease_expires_at), (None, None));
+    assert_eq!(t.store.get_command(t.tenant, first.id).await?, first);
+    let Enqueued::Created(new_key) = next()? else { panic!("created expected") };
+    assert_eq!(new_key.idempotency_key.as_deref(), Some("new"));
+    let Enqueued::Existing(old) = next()? else { panic!("existing expected") };
+    assert_eq!(old, earlier);
+    assert_err!(next(), StoreError::Reference(_));
+    assert_err!(next(), StoreError::Reference(_));
+    let Enqueued::Existing(repeat) = next()? else { panic!("existing expected") };
+    assert_eq!(repeat, new_key, "a key repeated in the batch makes one command");
+    let Enqueued::Created(foreign) = next()? else { panic!("created expected: keys are per tenant") };
+    assert_eq!(foreign.agent_id, foreign_agent.id);
+    let Enqueued::Created(last) = next()? else { panic!("created expected") };
+
+    // Ids (and so the claim order) follow the batch's order.
+    assert!(first.id < new_key.id && new_key.id < foreign.id && foreign.id < last.id);
+    let claimed = t.store.claim_commands(agent.id, 10, t.at(3.0)).await?;
+    let claimed: Vec<_> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(claimed, vec![earlier.id, first.id, new_key.id, last.id]);
+    assert_eq!(t.store.queue_depth(None).await?.values().sum::<u64>(), 5);
+    Ok(())
+}
+
+async fn ack_commands_answers_each_like_ack_command(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let intruder = t.agent("host-2").await?;
+    assert!(t.store.ack_commands(agent.id, &[], t.at(1.0)).await?.is_empty());
+
+    let first = t.enqueue(agent.id).await?;
+    let second = t.enqueue(agent.id).await?;
+    let already = t.enqueue(agent.id).await?;
+    t.store.claim_commands(agent.id, 3, t.at(1.0)).await?;
+    let already = t.store.ack_command(agent.id, already.id, t.at(1.5)).await?;
+    let queued = t.enqueue(agent.id).await?;
+    let foreign = t.enqueue(intruder.id).await?;
+    t.store.claim_next_command(intruder.id, t.at(1.0)).await?;
+    let unknown = uuid::Uuid::now_v7();
+
+    let request = [second.id, queued.id, already.id, foreign.id, first.id, unknown, second.id];
+    let answers = t.store.ack_commands(agent.id, &request, t.at(2.0)).await?;
+    assert_eq!(answers.len(), request.len());
+    let mut answers = answers.into_iter();
+    let mut next = || answers.next().expect("one answer per request");
+
+    let second_running = next()?;
+    assert_eq!((second_running.id, second_running.status), (second.id, CommandStatus::Running));
+    assert_eq!(second_running.acked_at, Some(t.at(2.0)));
+    assert_eq!(second_running.lease_expires_at, Some(t.at(2.0 + RUN_TIMEOUT_SECS)));
+    assert_err!(next(), StoreError::InvalidTransition { from: "queued", to: "running", .. });
+    assert_eq!(next()?, already, "a repeated ack returns the command unchanged");
+    assert_err!(next(), StoreError::NotFound(_));
+    let first_running = next()?;
+    assert_eq!((first_running.id, first_running.status), (first.id, CommandStatus::Running));
+    assert_err!(next(), StoreError::NotFound(_));
+    assert_eq!(next()?, second_running, "a duplicate in the batch gets the same command");
+
+    for command in [&second_running, &first_running, &already] {
+        assert_eq!(&t.store.get_command(t.tenant, command.id).await?, command);
+    }
+    assert_eq!(t.store.get_command(t.tenant, queued.id).await?, queued, "refused: unchanged");
+    assert_eq!(t.store.get_command(t.tenant, foreign.id).await?.status, CommandStatus::Dispatched);
+    Ok(())
+}
+
+async fn complete_commands_answers_each_like_complete_command(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let intruder = t.agent("host-2").await?;
+    assert!(t.store.complete_commands(agent.id, &[], t.at(1.0)).await?.is_empty());
+
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(t.enqueue(agent.id).await?.id);
+    }
+    let [running, dispatched, done, conflicting] = ids[..] else { unreachable!() };
+    t.store.claim_commands(agent.id, 4, t.at(1.0)).await?;
+    t.store.ack_command(agent.id, running, t.at(1.5)).await?;
+    let done = t.store.complete_command(agent.id, done, outcome(true), t.at(1.5)).await?;
+    let queued = t.enqueue(agent.id).await?;
+    let foreign = t.enqueue(intruder.id).await?;
+    let empty = CommandOutcome { ok: true, result: serde_json::Value::Null, error: None };
+
+    let request = vec![
+        (running, outcome(true)),
+        (dispatched, outcome(false)),
+        (done.id, outcome(true)),
+        (done.id, outcome(false)),
+        (queued.id, outcome(true)),
+        (foreign.id, outcome(true)),
+        (conflicting, empty),
+        (conflicting, outcome(false)),
+    ];
+    let answers = t.store.complete_commands(agent.id, &request, t.at(2.0)).await?;
+    assert_eq!(answers.len(), request.len());
+    let mut answers = answers.into_iter();
+    let mut next = || answers.next().expect("one answer per request");
+
+    let succeeded = next()?;
+    assert_eq!((succeeded.id, succeeded.status), (running, CommandStatus::Succeeded));
+    assert_eq!(succeeded.result, Some(serde_json::json!({ "pid": 4242 })));
+    assert_eq!(
+        (succeeded.error.clone(), succeeded.finished_at, succeeded.lease_expires_at),
+        (None, Some(t.at(2.0)), None)
+    );
+    let failed = next()?;
+    assert_eq!((failed.id, failed.status), (dispatched, CommandStatus::Failed));
+    assert_eq!(failed.error.as_deref(), Some("program not found"));
+    assert_eq!(failed.result, Some(serde_json::json!({ "exit_code": 2 })));
+    assert_eq!(next()?, done, "the same answer again returns the command unchanged");
+    assert_err!(next(), StoreError::InvalidTransition { from: "succeeded", to: "failed", .. });
+    assert_err!(next(), StoreError::InvalidTransition { from: "queued", to: "succeeded", .. });
+    assert_err!(next(), StoreError::NotFound(_));
+    // Two answers for one command in one batch: the first counts, the second is judged against it.
+    let first_answer = next()?;
+    assert_eq!((first_answer.status, first_answer.result.clone()), (CommandStatus::Succeeded, None));
+    assert_err!(next(), StoreError::InvalidTransition { from: "succeeded", to: "failed", .. });
+
+    assert_eq!(t.store.get_command(t.tenant, running).await?, succeeded);
+    assert_eq!(t.store.get_command(t.tenant, dispatched).await?, failed);
+    assert_eq!(t.store.get_command(t.tenant, conflicting).await?, first_answer);
+    assert_eq!(t.store.get_command(t.tenant, done.id).await?, done);
+    assert_eq!(t.store.get_command(t.tenant, queued.id).await?, queued);
+    assert_eq!(t.store.get_command(t.tenant, foreign.id).await?.status, CommandStatus::Queued);
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! Tenants and users.
+
+use botmox_contract::auth::Role;
+use botmox_control_plane::store::{NewUser, StoreError};
+
+use crate::Ctx;
+
+conformance!(ensure_tenant_is_idempotent, users_round_trip, usernames_are_unique_server_wide);
+
+fn new_user(tenant_id: botmox_contract::Id, username: &str, role: Role) -> NewUser {
+    NewUser {
+        tenant_id,
+        username: username.to_owned(),
+        email: Some(format!("{username}@example.com")),
+        password_hash: format!("$argon2id$v=19$m=19456,t=2,p=1${username}"),
+        role,
+    }
+}
+
+async fn ensure_tenant_is_idempotent(t: Ctx) -> anyhow::Result<()> {
+    // The harness created "default" at t0; asking again (later) returns the same id.
+    assert_eq!(t.store.ensure_tenant("default", t.at(10.0)).await?, t.tenant);
+    let acme = t.store.ensure_tenant("acme", t.at(1.0)).await?;
+    assert_ne!(acme, t.tenant);
+    assert_eq!(t.store.ensure_tenant("acme", t.at(2.0)).await?, acme);
+    assert_eq!(acme.get_version_num(), 7, "ids are UUIDv7");
+    Ok(())
+}
+
+async fn users_round_trip(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    assert_eq!(t.store.count_users(t.tenant).await?, 0);
+
+    let alice = t.store.create_user(new_user(t.tenant, "alice", Role::Admin), t.at(1.0)).await?;
+    assert_eq!(alice.tenant_id, t.tenant);
+    assert_eq!(alice.user.username, "alice");
+    assert_eq!(alice.user.email.as_deref(), Some("alice@example.com"));
+    assert_eq!(alice.user.role, Role::Admin);
+    assert_eq!(alice.user.created_at, t.at(1.0));
+    assert_eq!(alice.password_hash, "$argon2id$v=19$m=19456,t=2,p=1$alice");
+    assert_eq!(alice.disabled_at, None);
+
+    let mut no_email = new_user(t.tenant, "bob", Role::Viewer);
+    no_email.email = None;
+    let bob = t.store.create_user(no_email, t.at(2.0)).await?;
+    assert_eq!(bob.user.email, None);
+    assert_eq!(bob.user.role, Role::Viewer);
+    t.store.create_user(new_user(other, "carol", Role::Operator), t.at(3.0)).await?;
+
+    let got = t.store.get_user(t.tenant, alice.user.id).await?;
+    assert_eq!(got.user, alice.user);
+    assert_eq!(got.password_hash, alice.password_hash);
+    assert_err!(t.store.get_user(other, alice.user.id).await, StoreError::NotFound(_));
+    assert_err!(t.store.get_user(t.tenant, uuid::Uuid::now_v7()).await, StoreError::NotFound(_));
+
+    let found = t.store.find_user_by_username("bob").await?.expect("bob exists");
+    assert_eq!(found.user, bob.user);
+    assert_eq!(found.tenant_id, t.tenant);
+    let carol = t.store.find_user_by_username("carol").await?.expect("carol exists");
+    assert_eq!(carol.tenant_id, other);
+    assert!(t.store.find_user_by_username("nobody").await?.is_none());
+    assert!(t.store.find_user_by_username("ALICE").await?.is_none(), "usernames match exactly");
+
+    assert_eq!(t.store.count_users(t.tenant).await?, 2);
+    assert_eq!(t.store.count_users(other).await?, 1);
+    Ok(())
+}
+
+async fn usernames_are_unique_server_wide(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let first = t.store.create_user(new_user(t.tenant, "alice", Role::Admin), t.at(1.0)).await?;
+    assert_err!(
+        t.store.create_user(new_user(t.tenant, "alice", Role::Viewer), t.at(2.0)).await,
+        StoreError::Conflict(_)
+    );
+    assert_err!(t.store.create_user(new_user(other, "alice", Role::Viewer), t.at(2.0)).await, StoreError::Conflict(_));
+    // The refused creations changed nothing.
+    assert_eq!(t.store.count_users(t.tenant).await?, 1);
+    assert_eq!(t.store.count_users(other).await?, 0);
+    let found = t.store.find_user_by_username("alice").await?.expect("alice exists");
+    assert_eq!(found.user, first.user);
+    Ok(())
+}
