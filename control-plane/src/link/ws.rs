@@ -67,7 +67,11 @@ pub async fn connect(
         ),
     })?;
     let tenant_id = principal.tenant_id;
+    // Small buffers: tungstenite's defaults (128 KiB to read, 128 KiB to write) would cost
+    // over 1 GB at 10,000 agents; frames are small and a large one just takes more reads.
     Ok(ws
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .max_message_size(2 * MAX_FRAME_BYTES)
         .max_frame_size(2 * MAX_FRAME_BYTES)
         .on_upgrade(move |socket| run(state, tenant_id, agent_id, socket)))

@@ -251,7 +251,7 @@ pub async fn fleet(options: &FleetOptions, backend: Backend) -> anyhow::Result<V
         })
         .collect();
     let connecting = Instant::now();
-    let sims = connect_fleet(configs, 128).await.map_err(|e| anyhow::anyhow!("connecting the fleet: {e:?}"))?;
+    let sims = connect_fleet(configs, 32).await.map_err(|e| anyhow::anyhow!("connecting the fleet: {e:?}"))?;
     let connected_in = connecting.elapsed();
     // Let the connection burst settle, then measure a steady state of heartbeats.
     tokio::time::sleep(Duration::from_secs(10)).await;
