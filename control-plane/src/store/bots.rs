@@ -503,15 +503,4 @@ impl Store {
             with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(agent_id.to_string()).fetch_all(pool).await? });
         rows.into_iter().map(Bot::try_from).collect()
     }
-
-    /// The stored definition hash of a bot (what the agent should be running).
-    pub async fn bot_definition_hash(&self, id: Id) -> Result<String> {
-        let hash: Option<String> = with_pool!(self, read, |pool| {
-            sqlx::query_scalar("SELECT definition_hash FROM bots WHERE id = $1")
-                .bind(id.to_string())
-                .fetch_optional(pool)
-                .await?
-        });
-        hash.ok_or(StoreError::NotFound("bot"))
-    }
 }

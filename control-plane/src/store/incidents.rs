@@ -30,14 +30,6 @@ pub struct IncidentFilter {
     pub limit: u32,
 }
 
-pub fn kind_str(kind: IncidentKind) -> &'static str {
-    kind.as_str()
-}
-
-fn severity_str(severity: Severity) -> &'static str {
-    severity.as_str()
-}
-
 #[derive(sqlx::FromRow)]
 struct IncidentRow {
     id: String,
@@ -95,8 +87,8 @@ impl Store {
             sqlx::query_as(&sql)
                 .bind(id.to_string())
                 .bind(new.tenant_id.to_string())
-                .bind(kind_str(new.kind))
-                .bind(severity_str(new.severity))
+                .bind(new.kind.as_str())
+                .bind(new.severity.as_str())
                 .bind(&new.subject)
                 .bind(&new.message)
                 .bind(to_json(&new.data))
@@ -120,8 +112,8 @@ impl Store {
             sqlx::query_as(&sql)
                 .bind(id.to_string())
                 .bind(new.tenant_id.to_string())
-                .bind(kind_str(new.kind))
-                .bind(severity_str(new.severity))
+                .bind(new.kind.as_str())
+                .bind(new.severity.as_str())
                 .bind(&new.subject)
                 .bind(&new.message)
                 .bind(to_json(&new.data))
@@ -150,7 +142,7 @@ impl Store {
                 sqlx::query_as(&sql)
                     .bind(to_ms(now))
                     .bind(tenant_id.to_string())
-                    .bind(kind_str(*kind))
+                    .bind(kind.as_str())
                     .bind(subject)
                     .fetch_all(pool)
                     .await?
@@ -160,22 +152,6 @@ impl Store {
             }
         }
         Ok(resolved)
-    }
-
-    /// The open incident of a kind about a subject, if any.
-    pub async fn open_incident_of(&self, tenant_id: Id, kind: IncidentKind, subject: &str) -> Result<Option<Incident>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM incidents WHERE tenant_id = $1 AND kind = $2 AND subject = $3 AND resolved_at IS NULL"
-        );
-        let row: Option<IncidentRow> = with_pool!(self, read, |pool| {
-            sqlx::query_as(&sql)
-                .bind(tenant_id.to_string())
-                .bind(kind_str(kind))
-                .bind(subject)
-                .fetch_optional(pool)
-                .await?
-        });
-        row.map(TryInto::try_into).transpose()
     }
 
     pub async fn get_incident(&self, tenant_id: Id, id: Id) -> Result<Incident> {
@@ -216,8 +192,8 @@ impl Store {
             sqlx::query_as(&sql)
                 .bind(tenant_id.to_string())
                 .bind(filter.open.map(i64::from))
-                .bind(filter.kind.map(kind_str))
-                .bind(filter.severity.map(severity_str))
+                .bind(filter.kind.map(IncidentKind::as_str))
+                .bind(filter.severity.map(Severity::as_str))
                 .bind(&filter.subject)
                 .bind(filter.before_id.map(|b| b.to_string()))
                 .bind(limit + 1)

@@ -42,7 +42,7 @@ pub use agents::{AgentAuth, AgentHello, Heartbeat, NewAgent};
 pub use audit::{AuditFilter, NewAuditEntry};
 pub use bots::{definition_hash, BotFilter, BotPage, NewBot, UpdateBot};
 pub use commands::{CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewCommand};
-pub use incidents::{kind_str as incident_kind_str, IncidentFilter, NewIncident};
+pub use incidents::{IncidentFilter, NewIncident};
 pub use logs::LogQuery;
 pub use notify::MAX_PAYLOAD as MAX_NOTIFY_PAYLOAD;
 pub use pairing::{NewPairingCode, PairingHost, Redeemed};

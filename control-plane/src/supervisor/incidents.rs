@@ -11,10 +11,7 @@ use botmox_contract::{
     Id,
 };
 
-use crate::{
-    state::AppState,
-    store::{incident_kind_str, NewIncident},
-};
+use crate::{state::AppState, store::NewIncident};
 
 /// Restarts (as the agent counts them) after which crashes are a crash loop.
 pub const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -41,7 +38,7 @@ async fn open(
             tenant_id,
             "open_incident",
             subject,
-            serde_json::json!({ "kind": incident_kind_str(kind), "incident_id": incident.id }),
+            serde_json::json!({ "kind": kind.as_str(), "incident_id": incident.id }),
         )
         .await;
     }
@@ -183,7 +180,7 @@ pub async fn resolve_healed(state: &AppState) -> anyhow::Result<()> {
         };
         let stable_since = now - chrono::Duration::seconds(bot.restart.stable_after_seconds as i64);
         let stable = bot.state == BotState::Running && bot.started_at.is_some_and(|t| t <= stable_since);
-        if stable && kind == incident_kind_str(IncidentKind::BotCrashLoop) {
+        if stable && kind == IncidentKind::BotCrashLoop.as_str() {
             resolve(state, tenant_id, &[IncidentKind::BotCrashLoop], &subject).await?;
         }
     }
