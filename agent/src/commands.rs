@@ -270,8 +270,12 @@ mod tests {
     async fn a_redelivered_command_is_answered_from_the_journal_and_not_run_again() -> anyhow::Result<()> {
         let fixture = Fixture::new()?;
         let marker = fixture.dir.path().join("runs.txt");
-        let script = format!("echo ran >> '{}'; echo done", marker.display());
-        let mut exec = envelope(CommandKind::AgentExec, json!({ "program": "sh", "args": ["-c", script] }), 1);
+        #[cfg(unix)]
+        let payload =
+            json!({ "program": "sh", "args": ["-c", format!("echo ran >> '{}'; echo done", marker.display())] });
+        #[cfg(windows)]
+        let payload = json!({ "program": "cmd", "args": ["/C", format!("echo ran>>{}& echo done", marker.display())] });
+        let mut exec = envelope(CommandKind::AgentExec, payload, 1);
         let commands = fixture.commands(true)?;
         commands.handle(exec.clone());
         let frames = fixture.until_result(exec.id).await?;
@@ -290,7 +294,7 @@ mod tests {
         fixture.commands(true)?.handle(exec.clone());
         let after_restart = fixture.until_result(exec.id).await?;
         assert_eq!(outcome(&after_restart, exec.id).map(|o| o.result), Some(first.result));
-        assert_eq!(std::fs::read_to_string(&marker)?, "ran\n", "executed exactly once");
+        assert_eq!(std::fs::read_to_string(&marker)?.lines().collect::<Vec<_>>(), ["ran"], "executed exactly once");
         Ok(())
     }
 

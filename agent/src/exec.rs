@@ -1,7 +1,8 @@
 //! `agent.exec`: a one-off program with captured output (payload `{program, args?, cwd?,
 //! timeout_seconds?}`), only on an agent started with `run --allow-exec`. Output is bounded
 //! (the rest is read and dropped, so the program never blocks on a full pipe), the run is
-//! bounded by a timeout, and a `cancel` kills it — its whole process group on Unix.
+//! bounded by a timeout, and a `cancel` kills it — its whole process group on Unix, its Job
+//! Object on Windows.
 
 use std::{process::Stdio, time::Duration};
 
@@ -44,9 +45,17 @@ pub async fn run(payload: &serde_json::Value, mut cancel: watch::Receiver<bool>)
     }
     #[cfg(unix)]
     command.process_group(0);
+    #[cfg(unix)]
     let mut child =
         command.spawn().map_err(|e| crate::runner::describe_spawn_error(&payload.program, &e).to_string())?;
-    let pid = child.id();
+    #[cfg(unix)]
+    let tree = child.id();
+    // Windows: the program and all it starts live in a kill-on-close job, so `kill_tree` (and
+    // dropping the job at the end of this function) takes the whole tree.
+    #[cfg(windows)]
+    let (mut child, tree) =
+        crate::win32::spawn_in_job(&mut command, windows_sys::Win32::System::Threading::CREATE_NO_WINDOW)
+            .map_err(|e| crate::runner::describe_spawn_error(&payload.program, &e).to_string())?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let started = std::time::Instant::now();
     let outputs = async { tokio::join!(read_bounded(stdout), read_bounded(stderr)) };
@@ -62,12 +71,12 @@ pub async fn run(payload: &serde_json::Value, mut cancel: watch::Receiver<bool>)
     let (status, (stdout, out_cut), (stderr, err_cut)) = match outcome {
         Ok(done) => done,
         Err(reason) => {
-            kill_tree(pid);
+            kill_tree(tree);
             return Err(reason);
         }
     };
     let status = status.map_err(|e| format!("waiting for the program failed: {e}"))?;
-    kill_tree(pid);
+    kill_tree(tree);
     let (code, signal) = (status.code(), exit_signal(&status));
     let result = json!({
         "exit_code": code,
@@ -127,13 +136,19 @@ fn tail(text: &str) -> String {
 }
 
 /// Kills what is left of the program's group (its own children included).
+#[cfg(unix)]
 fn kill_tree(pid: Option<u32>) {
-    #[cfg(unix)]
     if let Some(pid) = pid {
         crate::runner::kill_orphan_group(pid);
     }
-    #[cfg(not(unix))]
-    let _ = pid;
+}
+
+/// Kills what is left of the program's job (its own children included).
+#[cfg(windows)]
+fn kill_tree(job: crate::win32::Job) {
+    if let Err(e) = job.terminate(1) {
+        tracing::debug!(error = %e, "cannot terminate an agent.exec job");
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +159,7 @@ mod tests {
         watch::channel(false).1
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn captures_output_and_exit_code() {
         let payload = json!({ "program": "sh", "args": ["-c", "echo hello; echo oops >&2"] });
@@ -154,6 +170,7 @@ mod tests {
         assert_eq!(failed, Err("sh exited with code 4: bad".into()));
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn bounds_output() {
         let payload = json!({ "program": "sh", "args": ["-c", "head -c 200000 /dev/zero | tr '\\0' a"] });
@@ -162,6 +179,7 @@ mod tests {
         assert_eq!(result["truncated"], true);
     }
 
+    #[cfg(unix)]
     #[tokio::test]
     async fn cancel_and_timeout_kill_it() {
         let (tx, rx) = watch::channel(false);
@@ -171,6 +189,48 @@ mod tests {
         assert_eq!(reply, Err("cancelled: killed".into()));
         let timed = run(&json!({ "program": "sleep", "args": ["30"], "timeout_seconds": 0 }), no_cancel()).await;
         assert!(timed.is_err_and(|e| e.contains("timed out")));
+    }
+
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn captures_output_and_exit_code_on_windows() {
+        let payload = json!({ "program": "cmd", "args": ["/C", "echo hello& echo oops>&2"] });
+        let result = run(&payload, no_cancel()).await.expect("runs");
+        assert_eq!((result["exit_code"].as_i64(), result["stdout"].as_str()), (Some(0), Some("hello\r\n")));
+        assert_eq!(result["stderr"], "oops\r\n");
+        let failed = run(&json!({ "program": "cmd", "args": ["/C", "echo bad>&2& exit 4"] }), no_cancel()).await;
+        assert_eq!(failed, Err("cmd exited with code 4: bad".into()));
+    }
+
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn bounds_output_on_windows() {
+        let line = "0123456789012345678901234567890123456789";
+        let payload = json!({ "program": "cmd", "args": ["/C", format!("for /L %i in (1,1,3000) do @echo {line}")] });
+        let result = run(&payload, no_cancel()).await.expect("runs");
+        assert_eq!(result["stdout"].as_str().map(str::len), Some(MAX_OUTPUT));
+        assert_eq!(result["truncated"], true);
+    }
+
+    /// The program and the child it started are in one job: cancel and timeout end both,
+    /// long before the 30 pings would.
+    #[cfg(windows)]
+    #[tokio::test]
+    async fn cancel_and_timeout_kill_it_on_windows() {
+        let tree =
+            json!({ "program": "cmd", "args": ["/C", "start /B ping -n 30 127.0.0.1 >NUL & ping -n 30 127.0.0.1"] });
+        let started = std::time::Instant::now();
+        let (tx, rx) = watch::channel(false);
+        let payload = tree.clone();
+        let running = tokio::spawn(async move { run(&payload, rx).await });
+        tx.send_replace(true);
+        let reply = tokio::time::timeout(Duration::from_secs(10), running).await.expect("bounded").expect("joins");
+        assert_eq!(reply, Err("cancelled: killed".into()));
+        let mut timed_out = tree;
+        timed_out["timeout_seconds"] = json!(1);
+        let timed = run(&timed_out, no_cancel()).await;
+        assert!(timed.is_err_and(|e| e.contains("timed out")));
+        assert!(started.elapsed() < Duration::from_secs(20), "killed, not waited for: {:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@
 //! [`pair`], [`run`] (the life of `run`), [`connection`] (WebSocket, long-poll, the outbox),
 //! [`commands`] (ack/execute/result with the [`journal`]), [`bots`] (one task per bot),
 //! [`supervise`] (the restart state machine), [`runner`] (processes, groups, output capture),
-//! [`state_file`], [`status`], [`metrics`], [`logging`], [`tls`], [`exec`], [`host`].
+//! [`state_file`], [`status`], [`metrics`], [`logging`], [`tls`], [`exec`], [`host`],
+//! [`service`] (systemd unit / Windows logon task), `tray` (feature `tray`: the desktop icon).
 //!
 //! Exit codes: 0 done, 1 failed (one line on stderr says why), 2 not available in this
 //! build, 3 revoked by the server.
@@ -28,10 +29,15 @@ mod pair;
 mod paths;
 mod run;
 mod runner;
+mod service;
 mod state_file;
 mod status;
 mod supervise;
 mod tls;
+#[cfg(feature = "tray")]
+mod tray;
+#[cfg(windows)]
+mod win32;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -59,11 +65,11 @@ enum Cmd {
     Pair(PairArgs),
     /// Run headless: connect to the server and run this host's bots (what a service runs).
     Run(RunArgs),
-    /// Run with a tray icon on the desktop.
-    Tray,
+    /// Run with a tray icon on the desktop (shows a service instance's status if one runs).
+    Tray(RunArgs),
     /// Show the connection, the server, the bots and the last errors.
     Status,
-    /// Register or remove the agent as an OS service (systemd / Windows service).
+    /// Register or remove the agent as an OS service (systemd unit / Windows logon task).
     #[command(subcommand)]
     Service(ServiceCmd),
     /// Forget this host's credentials (and stop the bots nobody could control any more).
@@ -108,9 +114,29 @@ struct RunArgs {
 #[derive(Debug, Subcommand)]
 enum ServiceCmd {
     /// Install and start the agent as a service (`botmox-agent run` at boot).
-    Install,
+    Install(InstallArgs),
     /// Stop and remove the service.
-    Uninstall,
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// Write and print the systemd unit only; do not call systemctl (Linux)
+    #[arg(long)]
+    no_start: bool,
+    /// Write the unit into DIR instead of systemd's directory; needs --no-start (Linux)
+    #[arg(long, value_name = "DIR")]
+    unit_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct UninstallArgs {
+    /// Remove the systemd unit file only; do not call systemctl (Linux)
+    #[arg(long)]
+    no_stop: bool,
+    /// The directory the unit was written to with --unit-dir (Linux)
+    #[arg(long, value_name = "DIR")]
+    unit_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -124,10 +150,37 @@ fn main() -> ExitCode {
         Cmd::Run(args) => with_runtime(true, run(dir, args)),
         Cmd::Status => with_runtime(false, status(dir)),
         Cmd::Unpair => with_runtime(false, unpair(dir)),
-        Cmd::Tray => not_available("tray"),
-        Cmd::Service(ServiceCmd::Install) => not_available("service install"),
-        Cmd::Service(ServiceCmd::Uninstall) => not_available("service uninstall"),
+        Cmd::Tray(args) => tray(dir, args),
+        Cmd::Service(ServiceCmd::Install(args)) => {
+            let options = service::Options { no_systemctl: args.no_start, unit_dir: args.unit_dir };
+            report("botmox-agent service install", service::install(&dir, &options))
+        }
+        Cmd::Service(ServiceCmd::Uninstall(args)) => {
+            let options = service::Options { no_systemctl: args.no_stop, unit_dir: args.unit_dir };
+            report("botmox-agent service uninstall", service::uninstall(&dir, &options))
+        }
     }
+}
+
+/// Prints what a short command did, or its error in one line.
+fn report(what: &str, done: anyhow::Result<String>) -> ExitCode {
+    match done {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(what, format!("{err:#}")),
+    }
+}
+
+#[cfg(feature = "tray")]
+fn tray(dir: AgentDir, args: RunArgs) -> ExitCode {
+    tray::tray(dir, run_options(args))
+}
+
+#[cfg(not(feature = "tray"))]
+fn tray(_dir: AgentDir, _args: RunArgs) -> ExitCode {
+    not_available("tray", "it is built with `cargo build -p botmox-agent --features tray`")
 }
 
 /// `run` gets two worker threads (a stop waiting out a grace period never blocks a command);
@@ -150,8 +203,9 @@ fn fail(what: &str, err: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Exit code 2 tells scripts "this command does not exist here" rather than "it failed".
-fn not_available(command: &str) -> ExitCode {
-    eprintln!("botmox-agent {command}: not available in this build yet");
+#[cfg(not(feature = "tray"))]
+fn not_available(command: &str, how: &str) -> ExitCode {
+    eprintln!("botmox-agent {command}: not available in this build ({how})");
     ExitCode::from(2)
 }
 
@@ -178,14 +232,17 @@ async fn pair(dir: AgentDir, args: PairArgs) -> ExitCode {
     }
 }
 
-async fn run(dir: AgentDir, args: RunArgs) -> ExitCode {
-    let options = run::RunOptions {
+fn run_options(args: RunArgs) -> run::RunOptions {
+    run::RunOptions {
         transport: args.transport,
         allow_exec: args.allow_exec,
         rotate_token: args.rotate_token,
         status_listen: args.status_listen,
-    };
-    match run::run(dir, options).await {
+    }
+}
+
+async fn run(dir: AgentDir, args: RunArgs) -> ExitCode {
+    match run::run(dir, run_options(args)).await {
         Ok(code) => code,
         Err(err) => fail("botmox-agent run", format!("{err:#}")),
     }

@@ -1,8 +1,10 @@
 //! `botmox-agent run`: the life of the headless agent. Lock the agent dir (one agent per dir:
 //! two would start every bot twice), recover the bots from the state file (re-adopting those
 //! still running) *before* connecting, open the local status endpoint, then stay connected
-//! until SIGTERM/SIGINT (bots keep running, to be re-adopted by the next start) or revocation
-//! (bots are stopped — nobody may control them any more — and the exit code is 3).
+//! until SIGTERM/SIGINT (bots keep running, to be re-adopted by the next start; on Windows
+//! they end with the agent and the next start starts them again) or revocation (bots are
+//! stopped — nobody may control them any more — and the exit code is 3). [`run_until`] is
+//! the same life ended by the caller's stop signal instead of SIGTERM: the tray runs it.
 
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
@@ -27,6 +29,7 @@ use crate::{
 /// Exit code when the server revoked this agent (a service manager should not restart it).
 pub const EXIT_REVOKED: u8 = 3;
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub transport: TransportMode,
     pub allow_exec: bool,
@@ -34,7 +37,25 @@ pub struct RunOptions {
     pub status_listen: SocketAddr,
 }
 
+/// `botmox-agent run`: until SIGTERM/SIGINT or revocation.
 pub async fn run(dir: AgentDir, options: RunOptions) -> anyhow::Result<ExitCode> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop.send(true);
+    });
+    run_until(dir, options, stopped, |_| {}).await
+}
+
+/// The agent until `stopped` turns `true` (the same clean stop as SIGTERM: bots keep
+/// running) or revocation. `started` gets the [`Reporter`] once the agent is up: the tray
+/// reads its status and pauses its link through it.
+pub async fn run_until(
+    dir: AgentDir,
+    options: RunOptions,
+    stopped: watch::Receiver<bool>,
+    started: impl FnOnce(Arc<Reporter>),
+) -> anyhow::Result<ExitCode> {
     let credentials = Credentials::load(&dir.credentials())?.with_context(|| {
         format!(
             "this host is not paired (no {}): run `botmox-agent pair --server URL --code CODE` first",
@@ -43,7 +64,7 @@ pub async fn run(dir: AgentDir, options: RunOptions) -> anyhow::Result<ExitCode>
     })?;
     dir.create().with_context(|| format!("cannot create {}", dir.root().display()))?;
     let _lock = lock(&dir)?;
-    crate::logging::init_run(&dir.logs())?;
+    init_logging(&dir)?;
     let tls = crate::tls::client_config(credentials.ca_file.as_deref())?;
     let state = Arc::new(StateFile::open(&dir.state())?);
     let journal = Journal::open(&dir.journal()).with_context(|| format!("cannot read {}", dir.journal().display()))?;
@@ -61,22 +82,25 @@ pub async fn run(dir: AgentDir, options: RunOptions) -> anyhow::Result<ExitCode>
     let listener = status::bind(&dir, options.status_listen).await?;
     let reporter =
         Arc::new(Reporter { link: link.clone(), bots: bots.clone(), commands, state: state.clone(), agent_id });
-    let status_task = tokio::spawn(status::serve(listener, reporter));
+    let status_task = tokio::spawn(status::serve(listener, reporter.clone()));
+    started(reporter);
 
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        let _ = stop.send(true);
-    });
     let ending = connection::run(link, options.transport, options.rotate_token, stopped).await;
     status_task.abort();
     let _ = std::fs::remove_file(dir.status_addr());
     match ending {
         Ending::Shutdown => {
             let running = bots.running_count();
+            #[cfg(not(windows))]
             tracing::info!(
                 bots_running = running,
                 "botmox-agent stopping: bots keep running and are re-adopted at the next start"
+            );
+            // Each bot's Job Object is kill-on-close (runner/windows.rs): they end with us.
+            #[cfg(windows)]
+            tracing::info!(
+                bots_running = running,
+                "botmox-agent stopping: its bots stop with it (Job Objects) and the next start starts them again"
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -93,7 +117,18 @@ pub async fn run(dir: AgentDir, options: RunOptions) -> anyhow::Result<ExitCode>
     }
 }
 
-async fn wait_for_signal() {
+/// Logging is process-wide and set once: the tray runs the agent again after pairing again.
+pub fn init_logging(dir: &AgentDir) -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_none() {
+        crate::logging::init_run(&dir.logs())?;
+        let _ = DONE.set(());
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -3,7 +3,8 @@
 //! The running agent answers `GET /status` on a loopback port (its address is written to
 //! `status.addr` in the agent dir) with a [`StatusReport`]: connection, server, bots, last
 //! errors. `status` asks it; when no agent runs, it prints the same from the state file. The
-//! tray (later) reads the same endpoint instead of starting a second agent. Loopback only,
+//! tray reads the same endpoint when a service instance runs, instead of starting a second
+//! agent. Loopback only,
 //! read-only, and nothing secret in it; a hand-written HTTP/1.1 answer because one GET does not
 //! justify an HTTP server dependency.
 
@@ -32,7 +33,7 @@ pub struct StatusReport {
     pub live: bool,
     pub agent_id: Option<Uuid>,
     pub server: Option<String>,
-    /// `connecting`, `connected`, `disconnected`, `revoked`, or `not running`.
+    /// `connecting`, `connected`, `disconnected`, `paused`, `revoked`, or `not running`.
     pub connection: String,
     pub transport: Option<String>,
     pub since: Option<DateTime<Utc>>,

@@ -2,7 +2,8 @@
 //! same on Linux, Windows and CI (matklad's "Large Rust Workspaces": no pile of shell).
 //!
 //! This file owns only the command-line dispatch; each command lives in its own module:
-//! `run` (start the product), `test` (every check CI runs), `bench` (the benchmark).
+//! `run` (start the product), `test` (every check CI runs; `tray` its tray step, `windows`
+//! its Windows-agent step under Wine), `bench` (the benchmark).
 //! Shared plumbing: `children` (a tiny process supervisor), `postgres` (make sure the test
 //! database is up), `cmd` (spawning cargo and friends with readable errors).
 
@@ -12,6 +13,8 @@ mod cmd;
 mod postgres;
 mod run;
 mod test;
+mod tray;
+mod windows;
 
 use std::process::ExitCode;
 
@@ -22,8 +25,14 @@ commands:
   run   [-- serve args]     build and start botmox on http://127.0.0.1:8080
                             (data in .botmox/, admin password in .botmox/admin-password);
                             extra args go to `botmox serve`, e.g. `-- --listen 127.0.0.1:9000`
-  test  [--quick] [-- args] every check CI runs: Postgres up, fmt, clippy, nextest;
-                            --quick skips fmt and clippy; extra args go to `cargo nextest run`
+  test  [--quick] [--no-windows] [-- args]
+                            every check CI runs: Postgres up, fmt, clippy, nextest, then the
+                            tray build and its Xvfb screenshot test (Linux; installs missing
+                            Debian packages), then the Windows agent cross-built and tested
+                            under Wine (Linux x86_64; installs mingw-w64 and Wine if missing);
+                            --quick skips fmt and clippy, --no-windows the Windows step;
+                            extra args go to `cargo nextest run`
+  test-windows [--quick]    only the Windows step of `test` (cross-build, Wine, e2e)
   bench [-- args]           release build, then the benchmark (`botmox-e2e --bin bench`)
   help                      this text
 
@@ -44,6 +53,7 @@ fn main() -> ExitCode {
         }
         Some("run") => run::run(&rest),
         Some("test") => test::test(&rest),
+        Some("test-windows") => windows::test_only(&rest),
         Some("bench") => bench::bench(&rest),
         Some(other) => {
             eprint!("xtask: unknown command `{other}`\n\n{HELP}");

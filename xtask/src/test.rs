@@ -1,23 +1,27 @@
 //! `cargo xtask test`: every check CI runs, in the order that fails fastest and most
 //! clearly: Postgres up, cargo-nextest present, formatting, clippy, then the whole test
-//! suite under nextest. `--quick` skips formatting and clippy.
+//! suite under nextest; then the tray build and its screenshot test (`tray.rs`); then the
+//! Windows agent cross-built and tested under Wine (`windows.rs`). `--quick` skips formatting
+//! and clippy, `--no-windows` the Windows step.
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cmd, postgres, split_passthrough};
+use crate::{cmd, postgres, split_passthrough, tray, windows};
 
 pub fn test(args: &[String]) -> Result<ExitCode> {
     let (own, nextest_args) = split_passthrough(args);
     let mut quick = false;
+    let mut with_windows = cfg!(all(target_os = "linux", target_arch = "x86_64"));
     for arg in own {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--no-windows" => with_windows = false,
             other => bail!(
                 "unknown option `{other}` for `cargo xtask test` \
-                 (it knows --quick; arguments for nextest go after `--`)"
+                 (it knows --quick and --no-windows; arguments for nextest go after `--`)"
             ),
         }
     }
@@ -52,6 +56,14 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
     cmd::step("cargo nextest run --workspace --no-fail-fast");
     cmd::run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))
         .context("tests failed or did not build (nextest's summary or the compiler errors are above)")?;
+
+    tray::checks(&cargo, quick)?;
+
+    if with_windows {
+        windows::test(&cargo, quick)?;
+    } else {
+        println!("==> skipping the Windows agent under Wine (--no-windows, or not a Linux x86_64 host)");
+    }
 
     println!("==> all checks passed in {:.0?}", started.elapsed());
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,9 @@
 //! collected while away, then heartbeats. A lost connection is retried with exponential
 //! backoff and jitter (1 s → 30 s) while the bots keep running; a refused token (revoked:
 //! close code 4001 or 401) ends the agent. The agent token is rotated weekly or on demand.
+//! The tray can **pause** the link: the connection closes and stays closed (the server sends
+//! no commands; bots keep running under local supervision, their reports wait in the outbox)
+//! until it is resumed.
 
 pub mod buffer;
 mod poll;
@@ -73,7 +76,7 @@ pub enum Ending {
 /// The connection's state, for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkStatus {
-    /// `connecting`, `connected`, `disconnected`, `revoked`.
+    /// `connecting`, `connected`, `disconnected`, `paused`, `revoked`.
     pub state: &'static str,
     pub transport: Option<&'static str>,
     pub since: DateTime<Utc>,
@@ -98,6 +101,8 @@ pub struct Link {
     status: watch::Sender<LinkStatus>,
     /// Set by a token rotation: the open connection reconnects with the new token.
     reconnect: tokio::sync::Notify,
+    /// `true` while paused (the tray's Pause): no connection.
+    paused: watch::Sender<bool>,
 }
 
 impl Link {
@@ -125,6 +130,7 @@ impl Link {
             settings: Mutex::new(settings),
             status: watch::channel(status).0,
             reconnect: tokio::sync::Notify::new(),
+            paused: watch::channel(false).0,
         }))
     }
 
@@ -150,6 +156,12 @@ impl Link {
 
     fn set_settings(&self, settings: ServerSettings) {
         *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    /// Pauses (closes the connection and keeps it closed) or resumes the link.
+    #[cfg_attr(not(feature = "tray"), allow(dead_code))]
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.send_if_modified(|current| std::mem::replace(current, paused) != paused);
     }
 
     pub fn status(&self) -> LinkStatus {
@@ -290,7 +302,8 @@ impl Backoff {
     }
 }
 
-/// Keeps the agent connected until it is revoked or asked to shut down.
+/// Keeps the agent connected until it is revoked or asked to shut down; while paused, not
+/// connected at all.
 pub async fn run(
     link: Arc<Link>,
     mode: TransportMode,
@@ -298,13 +311,28 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Ending {
     let rotation = tokio::spawn(rotate_periodically(link.clone(), rotate_now));
+    let mut paused = link.paused.subscribe();
     let mut backoff = Backoff::new();
     let mut poll_until: Option<Instant> = None;
     let ending = loop {
+        if *paused.borrow_and_update() {
+            tracing::info!("paused: disconnected from the server until resumed");
+            link.set_status("paused", None, None);
+            tokio::select! {
+                _ = paused.wait_for(|paused| !*paused) => {}
+                _ = shutdown.changed() => break Ending::Shutdown,
+            }
+            tracing::info!("resumed: connecting");
+            backoff.reset();
+            continue;
+        }
         let use_poll = mode == TransportMode::Poll || poll_until.is_some_and(|until| Instant::now() < until);
         link.set_status("connecting", None, None);
-        let end =
-            if use_poll { poll::session(&link, &mut shutdown).await } else { ws::session(&link, &mut shutdown).await };
+        let end = match session(&link, use_poll, &mut shutdown, &mut paused).await {
+            Ended::Session(end) => end,
+            Ended::Shutdown => break Ending::Shutdown,
+            Ended::Paused => continue,
+        };
         let (greeted, reason) = match end {
             SessionEnd::Revoked(why) => {
                 link.set_status("revoked", None, Some(why.clone()));
@@ -335,11 +363,61 @@ pub async fn run(
         link.set_status("disconnected", None, Some(reason));
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
+            _ = paused.wait_for(|paused| *paused) => {}
             _ = shutdown.changed() => break Ending::Shutdown,
         }
     };
     rotation.abort();
     ending
+}
+
+/// How [`session`] ended.
+enum Ended {
+    Session(SessionEnd),
+    Shutdown,
+    Paused,
+}
+
+/// One connection over the chosen transport. A shutdown or a pause asks the session to
+/// close (the same path as a shutdown, so the socket is closed politely and unconfirmed
+/// frames go back to the outbox) rather than dropping it mid-write.
+async fn session(
+    link: &Link,
+    use_poll: bool,
+    shutdown: &mut watch::Receiver<bool>,
+    paused: &mut watch::Receiver<bool>,
+) -> Ended {
+    let (close, mut closing) = watch::channel(false);
+    let session = async {
+        if use_poll {
+            poll::session(link, &mut closing).await
+        } else {
+            ws::session(link, &mut closing).await
+        }
+    };
+    tokio::pin!(session);
+    let mut why: Option<Ended> = None;
+    loop {
+        tokio::select! {
+            end = &mut session => {
+                // Once asked to close, how the session ended does not matter (the shutdown
+                // signal is consumed), unless the server revoked the agent meanwhile.
+                return match (why, end) {
+                    (_, SessionEnd::Revoked(why)) => Ended::Session(SessionEnd::Revoked(why)),
+                    (Some(why), _) => why,
+                    (None, end) => Ended::Session(end),
+                };
+            }
+            _ = shutdown.changed(), if why.is_none() => {
+                why = Some(Ended::Shutdown);
+                close.send_replace(true);
+            }
+            _ = paused.wait_for(|paused| *paused), if why.is_none() => {
+                why = Some(Ended::Paused);
+                close.send_replace(true);
+            }
+        }
+    }
 }
 
 /// Rotates the token when it is a week old (or at once when asked), then reconnects.

@@ -1,7 +1,9 @@
 //! Turning a bot's stdout/stderr bytes into log lines: split on `\n` (a trailing `\r` is
 //! dropped), invalid UTF-8 replaced, and every line bounded — a longer one is cut and marked,
 //! and the rest of it up to the next newline is skipped, so a bot printing one endless line
-//! cannot grow the agent's memory.
+//! cannot grow the agent's memory. The bytes come from whatever the platform runner hands
+//! over as an [`Output`]: the read end of a FIFO on Unix (so bots outlive the agent), an
+//! anonymous pipe on Windows (where they never do); the splitting is the same.
 
 use std::{pin::Pin, sync::Arc};
 

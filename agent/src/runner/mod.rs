@@ -1,7 +1,8 @@
 //! Running bot processes (SPEC §5, Runner): start `exec.program` with its args, cwd and env
 //! (plus secret values, which only ever exist in memory and in the child's environment), each
-//! bot in its own process group (Unix) so a stop or crash cleanup takes the whole tree, its
-//! output captured line by line ([`capture`]); stop = polite signal, grace period, kill.
+//! bot in its own process group (Unix) or Job Object (Windows) so a stop or crash cleanup
+//! takes the whole tree, its output captured line by line ([`capture`]); stop = polite
+//! signal, grace period, kill.
 //!
 //! The platform code lives in `unix.rs` and `windows.rs` behind one API: [`spawn`], [`adopt`]
 //! (a process left running by a previous agent), [`Process`] (`wait`, `terminate`,
@@ -62,7 +63,8 @@ pub struct SpawnRequest<'a> {
 pub struct Spawned {
     pub process: Process,
     pub pid: u32,
-    /// Process start time in clock ticks since boot (Linux), to recognise it later.
+    /// Process start time, to recognise it later: clock ticks since boot (Linux), creation
+    /// time in 100 ns units since 1601 (Windows).
     pub start_ticks: Option<u64>,
     pub started_at: DateTime<Utc>,
     /// Its output streams, to be pumped into the bot's log.
