@@ -195,11 +195,12 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes an agent: its tokens stop working at once and for good.
+    /// Revokes an agent: its tokens stop working at once and for good. The current token's
+    /// hash stays, so that a later use of it is recognised (`token_revoked_agent_connected`).
     pub async fn revoke_agent(&self, tenant_id: Id, id: Id, now: Timestamp) -> Result<Agent> {
         let changed = with_pool!(self, write, |pool| {
             sqlx::query(
-                "UPDATE agents SET status = 'revoked', token_hash = NULL, pending_token_hash = NULL, \
+                "UPDATE agents SET status = 'revoked', pending_token_hash = NULL, \
                  revoked_at = COALESCE(revoked_at, $1), connected_replica = NULL, updated_at = $1 \
                  WHERE tenant_id = $2 AND id = $3",
             )

@@ -146,6 +146,9 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// A pooled Postgres connection idle at least this long is pinged before use.
+const PG_PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 /// Pool sizes and timeouts.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -199,7 +202,20 @@ impl Store {
                     .await
                     .map_err(|_| sqlx::Error::PoolTimedOut)??;
                 probe.close().await?;
+                // A liveness ping only for a connection idle for a while (what HikariCP does): a
+                // busy pool never pays a round trip per statement (measured on the dispatch path:
+                // one ping per query), while a connection that sat idle across a database restart
+                // or a NAT timeout is still tested and replaced before a request gets it.
                 let pool = PgPoolOptions::new()
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PG_PING_AFTER_IDLE {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .max_connections(options.max_connections)
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(connect)
