@@ -100,9 +100,32 @@ pub fn start(
     run.arg("--config-dir").arg(&agent_dir).arg("run");
     supervisor.spawn("botmox-agent", &mut run)?;
 
-    let bot_id = demo_bot(&api, &agent_id, &agent_dir)?;
-    api.post(&format!("/api/v1/bots/{bot_id}/start"), json!({}))?;
+    let (bot_id, created) = demo_bot(&api, &agent_id, &agent_dir)?;
+    if !created {
+        // A new bot starts by itself (it is created with `desired_state: running`).
+        api.post(&format!("/api/v1/bots/{bot_id}/start"), json!({}))?;
+    }
     Ok(Demo { bot_id, agent_dir })
+}
+
+/// Stops the demo bot and waits (bounded) until its agent says it stopped. Best effort: the
+/// demo is ending either way.
+pub fn stop(url: &str, (username, password): (&str, &str), bot_id: &str) {
+    let stopped = Api::login(url, username, password).and_then(|api| {
+        api.post(&format!("/api/v1/bots/{bot_id}/stop"), json!({}))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while api.get(&format!("/api/v1/bots/{bot_id}"))?["state"] != "stopped" {
+            if Instant::now() > deadline {
+                bail!("it did not stop within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    });
+    match stopped {
+        Ok(()) => println!("    {BOT_NAME} stopped"),
+        Err(err) => println!("    {BOT_NAME} could not be stopped: {err:#}"),
+    }
 }
 
 /// The local agent's id: from its credentials when the server still knows it, else paired
@@ -139,22 +162,22 @@ fn paired_agent(api: &Api, agent_bin: &Path, agent_dir: &Path) -> Result<String>
     Ok(paired["agent_id"].as_str().context("no agent_id in the credentials")?.to_owned())
 }
 
-/// The demo bot's id, created on the agent the first time (or moved to it, when the agent was
-/// paired anew).
-fn demo_bot(api: &Api, agent_id: &str, agent_dir: &Path) -> Result<String> {
+/// The demo bot's id (and whether it was created now), created on the agent the first time
+/// (or moved to it, when the agent was paired anew).
+fn demo_bot(api: &Api, agent_id: &str, agent_dir: &Path) -> Result<(String, bool)> {
     let found = api.get(&format!("/api/v1/bots?name={BOT_NAME}&limit=10"))?;
     let existing = found["items"].as_array().into_iter().flatten().find(|b| b["name"] == BOT_NAME);
     match existing {
-        Some(bot) if bot["agent_id"] == agent_id => Ok(bot["id"].as_str().unwrap_or_default().to_owned()),
+        Some(bot) if bot["agent_id"] == agent_id => Ok((bot["id"].as_str().unwrap_or_default().to_owned(), false)),
         Some(bot) => {
             let id = bot["id"].as_str().unwrap_or_default();
             let request = api.request("PATCH", &format!("/api/v1/bots/{id}"));
             answer(request.send_json(json!({ "agent_id": agent_id })), "moving the demo bot to the new agent")?;
-            Ok(id.to_owned())
+            Ok((id.to_owned(), false))
         }
         None => {
             let bot = api.post("/api/v1/bots", bot_spec(agent_id, agent_dir))?;
-            Ok(bot["id"].as_str().context("the new bot has no id")?.to_owned())
+            Ok((bot["id"].as_str().context("the new bot has no id")?.to_owned(), true))
         }
     }
 }

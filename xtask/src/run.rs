@@ -82,7 +82,14 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     println!("    stop         Ctrl-C");
     println!();
 
-    Ok(match supervisor.wait() {
+    // Ctrl-C stops the demo bot first (a bot outlives its agent by design; the demo's should
+    // not outlive the demo).
+    let stop_demo = || {
+        if let Ok(demo) = &demo {
+            demo::stop(&url, (&username, &password.value), &demo.bot_id);
+        }
+    };
+    Ok(match supervisor.wait_and(stop_demo) {
         Outcome::Interrupted => ExitCode::SUCCESS,
         Outcome::ChildExited { name, status } => {
             if !status.success() {
