@@ -68,14 +68,9 @@ impl Supervisor {
         }
     }
 
-    /// Blocks until a child exits or Ctrl-C arrives, then stops every remaining child.
-    pub fn wait(self) -> Outcome {
-        self.wait_and(|| {})
-    }
-
-    /// [`Supervisor::wait`], running `before_stop` after Ctrl-C and before the children are
-    /// stopped (they are still up: on Unix each child has its own process group, so the
-    /// terminal's Ctrl-C reaches xtask alone).
+    /// Blocks until a child exits or Ctrl-C arrives, then stops every remaining child. After
+    /// Ctrl-C, `before_stop` runs first, while the children are still up (on Unix each child
+    /// has its own process group, so the terminal's Ctrl-C reaches xtask alone).
     pub fn wait_and(mut self, before_stop: impl FnOnce()) -> Outcome {
         let (outcome, interrupted) = loop {
             if let Some((name, status)) = self.reap_exited().into_iter().next() {
@@ -198,7 +193,7 @@ mod tests {
         supervisor.spawn("long", Command::new("sleep").arg("60"))?;
         let started = Instant::now();
 
-        let Outcome::ChildExited { name, status } = supervisor.wait() else {
+        let Outcome::ChildExited { name, status } = supervisor.wait_and(|| {}) else {
             panic!("expected a child to exit, not an interrupt");
         };
 
