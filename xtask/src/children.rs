@@ -54,6 +54,8 @@ impl Supervisor {
     /// Starts `command` as a supervised child called `name` (used in messages). If it cannot
     /// start, the children started so far are stopped before the error is returned.
     pub fn spawn(&mut self, name: &str, command: &mut Command) -> Result<()> {
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(command, 0);
         match command.spawn() {
             Ok(child) => {
                 self.children.push(Running { name: name.to_owned(), child, status: None });
@@ -66,8 +68,10 @@ impl Supervisor {
         }
     }
 
-    /// Blocks until a child exits or Ctrl-C arrives, then stops every remaining child.
-    pub fn wait(mut self) -> Outcome {
+    /// Blocks until a child exits or Ctrl-C arrives, then stops every remaining child. After
+    /// Ctrl-C, `before_stop` runs first, while the children are still up (on Unix each child
+    /// has its own process group, so the terminal's Ctrl-C reaches xtask alone).
+    pub fn wait_and(mut self, before_stop: impl FnOnce()) -> Outcome {
         let (outcome, interrupted) = loop {
             if let Some((name, status)) = self.reap_exited().into_iter().next() {
                 let others_running = self.children.iter().any(|r| r.status.is_none());
@@ -85,6 +89,9 @@ impl Supervisor {
                 Err(RecvTimeoutError::Disconnected) => std::thread::sleep(POLL_INTERVAL),
             }
         };
+        if interrupted {
+            before_stop();
+        }
         self.stop_all(interrupted);
         outcome
     }
@@ -186,7 +193,7 @@ mod tests {
         supervisor.spawn("long", Command::new("sleep").arg("60"))?;
         let started = Instant::now();
 
-        let Outcome::ChildExited { name, status } = supervisor.wait() else {
+        let Outcome::ChildExited { name, status } = supervisor.wait_and(|| {}) else {
             panic!("expected a child to exit, not an interrupt");
         };
 

@@ -10,6 +10,7 @@
 mod bench;
 mod children;
 mod cmd;
+mod demo;
 mod postgres;
 mod run;
 mod test;

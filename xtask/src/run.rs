@@ -1,7 +1,7 @@
 //! `cargo xtask run`: build and start the product for a person to try: `botmox serve` on
 //! 127.0.0.1:8080 with its data in `.botmox/` and a demo admin password that stays the same
-//! across runs (`.botmox/admin-password`). The processes run under [`Supervisor`], so more
-//! of them (agent, demo bot, panel) are one `spawn` call each.
+//! across runs (`.botmox/admin-password`), then a local agent and a demo bot ([`demo`]). The
+//! processes run under [`Supervisor`]: Ctrl-C stops them all.
 
 use std::fs;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context as _, Result};
 
 use crate::children::{Outcome, Supervisor};
-use crate::cmd;
+use crate::{cmd, demo};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_DATA_DIR: &str = ".botmox";
@@ -23,9 +23,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     // Everything is for `botmox serve`; a leading `--` (from `cargo xtask run -- …`) is noise.
     let serve_args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
 
-    cmd::step("cargo build -p botmox-control-plane");
-    cmd::run(cmd::cargo().args(["build", "-p", "botmox-control-plane"]))?;
-    let botmox = cmd::target_dir().join("debug").join(format!("botmox{}", std::env::consts::EXE_SUFFIX));
+    cmd::step("cargo build -p botmox-control-plane -p botmox-agent");
+    cmd::run(cmd::cargo().args(["build", "-p", "botmox-control-plane", "-p", "botmox-agent"]))?;
+    let bin = |name: &str| cmd::target_dir().join("debug").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let botmox = bin("botmox");
 
     let root = cmd::repo_root();
     let mut serve = Command::new(&botmox);
@@ -50,20 +51,45 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         std::env::var("BOTMOX_ADMIN_USERNAME").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "admin".to_owned());
 
     let url = browser_url(&listen);
+    let mut supervisor = Supervisor::new()?;
+    supervisor.spawn("botmox", &mut serve)?;
+
+    // The demo (a local agent and a bot) is a bonus: if it cannot start, the server stays up
+    // and says why.
+    let demo = demo::wait_ready(&url).and_then(|()| {
+        demo::start(&mut supervisor, &bin("botmox-agent"), &url, (&username, &password.value), &data_dir)
+    });
     println!();
     println!("    botmox       {url}");
     println!("    log in as    {username} / {}", password.value);
     println!("    API docs     {url}/docs");
     println!("    data         {}", data_dir.display());
+    match &demo {
+        Ok(demo) => {
+            println!("    demo bot     `{}` on agent `local-demo`, running:", demo::BOT_NAME);
+            println!("                 {url}/api/v1/bots/{}/logs?follow=true (with the admin's token)", demo.bot_id);
+            println!(
+                "                 or: {} --config-dir {} status",
+                bin("botmox-agent").display(),
+                demo.agent_dir.display()
+            );
+        }
+        Err(err) => println!("    demo         not started: {err:#}"),
+    }
     if let Some(note) = password.note {
         println!("    note         {note}");
     }
     println!("    stop         Ctrl-C");
     println!();
 
-    let mut supervisor = Supervisor::new()?;
-    supervisor.spawn("botmox", &mut serve)?;
-    Ok(match supervisor.wait() {
+    // Ctrl-C stops the demo bot first (a bot outlives its agent by design; the demo's should
+    // not outlive the demo).
+    let stop_demo = || {
+        if let Ok(demo) = &demo {
+            demo::stop(&url, (&username, &password.value), &demo.bot_id);
+        }
+    };
+    Ok(match supervisor.wait_and(stop_demo) {
         Outcome::Interrupted => ExitCode::SUCCESS,
         Outcome::ChildExited { name, status } => {
             if !status.success() {

@@ -141,6 +141,14 @@ pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal>
         let agent =
             state.store.find_agent_by_token(&credentials::hash(token)).await?.ok_or_else(|| refused("agent"))?;
         if agent.status == AgentStatus::Revoked {
+            // Recorded off the request's path: the refusal never waits for the incident.
+            let (state, tenant_id, agent_id) = (state.clone(), agent.tenant_id, agent.agent_id);
+            tokio::spawn(async move {
+                if let Err(e) = crate::supervisor::incidents::revoked_agent_connected(&state, tenant_id, agent_id).await
+                {
+                    tracing::warn!(error = %e, %agent_id, "could not record the revoked agent's attempt");
+                }
+            });
             return Err(refused("agent revoked"));
         }
         return Ok(Principal {

@@ -29,7 +29,7 @@ use crate::{
         page,
     },
     state::AppState,
-    store::{CommandFilter, NewCommand},
+    store::{CommandFilter, NewCommand, StoreError},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -73,10 +73,6 @@ pub struct Submission {
 
 /// Enqueues (idempotently), wakes the agent wherever it is connected, and says whether it is.
 pub async fn submit(state: &AppState, submission: Submission) -> ApiResult<CommandAccepted> {
-    let agent = state.store.get_agent(submission.tenant_id, submission.agent_id).await?;
-    if agent.status == AgentStatus::Revoked {
-        return Err(ApiError::Conflict { code: "agent_revoked", detail: format!("agent `{}` is revoked", agent.name) });
-    }
     let settings = &state.settings;
     let new = NewCommand {
         tenant_id: submission.tenant_id,
@@ -91,13 +87,21 @@ pub async fn submit(state: &AppState, submission: Submission) -> ApiResult<Comma
         run_timeout: settings.command_run_timeout + submission.extra_run_time,
         max_attempts: settings.command_max_attempts,
     };
-    let enqueued = state.store.enqueue_command(new, state.clock.now()).await?;
+    // Nothing is read before the enqueue: the statement itself checks the agent (this tenant's,
+    // not revoked), so the only round trip between the request and the wake-up is the insert.
+    let enqueued = match state.store.enqueue_command(new, state.clock.now()).await {
+        Ok(enqueued) => enqueued,
+        // The one conflict an enqueue has: the agent is revoked.
+        Err(StoreError::Conflict(detail)) => return Err(ApiError::Conflict { code: "agent_revoked", detail }),
+        Err(e) => return Err(e.into()),
+    };
     let created = enqueued.is_created();
     let command = enqueued.into_command();
     if created {
         state.wake_agent(command.agent_id).await;
         state.publish(submission.tenant_id, EventPayload::CommandStatus((&command).into())).await;
     }
+    let agent = state.store.get_agent(submission.tenant_id, submission.agent_id).await?;
     let agent_online = matches!(agent.status, AgentStatus::Online | AgentStatus::Draining);
     let message = match (created, agent_online) {
         (false, _) => "a command with this Idempotency-Key exists: this is it".to_owned(),

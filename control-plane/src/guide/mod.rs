@@ -46,15 +46,20 @@ struct FleetView {
 impl FleetView {
     async fn load(state: &AppState, tenant_id: Id) -> ApiResult<Self> {
         let store = &state.store;
-        let agents = store.list_agents(tenant_id).await?;
-        let agents_by_status = store.agent_counts(Some(tenant_id)).await?;
-        let bots_by_state = store.bot_counts(Some(tenant_id)).await?;
-        let queue_by_status = store.queue_depth(Some(tenant_id)).await?;
-        let open_incidents_by_severity = store.open_incident_counts(tenant_id).await?;
         let failed = BotFilter { state: Some(BotState::Failed), limit: LISTED, ..Default::default() };
-        let failed_bots = store.list_bots(tenant_id, &failed).await?.items;
         let open = IncidentFilter { open: Some(true), limit: 50, ..Default::default() };
-        let open_incidents = store.list_incidents(tenant_id, &open).await?.0;
+        // Independent reads, side by side on the read pool: the page waits for the slowest one
+        // only, not for their sum.
+        let (agents, agents_by_status, bots_by_state, queue_by_status, open_incidents_by_severity, failed, open) = tokio::try_join!(
+            store.list_agents(tenant_id),
+            store.agent_counts(Some(tenant_id)),
+            store.bot_counts(Some(tenant_id), None),
+            store.queue_depth(Some(tenant_id)),
+            store.open_incident_counts(tenant_id),
+            store.list_bots(tenant_id, &failed),
+            store.list_incidents(tenant_id, &open),
+        )?;
+        let (failed_bots, open_incidents) = (failed.items, open.0);
         Ok(Self {
             counts: FleetCounts {
                 agents_total: agents_by_status.values().sum(),
@@ -90,6 +95,11 @@ impl FleetView {
         let crash_loops = self.open_incidents.iter().filter(|i| i.kind == IncidentKind::BotCrashLoop).count();
         if crash_loops > 0 {
             critical.push(format!("{crash_loops} bot(s) in a crash loop"));
+        }
+        let revoked_in_use =
+            self.open_incidents.iter().filter(|i| i.kind == IncidentKind::TokenRevokedAgentConnected).count();
+        if revoked_in_use > 0 {
+            critical.push(format!("{revoked_in_use} revoked agent(s) still try to connect"));
         }
         let online = self.agents(AgentStatus::Online) + self.agents(AgentStatus::Draining);
         let offline = self.agents(AgentStatus::Offline);
@@ -206,6 +216,22 @@ impl FleetView {
                     .into(),
                 api: None,
                 panel: Some(format!("/agents/{}", agent.id)),
+            });
+        }
+        for incident in self
+            .open_incidents
+            .iter()
+            .filter(|i| i.kind == IncidentKind::TokenRevokedAgentConnected)
+            .take(LISTED as usize)
+        {
+            out.push(Recommendation {
+                severity: Severity::Critical,
+                title: format!("{} ({} attempt(s))", incident.message, incident.count),
+                detail: "Its token no longer works, but something keeps using it. Stop the agent on that host \
+                         (`botmox-agent unpair`), then acknowledge this incident."
+                    .into(),
+                api: Some(format!("POST /api/v1/incidents/{}/ack", incident.id)),
+                panel: Some("/incidents".into()),
             });
         }
         let dead = self.counts.queue_by_status.get(&CommandStatus::DeadLettered).copied().unwrap_or(0);

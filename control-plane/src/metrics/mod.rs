@@ -62,7 +62,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     for (status, n) in state.store.agent_counts(None).await? {
         metrics::gauge!("botmox_agents", "status" => status.as_str()).set(n as f64);
     }
-    for (bot_state, n) in state.store.bot_counts(None).await? {
+    for (bot_state, n) in state.store.bot_counts(None, None).await? {
         metrics::gauge!("botmox_bots", "state" => bot_state.as_str()).set(n as f64);
     }
     for (status, n) in state.store.queue_depth(None).await? {

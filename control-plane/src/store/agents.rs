@@ -6,7 +6,9 @@ use botmox_contract::{
     Id, Labels, Timestamp,
 };
 
-use super::{from_ms, new_id, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store, StoreError};
+use super::{
+    from_ms, new_id, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Elements, Result, Store, StoreError,
+};
 
 pub struct NewAgent {
     pub tenant_id: Id,
@@ -195,11 +197,12 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes an agent: its tokens stop working at once and for good.
+    /// Revokes an agent: its tokens stop working at once and for good. The current token's
+    /// hash stays, so that a later use of it is recognised (`token_revoked_agent_connected`).
     pub async fn revoke_agent(&self, tenant_id: Id, id: Id, now: Timestamp) -> Result<Agent> {
         let changed = with_pool!(self, write, |pool| {
             sqlx::query(
-                "UPDATE agents SET status = 'revoked', token_hash = NULL, pending_token_hash = NULL, \
+                "UPDATE agents SET status = 'revoked', pending_token_hash = NULL, \
                  revoked_at = COALESCE(revoked_at, $1), connected_replica = NULL, updated_at = $1 \
                  WHERE tenant_id = $2 AND id = $3",
             )
@@ -345,25 +348,29 @@ impl Store {
         if beats.is_empty() {
             return Ok(());
         }
-        with_pool!(self, write, |pool| {
-            async {
-                let mut tx = pool.begin().await?;
-                for beat in beats {
-                    sqlx::query(
-                        "UPDATE agents SET last_seen_at = $1, metrics = $2 WHERE id = $3 AND status <> 'revoked' \
-                         AND (last_seen_at IS NULL OR last_seen_at < $1)",
-                    )
-                    .bind(to_ms(beat.at))
-                    .bind(to_json(&beat.metrics))
-                    .bind(beat.agent_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok::<_, StoreError>(())
-            }
-            .await
-        })
+        let values: Vec<_> = beats
+            .iter()
+            .map(|beat| {
+                serde_json::json!({
+                    "id": beat.agent_id.to_string(), "at": to_ms(beat.at), "metrics": to_json(&beat.metrics),
+                })
+            })
+            .collect();
+        // One statement for the whole batch (10,000 agents beating every 5 s are 1,000 beats
+        // per half-second flush: one round trip, not a thousand).
+        let sql = format!(
+            "UPDATE agents SET last_seen_at = b.at, metrics = b.metrics \
+             FROM (SELECT value ->> 'id' AS id, CAST(value ->> 'at' AS BIGINT) AS at, value ->> 'metrics' AS metrics \
+                   FROM {}) AS b \
+             WHERE agents.id = b.id AND agents.status <> 'revoked' \
+             AND (agents.last_seen_at IS NULL OR agents.last_seen_at < b.at)",
+            self.json_array_rows("$1", Elements::Json)
+        );
+        // Relaxed durability: a flush lost in a database crash is rewritten by the next one.
+        with_pool!(self, relaxed, |pool| {
+            sqlx::query(&sql).bind(to_json(&values)).execute(pool).await?;
+        });
+        Ok(())
     }
 
     /// Agents online (or draining) but silent since `cutoff` become offline, and their bots

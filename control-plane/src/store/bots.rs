@@ -245,15 +245,23 @@ impl Store {
             common.and("LOWER(name) LIKE ? ESCAPE '\\'", Arg::Text(like_pattern(name)));
         }
 
-        let counts_sql = format!("SELECT state, COUNT(*) FROM bots WHERE {} GROUP BY state", common.sql);
-        let count_rows: Vec<(String, i64)> = with_pool!(self, read, |pool| {
-            bind_all!(sqlx::query_as(&counts_sql), &common.args).fetch_all(pool).await?
-        });
-        let mut counts: BTreeMap<BotState, u64> = BotState::ALL.into_iter().map(|s| (s, 0)).collect();
-        for (state, n) in count_rows {
-            let state = BotState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bot state `{state}`")))?;
-            counts.insert(state, n as u64);
-        }
+        // Without a tag or name filter the counts come from the trigger-kept table (a few rows);
+        // with one, only counting the matching bots can tell.
+        let counts = if filter.tag.is_none() && filter.name.is_none() {
+            self.bot_counts(Some(tenant_id), filter.agent_id).await?
+        } else {
+            let counts_sql = format!("SELECT state, COUNT(*) FROM bots WHERE {} GROUP BY state", common.sql);
+            let count_rows: Vec<(String, i64)> = with_pool!(self, read, |pool| {
+                bind_all!(sqlx::query_as(&counts_sql), &common.args).fetch_all(pool).await?
+            });
+            let mut counts: BTreeMap<BotState, u64> = BotState::ALL.into_iter().map(|s| (s, 0)).collect();
+            for (state, n) in count_rows {
+                let state =
+                    BotState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bot state `{state}`")))?;
+                counts.insert(state, n as u64);
+            }
+            counts
+        };
         let total = match filter.state {
             Some(state) => counts[&state],
             None => counts.values().sum(),

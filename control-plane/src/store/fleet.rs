@@ -32,13 +32,18 @@ impl Store {
         tally(rows, &AgentStatus::ALL, AgentStatus::parse)
     }
 
-    /// Bots by observed state; `None` = every tenant.
-    pub async fn bot_counts(&self, tenant_id: Option<Id>) -> Result<BTreeMap<BotState, u64>> {
+    /// Bots by observed state, of one tenant (`None` = every tenant, for `/metrics`) and
+    /// optionally one agent: read from `bot_state_counts`, which triggers keep (migration 0006).
+    pub async fn bot_counts(&self, tenant_id: Option<Id>, agent_id: Option<Id>) -> Result<BTreeMap<BotState, u64>> {
         let rows: Vec<(String, i64)> = with_pool!(self, read, |pool| {
-            sqlx::query_as("SELECT state, COUNT(*) FROM bots WHERE ($1 IS NULL OR tenant_id = $1) GROUP BY state")
-                .bind(tenant_id.map(|t| t.to_string()))
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(
+                "SELECT state, CAST(SUM(n) AS BIGINT) FROM bot_state_counts \
+                 WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR agent_id = $2) GROUP BY state",
+            )
+            .bind(tenant_id.map(|t| t.to_string()))
+            .bind(agent_id.map(|a| a.to_string()))
+            .fetch_all(pool)
+            .await?
         });
         tally(rows, &BotState::ALL, BotState::parse)
     }

@@ -118,8 +118,20 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite { write: SqlitePool, read: SqlitePool },
-    Postgres(PgPool),
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
+    /// `relaxed` is a small second pool whose sessions commit without waiting for the WAL
+    /// flush (`synchronous_commit = off`), for the writes on the dispatch path that the protocol
+    /// recovers from if a database crash loses them: a lost claim puts the command back in the
+    /// queue, it is sent again, and the agent answers the repeat from its journal without
+    /// running it twice; a lost heartbeat flush is rewritten by the next one. Everything a client
+    /// was told is stored (an accepted command, a definition) goes through `pool`, durably.
+    Postgres {
+        pool: PgPool,
+        relaxed: PgPool,
+    },
 }
 
 /// Cheap to clone: pools are reference-counted.
@@ -134,17 +146,46 @@ macro_rules! with_pool {
     ($store:expr, write, |$pool:ident| $body:expr) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite { write: $pool, .. } => $body,
-            $crate::store::Backend::Postgres($pool) => $body,
+            $crate::store::Backend::Postgres { pool: $pool, .. } => $body,
         }
     };
     ($store:expr, read, |$pool:ident| $body:expr) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite { read: $pool, .. } => $body,
-            $crate::store::Backend::Postgres($pool) => $body,
+            $crate::store::Backend::Postgres { pool: $pool, .. } => $body,
+        }
+    };
+    // Writes whose loss in a database crash the protocol recovers from (see `Backend`).
+    ($store:expr, relaxed, |$pool:ident| $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { write: $pool, .. } => $body,
+            $crate::store::Backend::Postgres { relaxed: $pool, .. } => $body,
         }
     };
 }
 pub(crate) use with_pool;
+
+/// A pooled Postgres connection idle at least this long is pinged before use.
+const PG_PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// A liveness ping only for a connection idle for a while (what HikariCP does): a busy pool
+/// never pays a round trip per statement (on the dispatch path that was one ping per query),
+/// while a connection that sat idle across a database restart or a NAT timeout is still tested
+/// and replaced before a request gets it.
+fn pg_pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PG_PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+}
 
 /// Pool sizes and timeouts.
 #[derive(Debug, Clone)]
@@ -159,7 +200,27 @@ impl Default for PoolOptions {
     }
 }
 
+/// What the elements of a bound JSON array are used as (see [`Store::json_array_rows`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Elements {
+    /// Strings, compared as text.
+    Text,
+    /// Objects, read with `value ->> 'field'` (the same text on both backends).
+    Json,
+}
+
 impl Store {
+    /// The elements of a JSON array bound at `param`, as a table with one column `value`: the
+    /// only text that differs between the backends in the bulk statements (many rows in one
+    /// statement). SQLite's `json_each` gives strings as text and objects as JSON either way.
+    pub(crate) fn json_array_rows(&self, param: &str, elements: Elements) -> String {
+        match (&self.backend, elements) {
+            (Backend::Sqlite { .. }, _) => format!("json_each({param})"),
+            (Backend::Postgres { .. }, Elements::Text) => format!("json_array_elements_text(CAST({param} AS json))"),
+            (Backend::Postgres { .. }, Elements::Json) => format!("json_array_elements(CAST({param} AS json))"),
+        }
+    }
+
     /// Opens (and for SQLite creates) the database. Does not migrate.
     pub async fn connect(url: &DatabaseUrl, options: &PoolOptions) -> Result<Self> {
         let backend = match url {
@@ -199,12 +260,13 @@ impl Store {
                     .await
                     .map_err(|_| sqlx::Error::PoolTimedOut)??;
                 probe.close().await?;
-                let pool = PgPoolOptions::new()
-                    .max_connections(options.max_connections)
-                    .acquire_timeout(options.acquire_timeout)
-                    .connect_with(connect)
+                let pool = pg_pool_options(options.max_connections, options.acquire_timeout)
+                    .connect_with(connect.clone())
                     .await?;
-                Backend::Postgres(pool)
+                let relaxed = pg_pool_options((options.max_connections / 2).max(2), options.acquire_timeout)
+                    .connect_with(connect.options([("synchronous_commit", "off")]))
+                    .await?;
+                Backend::Postgres { pool, relaxed }
             }
         };
         Ok(Self { backend })
@@ -214,7 +276,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         match &self.backend {
             Backend::Sqlite { write, .. } => sqlx::migrate!("migrations/sqlite").run(write).await?,
-            Backend::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+            Backend::Postgres { pool, .. } => sqlx::migrate!("migrations/postgres").run(pool).await?,
         }
         Ok(())
     }
@@ -223,7 +285,7 @@ impl Store {
     pub async fn is_ready(&self) -> Result<bool> {
         let expected = match &self.backend {
             Backend::Sqlite { .. } => sqlx::migrate!("migrations/sqlite").iter().count(),
-            Backend::Postgres(_) => sqlx::migrate!("migrations/postgres").iter().count(),
+            Backend::Postgres { .. } => sqlx::migrate!("migrations/postgres").iter().count(),
         };
         let applied: i64 = with_pool!(self, read, |pool| {
             sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?
@@ -234,7 +296,7 @@ impl Store {
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite { .. } => "sqlite",
-            Backend::Postgres(_) => "postgres",
+            Backend::Postgres { .. } => "postgres",
         }
     }
 
@@ -245,7 +307,10 @@ impl Store {
                 read.close().await;
                 write.close().await;
             }
-            Backend::Postgres(pool) => pool.close().await,
+            Backend::Postgres { pool, relaxed } => {
+                relaxed.close().await;
+                pool.close().await
+            }
         }
     }
 

@@ -54,7 +54,7 @@ impl Store {
     pub async fn try_lead(&self) -> Result<Option<Leadership>> {
         match &self.backend {
             Backend::Sqlite { .. } => Ok(Some(Leadership { connection: None })),
-            Backend::Postgres(pool) => {
+            Backend::Postgres { pool, .. } => {
                 let mut connection = pool.acquire().await?;
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(SUPERVISOR_LOCK)

@@ -221,7 +221,7 @@ impl Store {
     /// Postgres locks the rows it counts; SQLite's single writer already serialises.
     fn admin_lock_clause(&self) -> &'static str {
         match self.backend {
-            super::Backend::Postgres(_) => " FOR UPDATE",
+            super::Backend::Postgres { .. } => " FOR UPDATE",
             super::Backend::Sqlite { .. } => "",
         }
     }

@@ -222,6 +222,27 @@ pub async fn agent_online(state: &AppState, tenant_id: Id, agent: &Agent) -> any
     Ok(())
 }
 
+/// A revoked agent's token was used: the host still runs an agent (or someone holds its
+/// token). One open incident per agent, counting the attempts.
+pub async fn revoked_agent_connected(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Result<()> {
+    let agent = state.store.get_agent(tenant_id, agent_id).await?;
+    open(
+        state,
+        tenant_id,
+        IncidentKind::TokenRevokedAgentConnected,
+        Severity::Critical,
+        format!("agent:{agent_id}"),
+        format!(
+            "revoked agent `{}` tried to connect: the host still runs it, or someone else holds its token; \
+             stop the agent on `{}` or find who uses the token",
+            agent.name, agent.hostname
+        ),
+        serde_json::json!({ "agent_id": agent_id, "name": agent.name, "hostname": agent.hostname }),
+    )
+    .await?;
+    Ok(())
+}
+
 /// A command ended without running: expired before its agent took it, or dead-lettered.
 pub async fn command_finished(state: &AppState, tenant_id: Id, command: &Command) -> anyhow::Result<()> {
     let (kind, severity, what) = match command.status {

@@ -54,23 +54,23 @@ pub struct FleetOptions {
 const PASSWORD: &str = "bench-admin-password";
 
 /// A release server on a fresh database, logged in.
-struct Served {
-    server: ServerProcess,
+pub(super) struct Served {
+    pub(super) server: ServerProcess,
     db: TestDb,
     _data: Option<tempfile::TempDir>,
-    client: reqwest::Client,
-    token: String,
+    pub(super) client: reqwest::Client,
+    pub(super) token: String,
 }
 
 /// A fresh database, filled before the server starts (SQLite has one writer: filling it while
 /// the server runs would only measure lock waits).
-struct Prepared {
+pub(super) struct Prepared {
     db: TestDb,
     data: Option<tempfile::TempDir>,
 }
 
 impl Prepared {
-    async fn new(backend: Backend) -> anyhow::Result<Self> {
+    pub(super) async fn new(backend: Backend) -> anyhow::Result<Self> {
         match backend {
             Backend::Sqlite => {
                 let data = tempfile::tempdir()?;
@@ -87,7 +87,7 @@ impl Prepared {
         Ok(store)
     }
 
-    async fn serve(self) -> anyhow::Result<Served> {
+    pub(super) async fn serve(self) -> anyhow::Result<Served> {
         let env = [("BOTMOX_ADMIN_PASSWORD", PASSWORD), ("RUST_LOG", "warn")];
         let server = match &self.data {
             Some(data) => ServerProcess::start(&["--data-dir", data.path().to_str().unwrap_or_default()], &env).await?,
@@ -136,14 +136,14 @@ impl Prepared {
 }
 
 impl Served {
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
         self.server.kill().await?;
         self.db.cleanup().await
     }
 }
 
 /// (utime + stime) clock ticks and resident KiB of a process (Linux `/proc`).
-fn process_usage(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
+pub(super) fn process_usage(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).context("bad /proc stat")?;
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
@@ -162,7 +162,7 @@ fn process_usage(pid: u32) -> anyhow::Result<(u64, u64, u64)> {
     Ok((ticks, kib("VmRSS:"), kib("VmHWM:")))
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub(super) fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

@@ -3,6 +3,7 @@
 //! `--only`, and a function that runs once per selected backend and returns a [`Report`], which
 //! the harness prints as one labelled block. A new benchmark is a module plus one entry.
 
+mod agent;
 mod fleet;
 mod queue;
 
@@ -28,6 +29,8 @@ pub struct Options {
     pub queue: queue::QueueOptions,
     #[command(flatten)]
     pub fleet: fleet::FleetOptions,
+    #[command(flatten)]
+    pub agent: agent::AgentOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +81,16 @@ pub const BENCHES: &[Bench] = &[
         name: "registry",
         about: "GET /bots?limit=100 and GET /dashboard with 100,000 bots",
         run: |options, backend| Box::pin(fleet::registry(&options.fleet, backend)),
+    },
+    Bench {
+        name: "agent",
+        about: "the real agent: size, RSS and CPU idle and with 20 bots, click-to-running, crash → running",
+        run: |options, backend| Box::pin(agent::agent(&options.agent, backend)),
+    },
+    Bench {
+        name: "offline",
+        about: "real agents killed with SIGKILL → marked offline by the server",
+        run: |options, backend| Box::pin(agent::offline(&options.agent, backend)),
     },
 ];
 

@@ -7,6 +7,7 @@
 mod pairing;
 mod resilience;
 mod running;
+mod supervision;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,11 +1,11 @@
 //! The agent registry.
 
-use botmox_contract::agents::AgentStatus;
-use botmox_control_plane::store::StoreError;
+use botmox_contract::agents::{AgentMetrics, AgentStatus};
+use botmox_control_plane::store::{Heartbeat, StoreError};
 
 use crate::{new_agent, Ctx};
 
-conformance!(agents_round_trip, agents_list_by_name, agent_status_changes);
+conformance!(agents_round_trip, agents_list_by_name, agent_status_changes, heartbeats_are_written_in_one_batch);
 
 async fn agents_round_trip(t: Ctx) -> anyhow::Result<()> {
     let mut new = new_agent(t.tenant, "host-1");
@@ -70,5 +70,39 @@ async fn agent_status_changes(t: Ctx) -> anyhow::Result<()> {
         StoreError::NotFound(_)
     );
     assert_eq!(t.store.get_agent(t.tenant, agent.id).await?, before, "a refused change changes nothing");
+    Ok(())
+}
+
+/// A flush of coalesced heartbeats: each agent's `last_seen_at` and metrics, never moved back
+/// by an older beat, and a revoked agent left alone.
+async fn heartbeats_are_written_in_one_batch(t: Ctx) -> anyhow::Result<()> {
+    let a = t.agent("host-a").await?;
+    let b = t.agent("host-b").await?;
+    let revoked = t.agent("host-revoked").await?;
+    t.store.revoke_agent(t.tenant, revoked.id, t.at(1.0)).await?;
+    let metrics = |bots_running: u32| AgentMetrics {
+        cpu_percent: 12.5,
+        memory_used_bytes: 1 << 30,
+        memory_total_bytes: 4 << 30,
+        disk_used_bytes: 10 << 30,
+        disk_total_bytes: 100 << 30,
+        load1: 0.75,
+        bots_running,
+    };
+    let beat = |agent_id, secs, bots| Heartbeat { agent_id, at: t.at(secs), metrics: metrics(bots) };
+    t.store.record_heartbeats(&[beat(a.id, 10.0, 3), beat(b.id, 11.0, 4), beat(revoked.id, 12.0, 5)]).await?;
+    let seen = t.store.get_agent(t.tenant, a.id).await?;
+    assert_eq!((seen.last_seen_at, seen.metrics), (Some(t.at(10.0)), Some(metrics(3))));
+    let seen = t.store.get_agent(t.tenant, b.id).await?;
+    assert_eq!((seen.last_seen_at, seen.metrics), (Some(t.at(11.0)), Some(metrics(4))));
+    let seen = t.store.get_agent(t.tenant, revoked.id).await?;
+    assert_eq!((seen.last_seen_at, seen.metrics), (None, None), "a revoked agent is not seen");
+
+    // An older beat (a flush that lost a race) never moves `last_seen_at` back.
+    t.store.record_heartbeats(&[beat(a.id, 5.0, 9), beat(b.id, 20.0, 6)]).await?;
+    assert_eq!(t.store.get_agent(t.tenant, a.id).await?.last_seen_at, Some(t.at(10.0)));
+    let seen = t.store.get_agent(t.tenant, b.id).await?;
+    assert_eq!((seen.last_seen_at, seen.metrics), (Some(t.at(20.0)), Some(metrics(6))));
+    t.store.record_heartbeats(&[]).await?;
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Bot definitions: create, read, list (filters, counts, pagination), update, delete.
 
-use botmox_contract::bots::{Bot, BotState, DesiredState, RestartPolicy};
-use botmox_control_plane::store::{definition_hash, BotFilter, NewBot, StoreError, UpdateBot};
+use botmox_contract::{
+    bots::{Bot, BotState, DesiredState, RestartPolicy},
+    protocol::BotStateReport,
+};
+use botmox_control_plane::store::{definition_hash, AgentHello, BotFilter, NewBot, StoreError, UpdateBot};
 
 use crate::{bot_spec, Ctx};
 
@@ -14,6 +17,7 @@ conformance!(
     update_bot_bumps_the_version,
     update_bot_refusals_change_nothing,
     delete_bot_checks_the_version,
+    kept_counts_follow_every_change,
 );
 
 fn update_of(bot: &Bot) -> UpdateBot {
@@ -303,5 +307,83 @@ async fn delete_bot_checks_the_version(t: Ctx) -> anyhow::Result<()> {
     // The name is free again.
     let again = t.bot("first", agent.id, &[]).await?;
     assert_eq!(again.version, 1);
+    Ok(())
+}
+
+/// The counts kept by triggers (migration 0006) against counting the bots themselves (a tag
+/// filter makes `list_bots` count them), after every kind of change a bot's state or agent sees.
+async fn kept_counts_follow_every_change(t: Ctx) -> anyhow::Result<()> {
+    let a1 = t.agent("host-1").await?;
+    let a2 = t.agent("host-2").await?;
+    let check = |step: &'static str| {
+        let t = &t;
+        async move {
+            let all = BotFilter { tag: Some("all".into()), limit: 1, ..Default::default() };
+            let counted = t.store.list_bots(t.tenant, &all).await?.counts;
+            let kept = t.store.list_bots(t.tenant, &BotFilter { limit: 1, ..Default::default() }).await?.counts;
+            assert_eq!(kept, counted, "after {step}: kept counts differ from the bots");
+            assert_eq!(t.store.bot_counts(Some(t.tenant), None).await?, counted, "after {step}");
+            for agent in [a1.id, a2.id] {
+                let counted = t.store.list_bots(t.tenant, &BotFilter { agent_id: Some(agent), ..all.clone() }).await?;
+                assert_eq!(t.store.bot_counts(Some(t.tenant), Some(agent)).await?, counted.counts, "after {step}");
+            }
+            anyhow::Ok(counted)
+        }
+    };
+
+    let mut bots = Vec::new();
+    for i in 0..6 {
+        bots.push(t.bot(&format!("b{i}"), if i < 4 { a1.id } else { a2.id }, &["all"]).await?);
+    }
+    assert_eq!(check("creating").await?[&BotState::Pending], 6);
+
+    let report = |bot: &Bot, state: BotState| BotStateReport {
+        bot_id: bot.id,
+        state,
+        pid: Some(42),
+        started_at: None,
+        exit_code: None,
+        exit_signal: None,
+        restart_count: 0,
+        error: None,
+        at: t.at(5.0),
+    };
+    for bot in &bots[..3] {
+        t.store.report_bot_state(a1.id, &report(bot, BotState::Running)).await?;
+    }
+    // The same state again changes nothing.
+    t.store.report_bot_state(a1.id, &report(&bots[0], BotState::Running)).await?;
+    t.store.report_bot_state(a2.id, &report(&bots[4], BotState::Crashed)).await?;
+    let counts = check("state reports").await?;
+    assert_eq!((counts[&BotState::Running], counts[&BotState::Crashed], counts[&BotState::Pending]), (3, 1, 2));
+
+    // The offline sweep turns every bot of the silent agents `unknown` in one statement.
+    let hello =
+        AgentHello { hostname: "host-1".into(), os: "linux".into(), arch: "x86_64".into(), version: "test".into() };
+    t.store.agent_connected(a1.id, "r1", &hello, t.at(6.0)).await?;
+    t.store.mark_silent_agents_offline(t.at(100.0), t.at(100.0)).await?;
+    assert_eq!(check("the offline sweep").await?[&BotState::Unknown], 4);
+
+    // A bot moved to another agent moves in the counts too.
+    let moved = t.store.get_bot(t.tenant, bots[0].id).await?;
+    t.store
+        .update_bot(t.tenant, moved.id, moved.version, UpdateBot { agent_id: a2.id, ..update_of(&moved) }, t.at(101.0))
+        .await?;
+    let per_agent = t.store.bot_counts(Some(t.tenant), Some(a2.id)).await?;
+    assert_eq!(per_agent.values().sum::<u64>(), 3);
+    check("moving a bot").await?;
+
+    t.store.delete_bot(t.tenant, bots[1].id, None).await?;
+    t.store.delete_bot(t.tenant, bots[5].id, None).await?;
+    assert_eq!(check("deleting").await?.values().sum::<u64>(), 4);
+
+    // Another tenant's bots never show.
+    let other = t.tenant("other").await?;
+    let theirs = t.agent_in(other, "their-host").await?;
+    t.store
+        .create_bot(NewBot { tenant_id: other, spec: crate::bot_spec("theirs", theirs.id, &[]) }, t.at(102.0))
+        .await?;
+    assert_eq!(check("another tenant's bot").await?.values().sum::<u64>(), 4);
+    assert_eq!(t.store.bot_counts(None, None).await?.values().sum::<u64>(), 5, "every tenant: /metrics");
     Ok(())
 }

@@ -15,6 +15,7 @@ conformance!(
     enqueue_creates_a_queued_command,
     enqueue_is_idempotent_per_tenant,
     enqueue_needs_an_agent_of_the_tenant,
+    enqueue_refuses_a_revoked_agent,
     claim_takes_the_oldest_first,
     claim_skips_commands_past_their_ttl,
     claim_commands_takes_a_batch,
@@ -116,6 +117,25 @@ async fn enqueue_needs_an_agent_of_the_tenant(t: Ctx) -> anyhow::Result<()> {
     keyed.idempotency_key = Some("k".into());
     assert_err!(t.store.enqueue_command(keyed, t.at(1.0)).await, StoreError::Reference(_));
     assert_eq!(t.store.queue_depth(None).await?.values().sum::<u64>(), 0, "nothing was inserted");
+    Ok(())
+}
+
+/// A revoked agent gets no new commands, alone or in a batch; a repeat of a command it got
+/// before revocation still answers with that command.
+async fn enqueue_refuses_a_revoked_agent(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-stolen").await?;
+    let mut keyed = t.command(agent.id);
+    keyed.idempotency_key = Some("before".into());
+    let before = t.enqueue_at(keyed.clone(), 1.0).await?;
+    t.store.revoke_agent(t.tenant, agent.id, t.at(2.0)).await?;
+    let refused = t.store.enqueue_command(t.command(agent.id), t.at(3.0)).await;
+    assert_err!(refused, StoreError::Conflict(ref why) if why.contains("revoked"));
+    let answers = t.store.enqueue_commands(vec![t.command(agent.id), keyed.clone()], t.at(3.0)).await?;
+    let mut answers = answers.into_iter();
+    assert_err!(answers.next().expect("an answer"), StoreError::Conflict(_));
+    assert!(matches!(answers.next(), Some(Ok(Enqueued::Existing(ref c))) if c.id == before.id));
+    assert!(matches!(t.store.enqueue_command(keyed, t.at(4.0)).await?, Enqueued::Existing(c) if c.id == before.id));
+    assert_eq!(t.store.queue_depth(None).await?.values().sum::<u64>(), 1, "nothing new was inserted");
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use super::{
     rows::{CommandRow, COMMAND_COLUMNS},
     CommandOutcome, Enqueued, NewCommand,
 };
-use crate::store::{new_id, to_json, to_ms, with_pool, Backend, Result, Store, StoreError};
+use crate::store::{new_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
 
 impl Store {
     /// [`Store::enqueue_command`] for many commands, in one statement (so all of them or, on a
@@ -68,7 +68,8 @@ impl Store {
                           CAST(value ->> 'run_timeout_ms' AS BIGINT) AS v_run_timeout_ms, \
                           CAST(value ->> 'expires_at' AS BIGINT) AS v_expires_at \
                    FROM {}) AS v \
-             WHERE EXISTS (SELECT 1 FROM agents WHERE agents.tenant_id = v_tenant AND agents.id = v_agent) \
+             WHERE EXISTS (SELECT 1 FROM agents WHERE agents.tenant_id = v_tenant AND agents.id = v_agent \
+                           AND agents.status <> 'revoked') \
              ORDER BY v_id ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}",
             self.json_array_rows("$2", Elements::Json)
         );
@@ -82,7 +83,7 @@ impl Store {
             answers.push(match inserted.remove(id) {
                 Some(command) => Ok(Enqueued::Created(command)),
                 None => match self.not_inserted(new).await {
-                    Err(StoreError::Reference(why)) => Err(StoreError::Reference(why)),
+                    Err(refused @ (StoreError::Reference(_) | StoreError::Conflict(_))) => Err(refused),
                     other => Ok(other?),
                 },
             });
@@ -158,17 +159,6 @@ impl Store {
         self.answer_each(agent_id, requests, rows).await
     }
 
-    /// The elements of a JSON array bound at `param`, as a table with one column `value`:
-    /// the only text that differs between the backends in this module's bulk statements.
-    /// SQLite's `json_each` gives strings as text and objects as JSON either way.
-    fn json_array_rows(&self, param: &str, elements: Elements) -> String {
-        match (&self.backend, elements) {
-            (Backend::Sqlite { .. }, _) => format!("json_each({param})"),
-            (Backend::Postgres(_), Elements::Text) => format!("json_array_elements_text(CAST({param} AS json))"),
-            (Backend::Postgres(_), Elements::Json) => format!("json_array_elements(CAST({param} AS json))"),
-        }
-    }
-
     /// One answer per request, in order: the row the statement moved (once per command, even
     /// if it was asked for twice), or else what the single-command path says about it now.
     async fn answer_each(
@@ -189,15 +179,6 @@ impl Store {
         }
         Ok(answers)
     }
-}
-
-/// What the elements of a bound JSON array are used as.
-#[derive(Clone, Copy)]
-enum Elements {
-    /// Strings, compared as text.
-    Text,
-    /// Objects, read with `->>`.
-    Json,
 }
 
 fn status_of(outcome: &CommandOutcome) -> CommandStatus {

@@ -32,6 +32,7 @@ mod rows;
 use std::time::Duration;
 
 use botmox_contract::{
+    agents::AgentStatus,
     audit::Actor,
     commands::{Command, CommandKind, CommandStatus},
     Id, Timestamp,
@@ -142,13 +143,14 @@ impl Store {
     pub async fn enqueue_command(&self, new: NewCommand, now: Timestamp) -> Result<Enqueued> {
         let now_ms = to_ms(now);
         let tenant = new.tenant_id.to_string();
-        // One statement: the agent check is the SELECT, the idempotency check is the conflict.
+        // One statement: the agent check (it exists in the tenant and is not revoked) is the
+        // SELECT, the idempotency check is the conflict.
         let sql = format!(
             "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
              created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
              created_at, updated_at) \
              SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, 0, $10, $11, $12, $13, $14, $14 \
-             FROM agents WHERE tenant_id = $2 AND id = $3 \
+             FROM agents WHERE tenant_id = $2 AND id = $3 AND status <> 'revoked' \
              ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}"
         );
         let inserted: Option<CommandRow> = with_pool!(self, write, |pool| {
@@ -178,7 +180,7 @@ impl Store {
 
     /// Why an enqueue inserted nothing: the key was taken (the first command is committed by
     /// now: Postgres waited for it, SQLite's single writer ran it before us), or the agent is
-    /// not the tenant's.
+    /// not the tenant's, or it is revoked (`Conflict`).
     async fn not_inserted(&self, new: &NewCommand) -> Result<Enqueued> {
         if let Some(key) = &new.idempotency_key {
             let sql = format!("SELECT {COMMAND_COLUMNS} FROM commands WHERE tenant_id = $1 AND idempotency_key = $2");
@@ -189,7 +191,15 @@ impl Store {
                 return Ok(Enqueued::Existing(row.try_into()?));
             }
         }
-        Err(StoreError::Reference(format!("agent {} does not exist", new.agent_id)))
+        match self.get_agent(new.tenant_id, new.agent_id).await {
+            Ok(agent) if agent.status == AgentStatus::Revoked => {
+                Err(StoreError::Conflict(format!("agent `{}` is revoked", agent.name)))
+            }
+            Ok(_) | Err(StoreError::NotFound(_)) => {
+                Err(StoreError::Reference(format!("agent {} does not exist", new.agent_id)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Claims the oldest dispatchable command of an agent (see [`Store::claim_commands`]).
@@ -205,7 +215,7 @@ impl Store {
     pub async fn claim_commands(&self, agent_id: Id, limit: u32, now: Timestamp) -> Result<Vec<Command>> {
         let lock = match self.backend {
             Backend::Sqlite { .. } => "",
-            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            Backend::Postgres { .. } => "FOR UPDATE SKIP LOCKED",
         };
         // MATERIALIZED: the picking subquery runs exactly once, whatever plan is chosen.
         let sql = format!(
@@ -217,7 +227,8 @@ impl Store {
              FROM picked WHERE id = picked_id AND status = 'queued' \
              RETURNING {COMMAND_COLUMNS}"
         );
-        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+        // Relaxed durability: a claim lost in a database crash is only a redelivery.
+        let rows: Vec<CommandRow> = with_pool!(self, relaxed, |pool| {
             sqlx::query_as(&sql)
                 .bind(agent_id.to_string())
                 .bind(to_ms(now))
