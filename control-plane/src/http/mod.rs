@@ -14,7 +14,9 @@ use std::{future::Future, net::SocketAddr, sync::OnceLock};
 use axum::{
     extract::DefaultBodyLimit,
     http::{header, HeaderValue, StatusCode},
-    middleware, Router,
+    middleware,
+    serve::ListenerExt as _,
+    Router,
 };
 
 pub use self::client::client_ip;
@@ -201,6 +203,14 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // TCP_NODELAY on every connection: the agent protocol and the event streams are small
+    // frames written one after another, and with Nagle's algorithm each one behind another
+    // waits for the peer's delayed ACK (40 ms on Linux) — measured as a 40 ms click-to-running.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

@@ -197,8 +197,16 @@ pub async fn agent(options: &AgentOptions, backend: Backend) -> anyhow::Result<V
         served.post(&format!("/api/v1/bots/{bot}/start"), json!({})).await?;
         busy.push(bot);
     }
-    for bot in &busy {
-        bot_state(&mut events, *bot, BotState::Running).await?;
+    // They start in any order: wait until each has been seen running.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !busy.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = events.next_event(left).await.with_context(|| format!("{} bots never ran", busy.len()))?;
+        if let Ok(Event { payload: EventPayload::BotState(bot), .. }) = event.json::<Event>() {
+            if bot.state == BotState::Running {
+                busy.retain(|id| *id != bot.id);
+            }
+        }
     }
     let (busy_cpu, busy_rss) = usage_over(agent_pid, options.seconds).await?;
     drop(events);
