@@ -15,6 +15,18 @@ use tokio::process::{Child, Command};
 
 use crate::server::{bin_dir, Lines};
 
+/// Writes an executable script (a bot) into `dir`.
+pub fn script(dir: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, body)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(path)
+}
+
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
     Ok(bin_dir()?.join(format!("botmox-agent{}", std::env::consts::EXE_SUFFIX)))
 }

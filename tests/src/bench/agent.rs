@@ -12,7 +12,7 @@
 //! it after the state is stored, so a `GET /bots/{id}` at that moment says `running` too.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -30,7 +30,7 @@ use super::{
     Report, Samples,
 };
 use crate::{
-    agent::{agent_bin, pair, reap_bots, AgentProcess},
+    agent::{agent_bin, pair, reap_bots, script, AgentProcess},
     db::Backend,
     sse::SseStream,
 };
@@ -51,6 +51,7 @@ pub struct AgentOptions {
     pub offline_agents: usize,
 }
 
+/// The bound of every wait for an event (the offline wait is 3 × the 5 s heartbeat).
 const WAIT: Duration = Duration::from_secs(30);
 /// The release server runs with its default heartbeat interval.
 const SERVER_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -112,26 +113,29 @@ impl Served {
     }
 }
 
-/// The next `BotState` event of `bot_id` in `state` (bounded); returns its pid.
-async fn bot_state(events: &mut SseStream, bot_id: Uuid, state: BotState) -> anyhow::Result<Option<u32>> {
+/// Reads events until `found` accepts one (bounded by [`WAIT`]); returns what it returned.
+async fn next_matching<T>(
+    events: &mut SseStream,
+    what: &str,
+    mut found: impl FnMut(EventPayload) -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = events.next_event(left).await.with_context(|| format!("waiting for bot {bot_id} {state:?}"))?;
-        if let Ok(Event { payload: EventPayload::BotState(bot), .. }) = event.json::<Event>() {
-            if bot.id == bot_id && bot.state == state {
-                return Ok(bot.pid);
-            }
+        let event = events.next_event(left).await.with_context(|| format!("waiting for {what}"))?;
+        if let Some(hit) = event.json::<Event>().ok().and_then(|e| found(e.payload)) {
+            return Ok(hit);
         }
     }
 }
 
-fn script(dir: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = dir.join(name);
-    std::fs::write(&path, body)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(path)
+/// The next `BotState` event of `bot_id` in `state`; returns its pid.
+async fn bot_state(events: &mut SseStream, bot_id: Uuid, state: BotState) -> anyhow::Result<Option<u32>> {
+    next_matching(events, &format!("bot {bot_id} {state:?}"), |payload| match payload {
+        EventPayload::BotState(bot) if bot.id == bot_id && bot.state == state => Some(bot.pid),
+        _ => None,
+    })
+    .await
 }
 
 /// CPU (% of one core) and RSS (MB) of `pid` over `seconds`.
@@ -198,15 +202,13 @@ pub async fn agent(options: &AgentOptions, backend: Backend) -> anyhow::Result<V
         busy.push(bot);
     }
     // They start in any order: wait until each has been seen running.
-    let deadline = tokio::time::Instant::now() + WAIT;
     while !busy.is_empty() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = events.next_event(left).await.with_context(|| format!("{} bots never ran", busy.len()))?;
-        if let Ok(Event { payload: EventPayload::BotState(bot), .. }) = event.json::<Event>() {
-            if bot.state == BotState::Running {
-                busy.retain(|id| *id != bot.id);
-            }
-        }
+        let running = next_matching(&mut events, &format!("{} bots to run", busy.len()), |payload| match payload {
+            EventPayload::BotState(bot) if bot.state == BotState::Running => Some(bot.id),
+            _ => None,
+        })
+        .await?;
+        busy.retain(|id| *id != running);
     }
     let (busy_cpu, busy_rss) = usage_over(agent_pid, options.seconds).await?;
     drop(events);
@@ -255,15 +257,15 @@ pub async fn offline(options: &AgentOptions, backend: Backend) -> anyhow::Result
     }
     let mut waiting: Vec<Uuid> = hosts.iter().map(|h| h.agent_id).collect();
     let mut samples = Samples::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !waiting.is_empty() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let event = events.next_event(left).await.context("waiting for the agents to be marked offline")?;
-        if let Ok(Event { payload: EventPayload::AgentPresence { agent_id, status, .. }, .. }) = event.json::<Event>() {
-            if status == AgentStatus::Offline && waiting.contains(&agent_id) {
-                samples.record(killed.elapsed());
-                waiting.retain(|id| *id != agent_id);
-            }
+        let offline = next_matching(&mut events, "the agents to be marked offline", |payload| match payload {
+            EventPayload::AgentPresence { agent_id, status: AgentStatus::Offline, .. } => Some(agent_id),
+            _ => None,
+        })
+        .await?;
+        if waiting.contains(&offline) {
+            samples.record(killed.elapsed());
+            waiting.retain(|id| *id != offline);
         }
     }
     drop(events);

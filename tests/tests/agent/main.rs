@@ -9,12 +9,10 @@ mod resilience;
 mod running;
 mod supervision;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use botmox_contract::events::{Event, EventPayload};
+pub use botmox_e2e::agent::script;
 use botmox_e2e::{
     agent::{pair, AgentProcess},
     app::{send, TestApp},
@@ -74,18 +72,6 @@ impl Host {
     pub async fn run(&self, args: &[&str]) -> anyhow::Result<AgentProcess> {
         AgentProcess::start(self.path(), args).await
     }
-}
-
-/// Writes an executable script into `dir`.
-pub fn script(dir: &Path, name: &str, body: &str) -> anyhow::Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, body)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    }
-    Ok(path)
 }
 
 /// A shell bot that prints a line every 200 ms, forever.

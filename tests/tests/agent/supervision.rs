@@ -28,9 +28,8 @@ async fn step_done(app: &TestApp, step: &str) -> anyhow::Result<bool> {
 
 /// Open incidents of `kind` on `subject`.
 async fn open_incidents(app: &TestApp, kind: &str, subject: &str) -> anyhow::Result<Vec<Value>> {
-    let body = get(app, &format!("/api/v1/incidents?kind={kind}&open=true")).await?;
-    let items = body["items"].as_array().cloned().unwrap_or_default();
-    Ok(items.into_iter().filter(|i| i["subject"] == subject).collect())
+    let body = get(app, &format!("/api/v1/incidents?kind={kind}&open=true&subject={subject}")).await?;
+    Ok(body["items"].as_array().cloned().unwrap_or_default())
 }
 
 async fn recommendation_titles(app: &TestApp) -> anyhow::Result<Vec<String>> {
@@ -75,16 +74,14 @@ async fn the_supervisor_watches_a_real_fleet() -> anyhow::Result<()> {
     control(&app, crasher, "start").await?;
     wait_bot(&app, crasher, "failed", |b| b["state"] == "failed").await?;
     let subject = format!("bot:{crasher}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let looping = loop {
-        let open = open_incidents(&app, "bot_crash_loop", &subject).await?;
-        if let [one] = open.as_slice() {
-            break one.clone();
-        }
-        anyhow::ensure!(open.len() <= 1, "one open crash-loop incident per bot: {open:?}");
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no crash-loop incident for {subject}");
-        tokio::time::sleep(POLL).await;
-    };
+    let open_loops = format!("/api/v1/incidents?kind=bot_crash_loop&open=true&subject={subject}");
+    let body = wait_until(&app, &open_loops, "a crash-loop incident", |b| {
+        b["items"].as_array().is_some_and(|i| !i.is_empty())
+    })
+    .await?;
+    let open = body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(open.len(), 1, "one open crash-loop incident per bot: {body}");
+    let looping = &open[0];
     assert_eq!(looping["severity"], "critical", "{looping}");
     assert_eq!(open_incidents(&app, "bot_failed", &subject).await?.len(), 1);
     let status = get(&app, "/api/v1/guide/status").await?;
@@ -119,11 +116,11 @@ async fn the_supervisor_watches_a_real_fleet() -> anyhow::Result<()> {
     let agent = host.run(&[]).await?;
     let back = wait_bot(&app, steady, "running again", |b| b["state"] == "running").await?;
     assert_eq!(back["pid"].as_u64(), Some(u64::from(pid)), "re-adopted, not restarted: {back}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !open_incidents(&app, "agent_offline", &agent_subject).await?.is_empty() {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the offline incident stays open");
-        tokio::time::sleep(POLL).await;
-    }
+    let open_offline = format!("/api/v1/incidents?kind=agent_offline&open=true&subject={agent_subject}");
+    wait_until(&app, &open_offline, "the offline incident resolved", |b| {
+        b["items"].as_array().is_some_and(Vec::is_empty)
+    })
+    .await?;
     let online = get(&app, "/api/v1/incidents?kind=agent_online").await?;
     assert!(
         online["items"].as_array().is_some_and(|items| items.iter().any(|i| i["subject"] == agent_subject.as_str())),
