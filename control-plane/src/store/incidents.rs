@@ -83,20 +83,7 @@ impl Store {
              severity = excluded.severity, updated_at = excluded.updated_at \
              RETURNING {COLUMNS}"
         );
-        let row: IncidentRow = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql)
-                .bind(id.to_string())
-                .bind(new.tenant_id.to_string())
-                .bind(new.kind.as_str())
-                .bind(new.severity.as_str())
-                .bind(&new.subject)
-                .bind(&new.message)
-                .bind(to_json(&new.data))
-                .bind(to_ms(now))
-                .fetch_one(pool)
-                .await?
-        });
-        let incident: Incident = row.try_into()?;
+        let incident = self.insert_incident(&sql, id, &new, now).await?;
         let created = incident.id == id;
         Ok((incident, created))
     }
@@ -108,8 +95,13 @@ impl Store {
             "INSERT INTO incidents (id, tenant_id, kind, severity, subject, message, data, count, opened_at, updated_at, \
              resolved_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $8) RETURNING {COLUMNS}"
         );
+        self.insert_incident(&sql, id, &new, now).await
+    }
+
+    /// Runs one of the incident INSERTs above: they bind the same eight values, in this order.
+    async fn insert_incident(&self, sql: &str, id: Id, new: &NewIncident, now: Timestamp) -> Result<Incident> {
         let row: IncidentRow = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql)
+            sqlx::query_as(sql)
                 .bind(id.to_string())
                 .bind(new.tenant_id.to_string())
                 .bind(new.kind.as_str())
