@@ -20,7 +20,7 @@ use std::{
 
 use botmox_contract::{
     commands::CommandKind,
-    protocol::{AgentFrame, CommandEnvelope, CommandOutcome},
+    protocol::{AgentFrame, CommandEnvelope},
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ use crate::{
         Bots,
     },
     connection::buffer::Outbox,
-    journal::{Journal, Recorded},
+    journal::{BotSeq, Journal, Recorded},
 };
 
 type Execution = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -72,8 +72,14 @@ impl Commands {
     }
 
     /// Takes one command from the server. Must be called in the order commands arrive.
+    ///
+    /// A bot command carries the bot's sequence number: one lower than a command already
+    /// started here for the bot is older than it (it was delayed, e.g. redelivered after a lost
+    /// connection, while a newer one ran) and is not run — it is answered as superseded, so
+    /// the last command the server accepted is the one whose effect remains.
     pub fn handle(self: &Arc<Self>, envelope: CommandEnvelope) {
         let (id, kind) = (envelope.id, envelope.kind);
+        let of = BotSeq { bot: bot_of(&envelope), seq: envelope.seq };
         if self.running().contains_key(&id) {
             // Redelivered while it runs here (our ack was lost): ack again, the result follows.
             self.outbox.push(AgentFrame::Ack { command_id: id });
@@ -89,11 +95,28 @@ impl Commands {
             }
             if kind == CommandKind::AgentExec {
                 self.outbox.push(AgentFrame::Ack { command_id: id });
-                self.finish(id, kind, Err("the agent restarted while this command ran; it is not run twice".into()));
+                self.finish(
+                    id,
+                    kind,
+                    of,
+                    Err("the agent restarted while this command ran; it is not run twice".into()),
+                );
                 return;
             }
         }
-        if let Err(e) = self.journal().started(id, kind) {
+        if let (Some(bot), Some(seq)) = (of.bot, of.seq) {
+            let newest = self.journal().bot_seq(bot);
+            if let Some(newest) = newest.filter(|newest| seq < *newest) {
+                tracing::info!(command_id = %id, %bot, seq, newest, "older than a command already run for the bot: superseded");
+                self.outbox.push(AgentFrame::Ack { command_id: id });
+                let error = format!("superseded: a newer command for this bot (sequence {newest}) already ran here");
+                let recorded =
+                    Recorded { ok: false, result: json!({ "superseded": true }), error: Some(error), superseded: true };
+                self.record(id, kind, of, recorded);
+                return;
+            }
+        }
+        if let Err(e) = self.journal().started(id, kind, of) {
             tracing::error!(command_id = %id, error = %e, "cannot write the command journal");
         }
         self.outbox.push(AgentFrame::Ack { command_id: id });
@@ -104,7 +127,7 @@ impl Commands {
         let this = self.clone();
         tokio::spawn(async move {
             let reply = execution.await;
-            this.finish(id, kind, reply);
+            this.finish(id, kind, of, reply);
         });
     }
 
@@ -153,14 +176,9 @@ impl Commands {
         envelope: CommandEnvelope,
         cancelled: watch::Receiver<bool>,
     ) -> Result<tokio::sync::oneshot::Receiver<Reply>, String> {
-        let spec = envelope.bot;
-        // The envelope names its bot through its definition; a removal of a deleted bot may
-        // come without one, so `payload.bot_id` is accepted too.
-        let bot_id = spec
-            .as_ref()
-            .map(|s| s.bot_id)
-            .or_else(|| envelope.payload.get("bot_id").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()))
+        let bot_id = bot_of(&envelope)
             .ok_or_else(|| format!("{} without a bot: the command names no bot id", envelope.kind.as_str()))?;
+        let spec = envelope.bot;
         let needs_spec = || {
             spec.clone().map(Box::new).ok_or_else(|| format!("{} without the bot's definition", envelope.kind.as_str()))
         };
@@ -188,29 +206,45 @@ impl Commands {
     }
 
     /// Records the outcome, then sends it.
-    fn finish(&self, id: Uuid, kind: CommandKind, reply: Reply) {
+    fn finish(&self, id: Uuid, kind: CommandKind, of: BotSeq, reply: Reply) {
         let recorded = match reply {
-            Ok(result) => Recorded { ok: true, result, error: None },
-            Err(error) => Recorded { ok: false, result: serde_json::Value::Null, error: Some(error) },
+            Ok(result) => Recorded { ok: true, result, error: None, superseded: false },
+            Err(error) => {
+                Recorded { ok: false, result: serde_json::Value::Null, error: Some(error), superseded: false }
+            }
         };
-        if let Err(e) = self.journal().finished(id, kind, recorded.clone()) {
-            tracing::error!(command_id = %id, error = %e, "cannot write the command journal");
-        }
         self.running().remove(&id);
         match &recorded.error {
             Some(error) => tracing::warn!(command_id = %id, kind = kind.as_str(), %error, "command failed"),
             None => tracing::info!(command_id = %id, kind = kind.as_str(), "command done"),
         }
-        let CommandOutcome { command_id, ok, result, error } = recorded.outcome(id);
-        self.outbox.push(AgentFrame::Result(CommandOutcome { command_id, ok, result, error }));
+        self.record(id, kind, of, recorded);
     }
+
+    /// Journals how a command ended, then sends that.
+    fn record(&self, id: Uuid, kind: CommandKind, of: BotSeq, recorded: Recorded) {
+        if let Err(e) = self.journal().finished(id, kind, of, recorded.clone()) {
+            tracing::error!(command_id = %id, error = %e, "cannot write the command journal");
+        }
+        self.outbox.push(AgentFrame::Result(recorded.outcome(id)));
+    }
+}
+
+/// The bot a command is for: the envelope names it through its definition; a removal of a
+/// deleted bot may come without one, so `payload.bot_id` is accepted too.
+fn bot_of(envelope: &CommandEnvelope) -> Option<Uuid> {
+    envelope
+        .bot
+        .as_ref()
+        .map(|s| s.bot_id)
+        .or_else(|| envelope.payload.get("bot_id").and_then(|v| v.as_str()).and_then(|s| s.parse().ok()))
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use botmox_contract::protocol::AgentFrame;
+    use botmox_contract::protocol::{AgentFrame, CommandOutcome};
 
     use super::*;
     use crate::{
@@ -256,7 +290,15 @@ mod tests {
     }
 
     fn envelope(kind: CommandKind, payload: serde_json::Value, attempt: u32) -> CommandEnvelope {
-        CommandEnvelope { id: Uuid::now_v7(), kind, attempt, payload, bot: None, secrets: Default::default() }
+        CommandEnvelope {
+            id: Uuid::now_v7(),
+            kind,
+            attempt,
+            payload,
+            seq: None,
+            bot: None,
+            secrets: Default::default(),
+        }
     }
 
     fn outcome(frames: &[AgentFrame], id: Uuid) -> Option<CommandOutcome> {
@@ -331,6 +373,39 @@ mod tests {
         commands.handle(nameless.clone());
         let refused = outcome(&fixture.until_result(nameless.id).await?, nameless.id);
         assert!(refused.is_some_and(|o| !o.ok && o.error.is_some_and(|e| e.contains("no bot id"))));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_command_older_than_one_already_run_for_its_bot_is_superseded_not_run() -> anyhow::Result<()> {
+        let fixture = Fixture::new()?;
+        let commands = fixture.commands(false)?;
+        let bot_id = Uuid::now_v7();
+        // The newer stop (sequence 6) ran; the older start (5) arrives late, e.g. redelivered.
+        let mut stop = envelope(CommandKind::BotStop, json!({ "bot_id": bot_id }), 1);
+        stop.seq = Some(6);
+        commands.handle(stop.clone());
+        assert!(outcome(&fixture.until_result(stop.id).await?, stop.id).is_some_and(|o| o.ok && !o.superseded));
+        let mut late_start = envelope(CommandKind::BotStart, json!({}), 2);
+        late_start.bot = Some(spec(bot_id));
+        late_start.seq = Some(5);
+        commands.handle(late_start.clone());
+        let refused = outcome(&fixture.until_result(late_start.id).await?, late_start.id);
+        assert!(refused.as_ref().is_some_and(|o| o.superseded && !o.ok), "{refused:?}");
+        assert!(!commands.bots.contains(bot_id), "the refused start started nothing");
+
+        // Across a restart too, and a redelivery of the refused one gets the same answer.
+        drop(commands);
+        let commands = fixture.commands(false)?;
+        commands.handle(late_start.clone());
+        let again = outcome(&fixture.until_result(late_start.id).await?, late_start.id);
+        assert!(again.is_some_and(|o| o.superseded));
+        // A sync with the current sequence (it orders nothing) still runs.
+        let mut sync = envelope(CommandKind::BotSync, json!({}), 1);
+        sync.bot = Some(spec(bot_id));
+        sync.seq = Some(6);
+        commands.handle(sync.clone());
+        assert!(outcome(&fixture.until_result(sync.id).await?, sync.id).is_some_and(|o| !o.superseded));
         Ok(())
     }
 }

@@ -3,6 +3,10 @@
 //! queue is at-least-once — is answered with its recorded result instead of running twice,
 //! even across an agent restart (SPEC §4, "effectively once").
 //!
+//! It also keeps, per bot, the highest command sequence number started here: a command
+//! for the bot with a lower one is older than one already run, and is refused as superseded
+//! (the server's `seq`; see `Commands::handle`).
+//!
 //! Appending a line per event keeps each write small; the file is rewritten (atomically)
 //! when it holds twice as many lines as ids kept.
 
@@ -27,6 +31,19 @@ pub struct Entry {
     pub at: DateTime<Utc>,
     /// `None` while the command runs (or if the agent died while it ran).
     pub outcome: Option<Recorded>,
+    /// The bot a bot command was for, and its sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// Which bot a command is for, and its sequence number (bot commands from a server that
+/// numbers them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BotSeq {
+    pub bot: Option<Uuid>,
+    pub seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,11 +51,20 @@ pub struct Recorded {
     pub ok: bool,
     pub result: serde_json::Value,
     pub error: Option<String>,
+    /// Not run: a newer command for the same bot had run already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 impl Recorded {
     pub fn outcome(&self, command_id: Uuid) -> CommandOutcome {
-        CommandOutcome { command_id, ok: self.ok, result: self.result.clone(), error: self.error.clone() }
+        CommandOutcome {
+            command_id,
+            ok: self.ok,
+            result: self.result.clone(),
+            error: self.error.clone(),
+            superseded: self.superseded,
+        }
     }
 }
 
@@ -48,13 +74,20 @@ pub struct Journal {
     /// Ids oldest first, for eviction.
     order: VecDeque<Uuid>,
     lines_in_file: usize,
+    /// Per bot, the highest sequence number of a command started for it.
+    bot_seqs: HashMap<Uuid, u64>,
 }
 
 impl Journal {
     /// Reads the journal (a missing file is an empty journal; a torn last line is skipped).
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let mut journal =
-            Self { path: path.to_path_buf(), entries: HashMap::new(), order: VecDeque::new(), lines_in_file: 0 };
+        let mut journal = Self {
+            path: path.to_path_buf(),
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            lines_in_file: 0,
+            bot_seqs: HashMap::new(),
+        };
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(journal),
@@ -74,14 +107,19 @@ impl Journal {
         self.entries.get(&id)
     }
 
+    /// The highest sequence number of a command started for `bot`.
+    pub fn bot_seq(&self, bot: Uuid) -> Option<u64> {
+        self.bot_seqs.get(&bot).copied()
+    }
+
     /// Records that `id` starts executing (before it does anything).
-    pub fn started(&mut self, id: Uuid, kind: CommandKind) -> std::io::Result<()> {
-        self.write(Entry { id, kind, at: Utc::now(), outcome: None })
+    pub fn started(&mut self, id: Uuid, kind: CommandKind, of: BotSeq) -> std::io::Result<()> {
+        self.write(Entry { id, kind, at: Utc::now(), outcome: None, bot: of.bot, seq: of.seq })
     }
 
     /// Records how `id` ended (before the result is sent).
-    pub fn finished(&mut self, id: Uuid, kind: CommandKind, outcome: Recorded) -> std::io::Result<()> {
-        self.write(Entry { id, kind, at: Utc::now(), outcome: Some(outcome) })
+    pub fn finished(&mut self, id: Uuid, kind: CommandKind, of: BotSeq, outcome: Recorded) -> std::io::Result<()> {
+        self.write(Entry { id, kind, at: Utc::now(), outcome: Some(outcome), bot: of.bot, seq: of.seq })
     }
 
     #[cfg(test)]
@@ -91,6 +129,11 @@ impl Journal {
 
     fn remember(&mut self, entry: Entry) {
         let id = entry.id;
+        let ran = !entry.outcome.as_ref().is_some_and(|o| o.superseded);
+        if let (Some(bot), Some(seq), true) = (entry.bot, entry.seq, ran) {
+            let high = self.bot_seqs.entry(bot).or_insert(seq);
+            *high = (*high).max(seq);
+        }
         if self.entries.insert(id, entry).is_none() {
             self.order.push_back(id);
         }
@@ -137,7 +180,7 @@ mod tests {
     use super::*;
 
     fn ok(n: u64) -> Recorded {
-        Recorded { ok: true, result: serde_json::json!({ "n": n }), error: None }
+        Recorded { ok: true, result: serde_json::json!({ "n": n }), error: None, superseded: false }
     }
 
     #[test]
@@ -147,9 +190,9 @@ mod tests {
         let (done, running) = (Uuid::now_v7(), Uuid::now_v7());
         {
             let mut journal = Journal::open(&path)?;
-            journal.started(done, CommandKind::BotStart)?;
-            journal.finished(done, CommandKind::BotStart, ok(1))?;
-            journal.started(running, CommandKind::AgentExec)?;
+            journal.started(done, CommandKind::BotStart, BotSeq::default())?;
+            journal.finished(done, CommandKind::BotStart, BotSeq::default(), ok(1))?;
+            journal.started(running, CommandKind::AgentExec, BotSeq::default())?;
         }
         let journal = Journal::open(&path)?;
         assert_eq!(journal.get(done).and_then(|e| e.outcome.clone()), Some(ok(1)));
@@ -166,8 +209,8 @@ mod tests {
         let mut journal = Journal::open(&path)?;
         let ids: Vec<Uuid> = (0..KEEP + 500).map(|_| Uuid::now_v7()).collect();
         for (n, id) in ids.iter().enumerate() {
-            journal.started(*id, CommandKind::BotStop)?;
-            journal.finished(*id, CommandKind::BotStop, ok(n as u64))?;
+            journal.started(*id, CommandKind::BotStop, BotSeq::default())?;
+            journal.finished(*id, CommandKind::BotStop, BotSeq::default(), ok(n as u64))?;
         }
         assert_eq!(journal.len(), KEEP);
         assert!(journal.get(ids[0]).is_none(), "the oldest are forgotten");
@@ -181,14 +224,39 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_highest_sequence_per_bot_across_a_reopen() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.jsonl");
+        let (bot, other) = (Uuid::now_v7(), Uuid::now_v7());
+        {
+            let mut journal = Journal::open(&path)?;
+            for seq in [3, 7, 5] {
+                let of = BotSeq { bot: Some(bot), seq: Some(seq) };
+                let id = Uuid::now_v7();
+                journal.started(id, CommandKind::BotStart, of)?;
+                journal.finished(id, CommandKind::BotStart, of, ok(seq))?;
+            }
+            // A refused (superseded) command does not raise the mark.
+            let of = BotSeq { bot: Some(other), seq: Some(9) };
+            let refused = Recorded { superseded: true, ..ok(0) };
+            journal.finished(Uuid::now_v7(), CommandKind::BotStop, of, refused)?;
+            assert_eq!(journal.bot_seq(bot), Some(7));
+        }
+        let journal = Journal::open(&path)?;
+        assert_eq!(journal.bot_seq(bot), Some(7), "the highest, not the last");
+        assert_eq!(journal.bot_seq(other), None);
+        Ok(())
+    }
+
+    #[test]
     fn a_torn_last_line_is_skipped() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("journal.jsonl");
         let id = Uuid::now_v7();
         {
             let mut journal = Journal::open(&path)?;
-            journal.started(id, CommandKind::BotStart)?;
-            journal.finished(id, CommandKind::BotStart, ok(7))?;
+            journal.started(id, CommandKind::BotStart, BotSeq::default())?;
+            journal.finished(id, CommandKind::BotStart, BotSeq::default(), ok(7))?;
         }
         let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
         file.write_all(b"{\"id\":\"0190")?;

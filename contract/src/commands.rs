@@ -135,6 +135,13 @@ pub struct Command {
     pub finished_at: Option<DateTime<Utc>>,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
+    /// The bulk action (`POST /bots/actions`) that queued it: `GET /commands?batch=<id>`.
+    #[serde(default)]
+    pub batch_id: Option<Uuid>,
+    /// For bot commands, the bot's command sequence number: a newer control command has a
+    /// higher one, and an agent never runs a command older than one it already ran for the bot.
+    #[serde(default)]
+    pub seq: Option<u64>,
 }
 
 /// The answer to a control request (`POST /bots/{id}/start|stop|restart`, `POST /commands`).
@@ -173,22 +180,45 @@ pub struct BotSelector {
 #[serde(deny_unknown_fields)]
 pub struct BulkAction {
     pub action: BotAction,
+    /// These bots (up to 10,000 ids).
     pub ids: Option<Vec<Uuid>>,
+    /// Every bot matching the filter, however many.
     pub filter: Option<BotSelector>,
+    /// Only count: nothing is queued or changed (a panel asks "stop 4,812 bots?" first).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
+/// Bots of a bulk action that got no command, grouped by why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct SkippedBot {
-    pub bot_id: Uuid,
+pub struct SkippedBots {
+    /// Stable reason code: `not_found` (no such bot, or another tenant's), `agent_revoked`.
     pub reason: String,
+    pub count: u64,
+    /// What it means, for people.
+    pub detail: String,
+    /// The first few of these bots (at most 100).
+    pub bot_ids: Vec<Uuid>,
 }
 
+/// The answer to `POST /bots/actions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BulkAccepted {
+    /// The batch: `GET /commands?batch=<id>` lists all its commands. `None` on a dry run.
+    pub batch_id: Option<Uuid>,
+    pub action: BotAction,
+    pub dry_run: bool,
+    /// Bots the ids or the filter named.
+    pub matched: u64,
+    /// Commands queued (on a dry run: that would be).
+    pub accepted: u64,
+    pub skipped: Vec<SkippedBots>,
+    /// The first commands of the batch (at most 100), oldest first.
     pub commands: Vec<Command>,
-    pub skipped: Vec<SkippedBot>,
+    /// Whether the batch has more commands than `commands` shows.
+    pub more_commands: bool,
 }
 
 /// `POST /commands`: a command that is not a bot action (`agent.exec`, `agent.drain`, `bot.sync`).

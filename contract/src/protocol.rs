@@ -105,6 +105,10 @@ pub struct CommandOutcome {
     #[serde(default)]
     pub result: serde_json::Value,
     pub error: Option<String>,
+    /// The agent did not run the command because it had already run a newer one for the same
+    /// bot (its `seq` was lower): the server records it as `cancelled`, superseded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 /// A bot definition as the agent needs it to run the bot.
@@ -127,6 +131,10 @@ pub struct CommandEnvelope {
     pub kind: CommandKind,
     pub attempt: u32,
     pub payload: serde_json::Value,
+    /// The bot's command sequence number (bot commands): the agent refuses to run a command
+    /// whose `seq` is lower than one it already ran for the bot, answering it as superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// The bot's definition, for bot commands.
     pub bot: Option<BotRuntimeSpec>,
     /// Values of the secrets the bot's `secret_env` names (only in `bot.start`/`bot.restart`).

@@ -1,28 +1,24 @@
 //! The life of `botmox serve`: open and migrate the store, bootstrap the first admin, build the
 //! state, listen, serve until SIGINT/SIGTERM, then drain and close the store.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, time::Duration};
 
 use anyhow::Context as _;
 
 use crate::{
     auth::{
         bootstrap::{self, Bootstrap},
-        rate_limit::{self, RateLimits},
-        session::SessionKeys,
+        rate_limit,
     },
     clock::Clock,
     config::ServeArgs,
-    events::EventBus,
-    http,
-    link::{self, cluster::Cluster},
-    secrets::vault::{self, MasterKey},
+    http, link,
+    secrets::vault,
     state::{AppState, Settings},
     store::{redact_url, DatabaseUrl, PoolOptions, Store},
 };
 
-/// Events kept for `Last-Event-ID` resumption.
-pub const EVENT_BACKLOG: usize = 10_000;
+pub use crate::state::EVENT_BACKLOG;
 
 /// Opens the configured database and applies pending migrations.
 pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Store> {
@@ -34,32 +30,6 @@ pub async fn open_store(url: &DatabaseUrl) -> anyhow::Result<Store> {
         Store::connect(url, &PoolOptions::default()).await.with_context(|| format!("cannot open {described}"))?;
     store.migrate().await.with_context(|| format!("cannot migrate {described}"))?;
     Ok(store)
-}
-
-impl AppState {
-    /// The state of a server over `store`: loads (or creates) the shared session key.
-    pub async fn new(
-        store: Store,
-        clock: Clock,
-        settings: Settings,
-        master_key: Option<MasterKey>,
-    ) -> anyhow::Result<Self> {
-        let sessions = SessionKeys::load_or_create(&store).await?;
-        Ok(Self {
-            store,
-            clock,
-            sessions: Arc::new(sessions),
-            limits: Arc::new(RateLimits::new(settings.limits)),
-            cluster: Arc::new(Cluster::new(settings.replica_id.clone())),
-            settings: Arc::new(settings),
-            master_key: master_key.map(Arc::new),
-            hub: Arc::default(),
-            events: Arc::new(EventBus::new(EVENT_BACKLOG)),
-            log_bus: Arc::default(),
-            presence: Arc::default(),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-        })
-    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -115,7 +85,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("API docs: {public_url}/docs");
     tracing::info!(%local, store = store.backend_name(), "listening");
 
-    let background = link::spawn_background(&state);
+    let background = spawn_background(&state);
     let closing = state.clone();
     let shutdown = async move {
         shutdown.await;
@@ -176,4 +146,18 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
         }
         tracing::info!("shutdown signal received: draining requests");
     }
+}
+
+/// Starts the background work of a server: heartbeat batches, the supervisor (when this replica
+/// leads) and (on Postgres) the cluster listener.
+pub fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let presence = tokio::spawn(link::presence::run(state.clone()));
+    let supervisor = tokio::spawn(crate::supervisor::run(state.clone()));
+    let listener_state = state.clone();
+    let listener = tokio::spawn(async move {
+        if let Err(e) = link::cluster::listen(listener_state).await {
+            tracing::error!(error = %e, "the cluster listener stopped");
+        }
+    });
+    vec![presence, supervisor, listener]
 }

@@ -2,14 +2,25 @@
 
 use std::{sync::Arc, time::Duration};
 
+use botmox_contract::{events::Event, Id};
+
 use crate::{
     auth::{rate_limit::RateLimits, session::SessionKeys},
     clock::Clock,
+    control::group::GroupCommit,
     events::EventBus,
-    link::{cluster::Cluster, hub::Hub, logs::LogBus, presence::Presence},
+    link::{
+        cluster::{Cluster, Message},
+        hub::{Control, Hub},
+        logs::LogBus,
+        presence::Presence,
+    },
     secrets::vault::MasterKey,
     store::Store,
 };
+
+/// Events kept for `Last-Event-ID` resumption.
+pub const EVENT_BACKLOG: usize = 10_000;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -30,9 +41,113 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Signals to the other replicas (Postgres `NOTIFY`).
     pub cluster: Arc<Cluster>,
+    /// Single control orders, committed in groups (see `control::group`).
+    pub group_commit: Arc<GroupCommit>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
     /// follows, long polls) end so the graceful drain can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl AppState {
+    /// The state of a server over `store`: loads (or creates) the shared session key.
+    pub async fn new(
+        store: Store,
+        clock: Clock,
+        settings: Settings,
+        master_key: Option<MasterKey>,
+    ) -> anyhow::Result<Self> {
+        let sessions = SessionKeys::load_or_create(&store).await?;
+        let times = crate::control::queue_times(&settings);
+        Ok(Self {
+            group_commit: Arc::new(GroupCommit::start(store.clone(), clock.clone(), times)),
+            store,
+            clock,
+            sessions: Arc::new(sessions),
+            limits: Arc::new(RateLimits::new(settings.limits)),
+            cluster: Arc::new(Cluster::new(settings.replica_id.clone())),
+            settings: Arc::new(settings),
+            master_key: master_key.map(Arc::new),
+            hub: Arc::default(),
+            events: Arc::new(EventBus::new(EVENT_BACKLOG)),
+            log_bus: Arc::default(),
+            presence: Arc::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+}
+
+/// Telling whoever must know — here and, through `link::cluster`, on the other replicas.
+impl AppState {
+    async fn broadcast(&self, message: Message) {
+        self.cluster.send(&self.store, message).await;
+    }
+
+    /// Tells the agent's dispatcher, wherever it runs, that commands may be waiting.
+    pub async fn wake_agent(&self, agent_id: Id) {
+        self.hub.wake(agent_id);
+        self.broadcast(Message::Wake { agent: agent_id }).await;
+    }
+
+    /// Closes the agent's connection wherever it is (revocation).
+    pub async fn close_agent(&self, agent_id: Id, code: u16, reason: &'static str) {
+        self.hub.control(agent_id, Control::Close { code, reason });
+        self.broadcast(Message::Close { agent: agent_id, code }).await;
+    }
+
+    /// Tells the agent, wherever it is connected, to stop executing a command.
+    pub async fn cancel_on_agent(&self, agent_id: Id, command_id: Id) {
+        self.hub.control(agent_id, Control::Cancel(command_id));
+        self.broadcast(Message::Cancel { agent: agent_id, command: command_id }).await;
+    }
+
+    /// Publishes an event to the tenant's event streams on every replica.
+    pub async fn publish(&self, tenant_id: Id, payload: botmox_contract::events::EventPayload) {
+        let event = EventBus::event(payload, self.clock.now());
+        self.events.publish(tenant_id, event.clone());
+        self.broadcast(Message::Event { tenant: tenant_id, event: Box::new(event) }).await;
+    }
+
+    /// Publishes many events (a bulk action's): each to this replica's streams, and to the
+    /// other replicas packed into as few signals as fit.
+    pub async fn publish_many(&self, events: Vec<(Id, botmox_contract::events::EventPayload)>) {
+        let now = self.clock.now();
+        let mut pending: Vec<(Id, Event)> = Vec::with_capacity(events.len());
+        for (tenant, payload) in events {
+            let event = EventBus::event(payload, now);
+            self.events.publish(tenant, event.clone());
+            pending.push((tenant, event));
+        }
+        if !self.store.is_shared() {
+            return;
+        }
+        // Pack consecutive events of one tenant up to the signal size (JSON size estimated
+        // from each event's own serialisation).
+        let limit = crate::store::MAX_NOTIFY_PAYLOAD - 200;
+        let mut pack: Vec<Event> = Vec::new();
+        let mut pack_tenant = None;
+        let mut size = 0;
+        for (tenant, event) in pending {
+            let len = serde_json::to_string(&event).map(|s| s.len() + 1).unwrap_or(limit);
+            if pack_tenant != Some(tenant) || size + len > limit {
+                if let Some(t) = pack_tenant.take() {
+                    self.broadcast(Message::Events { tenant: t, events: std::mem::take(&mut pack) }).await;
+                }
+                size = 0;
+            }
+            pack_tenant = Some(tenant);
+            size += len;
+            pack.push(event);
+        }
+        if let Some(t) = pack_tenant {
+            self.broadcast(Message::Events { tenant: t, events: pack }).await;
+        }
+    }
+
+    /// Wakes the followers of a bot's log on every replica.
+    pub async fn logs_arrived(&self, bot_id: Id) {
+        self.log_bus.notify(bot_id);
+        self.broadcast(Message::Logs { bot: bot_id }).await;
+    }
 }
 
 /// Server settings handlers need at run time.

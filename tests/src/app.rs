@@ -54,6 +54,11 @@ impl TestApp {
         Ok(app)
     }
 
+    /// The test's database (to inject faults with [`TestDb::execute`]).
+    pub fn db(&self) -> &TestDb {
+        &self.db
+    }
+
     /// One round of what the background tasks do: write heartbeats, then a supervisor tick
     /// (`n` = 0 includes reconciliation and retention).
     pub async fn tick(&self, n: u64) -> anyhow::Result<()> {
@@ -78,7 +83,7 @@ impl TestApp {
         let mut settings = Settings::new(base_url.clone());
         adjust(&mut settings);
         let state = AppState::new(store.clone(), clock.clone(), settings, Some(MasterKey::generate())).await?;
-        let background = if background { link::spawn_background(&state) } else { Vec::new() };
+        let background = if background { botmox_control_plane::server::spawn_background(&state) } else { Vec::new() };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(http::serve(listener, http::app(state.clone()), async {
             let _ = stopped.await;

@@ -86,6 +86,29 @@ impl TestDb {
         Ok(store)
     }
 
+    /// Runs raw SQL on the database, outside the product: how tests inject faults (a trigger
+    /// that makes a write fail). Each statement separately, in order.
+    pub async fn execute(&self, statements: &[&str]) -> anyhow::Result<()> {
+        match &self.url {
+            DatabaseUrl::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+                let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await?;
+                }
+                conn.close().await?;
+            }
+            DatabaseUrl::Postgres(url) => {
+                let mut conn = PgConnection::connect(url).await?;
+                for sql in statements {
+                    sqlx::query(sql).execute(&mut conn).await?;
+                }
+                conn.close().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops the Postgres database (every connection to it must be closed first).
     pub async fn cleanup(self) -> anyhow::Result<()> {
         if let Some(name) = &self.pg_name {

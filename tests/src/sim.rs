@@ -364,12 +364,17 @@ impl SimAgent {
     }
 
     pub async fn succeed(&self, command_id: Uuid, result: serde_json::Value) -> anyhow::Result<()> {
-        self.result(CommandOutcome { command_id, ok: true, result, error: None }).await
+        self.result(CommandOutcome { command_id, ok: true, result, error: None, superseded: false }).await
     }
 
     pub async fn fail(&self, command_id: Uuid, error: &str) -> anyhow::Result<()> {
-        let outcome =
-            CommandOutcome { command_id, ok: false, result: serde_json::Value::Null, error: Some(error.to_owned()) };
+        let outcome = CommandOutcome {
+            command_id,
+            ok: false,
+            result: serde_json::Value::Null,
+            error: Some(error.to_owned()),
+            superseded: false,
+        };
         self.result(outcome).await
     }
 
@@ -544,7 +549,13 @@ mod tests {
             serde_json::to_value(AgentFrame::Ack { command_id: id })?,
             json!({ "type": "ack", "command_id": id })
         );
-        let outcome = CommandOutcome { command_id: id, ok: false, result: json!(null), error: Some("boom".into()) };
+        let outcome = CommandOutcome {
+            command_id: id,
+            ok: false,
+            result: json!(null),
+            error: Some("boom".into()),
+            superseded: false,
+        };
         assert_eq!(
             serde_json::to_value(AgentFrame::Result(outcome))?,
             json!({ "type": "result", "command_id": id, "ok": false, "result": null, "error": "boom" })

@@ -288,7 +288,8 @@ mod tests {
         outbox.push(AgentFrame::Ack { command_id });
         let sent = outbox.take(100, 500, 1 << 20);
         outbox.push_log(bot, line(2, "two"));
-        let result = CommandOutcome { command_id, ok: true, result: serde_json::Value::Null, error: None };
+        let result =
+            CommandOutcome { command_id, ok: true, result: serde_json::Value::Null, error: None, superseded: false };
         outbox.push(AgentFrame::Result(result));
         outbox.requeue(sent);
         let frames = outbox.take(100, 500, 1 << 20);

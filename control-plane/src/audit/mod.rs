@@ -63,3 +63,27 @@ async fn list_audit(
     let next_cursor = if has_more { items.last().map(|e| page::encode_cursor(&e.id.to_string())) } else { None };
     Ok(axum::Json(AuditPage { items, next_cursor }))
 }
+
+/// Writes an audit entry for something the supervisor did.
+pub async fn supervisor_action(
+    state: &AppState,
+    tenant_id: botmox_contract::Id,
+    action: &str,
+    target: String,
+    data: serde_json::Value,
+) {
+    let entry = crate::store::NewAuditEntry {
+        tenant_id,
+        actor: botmox_contract::audit::Actor::supervisor(),
+        action: action.into(),
+        target: Some(target),
+        request_id: None,
+        source_ip: None,
+        outcome: botmox_contract::audit::Outcome::Success,
+        data,
+    };
+    if let Err(e) = state.store.append_audit(entry, state.clock.now()).await {
+        tracing::error!(error = %e, action, "could not audit a supervisor action");
+    }
+    metrics::counter!("botmox_supervisor_actions_total", "action" => action.to_owned()).increment(1);
+}

@@ -144,8 +144,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal>
             // Recorded off the request's path: the refusal never waits for the incident.
             let (state, tenant_id, agent_id) = (state.clone(), agent.tenant_id, agent.agent_id);
             tokio::spawn(async move {
-                if let Err(e) = crate::supervisor::incidents::revoked_agent_connected(&state, tenant_id, agent_id).await
-                {
+                if let Err(e) = crate::incidents::rules::revoked_agent_connected(&state, tenant_id, agent_id).await {
                     tracing::warn!(error = %e, %agent_id, "could not record the revoked agent's attempt");
                 }
             });

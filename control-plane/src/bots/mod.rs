@@ -24,14 +24,13 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    commands::{submit, Submission},
     http::{
         error::{ApiError, ApiResult},
         extract::{etag, IfMatch, Json, Path, Query},
         page,
     },
     state::AppState,
-    store::{definition_hash, BotFilter, NewBot, StoreError, UpdateBot},
+    store::{definition_hash, BotFilter, NewBot, Order, StoreError, Target, UpdateBot},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -66,21 +65,27 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-/// Queues a bookkeeping command (sync, remove) for an agent; failing to is logged, not fatal:
-/// the agent's next hello snapshot and reconciliation converge anyway.
+/// Queues a bookkeeping command (the start of a new bot, a sync, a remove) for an agent;
+/// failing to is logged, not fatal: the agent's next hello snapshot and reconciliation
+/// converge anyway. A removal goes to the agent (the bot may be gone or moved away); the
+/// others go to the bot, on whatever agent it is now.
 async fn tell_agent(state: &AppState, principal: &Principal, agent_id: Uuid, bot_id: Uuid, kind: CommandKind) {
-    let submission = Submission {
+    let target = match kind {
+        CommandKind::BotRemove => Target::Agent { agent_id, bot_id: Some(bot_id) },
+        _ => Target::Bot(bot_id),
+    };
+    let order = Order {
         tenant_id: principal.tenant_id,
-        agent_id,
-        bot_id: Some(bot_id),
+        target,
         kind,
+        desired: None,
         // The bot's id rides in the payload too: after a delete, the envelope has no definition.
         payload: serde_json::json!({ "bot_id": bot_id }),
         idempotency_key: None,
         created_by: principal.actor(),
-        extra_run_time: std::time::Duration::ZERO,
+        batch_id: None,
     };
-    if let Err(e) = submit(state, submission).await {
+    if let Err(e) = crate::control::submit(state, order).await {
         tracing::warn!(%bot_id, %agent_id, kind = kind.as_str(), error = %e, "could not queue the command for the agent");
     }
 }

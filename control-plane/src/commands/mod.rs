@@ -1,20 +1,14 @@
-//! Commands API: list, read, create (`agent.exec`, `agent.drain`, `bot.sync`), cancel — and
-//! [`submit`], the one path by which anything (bot controls, bulk actions, this API) puts a
-//! command on the queue and wakes its agent.
-
-use std::time::Duration;
+//! Commands API: list, read, create (`agent.exec`, `agent.drain`, `bot.sync`), cancel. Queueing
+//! itself is the command service's (`control`); this module turns its answers into responses.
 
 use axum::{
     extract::{FromRequestParts, State},
     http::{request::Parts, StatusCode},
 };
 use botmox_contract::{
-    agents::AgentStatus,
-    audit::Actor,
     commands::{Command, CommandAccepted, CommandKind, CommandList, CommandStatus, CreateCommand},
     events::EventPayload,
     problem::Problem,
-    Id,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -23,13 +17,14 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
+    control::{self, Submitted},
     http::{
         error::{ApiError, ApiResult},
         extract::{Json, Path, Query},
         page,
     },
     state::AppState,
-    store::{CommandFilter, NewCommand, StoreError},
+    store::{CommandFilter, Order, Target},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -58,62 +53,20 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
-/// A command to put on the queue.
-pub struct Submission {
-    pub tenant_id: Id,
-    pub agent_id: Id,
-    pub bot_id: Option<Id>,
-    pub kind: CommandKind,
-    pub payload: serde_json::Value,
-    pub idempotency_key: Option<String>,
-    pub created_by: Actor,
-    /// Extra time a command may run (a bot's stop timeout).
-    pub extra_run_time: Duration,
-}
-
-/// Enqueues (idempotently), wakes the agent wherever it is connected, and says whether it is.
-pub async fn submit(state: &AppState, submission: Submission) -> ApiResult<CommandAccepted> {
-    let settings = &state.settings;
-    let new = NewCommand {
-        tenant_id: submission.tenant_id,
-        agent_id: submission.agent_id,
-        bot_id: submission.bot_id,
-        kind: submission.kind,
-        payload: submission.payload,
-        idempotency_key: submission.idempotency_key,
-        created_by: submission.created_by,
-        ttl: settings.command_ttl,
-        lease: settings.command_lease,
-        run_timeout: settings.command_run_timeout + submission.extra_run_time,
-        max_attempts: settings.command_max_attempts,
-    };
-    // Nothing is read before the enqueue: the statement itself checks the agent (this tenant's,
-    // not revoked), so the only round trip between the request and the wake-up is the insert.
-    let enqueued = match state.store.enqueue_command(new, state.clock.now()).await {
-        Ok(enqueued) => enqueued,
-        // The one conflict an enqueue has: the agent is revoked.
-        Err(StoreError::Conflict(detail)) => return Err(ApiError::Conflict { code: "agent_revoked", detail }),
-        Err(e) => return Err(e.into()),
-    };
-    let created = enqueued.is_created();
-    let command = enqueued.into_command();
-    if created {
-        state.wake_agent(command.agent_id).await;
-        state.publish(submission.tenant_id, EventPayload::CommandStatus((&command).into())).await;
-    }
-    let agent = state.store.get_agent(submission.tenant_id, submission.agent_id).await?;
-    let agent_online = matches!(agent.status, AgentStatus::Online | AgentStatus::Draining);
+/// The answer to a control request, from what the command service placed.
+pub fn accepted(submitted: Submitted) -> CommandAccepted {
+    let agent_online = submitted.agent_online();
+    let Submitted { command, created, agent_name, agent_status } = submitted;
     let message = match (created, agent_online) {
-        (false, _) => "a command with this Idempotency-Key exists: this is it".to_owned(),
-        (true, true) => format!("sent to agent `{}`", agent.name),
+        (false, _) => "a command with this Idempotency-Key exists: this is it (nothing changed)".to_owned(),
+        (true, true) => format!("sent to agent `{agent_name}`"),
         (true, false) => format!(
-            "agent `{}` is {}: the command waits for it until {}",
-            agent.name,
-            agent.status.as_str(),
+            "agent `{agent_name}` is {}: the command waits for it until {}",
+            agent_status.as_str(),
             command.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     };
-    Ok(CommandAccepted { command, agent_online, message })
+    CommandAccepted { command, agent_online, message }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -123,6 +76,8 @@ struct ListQuery {
     status: Option<CommandStatus>,
     agent_id: Option<Uuid>,
     bot_id: Option<Uuid>,
+    /// Only the commands of this bulk action (`batch_id` of `POST /bots/actions`).
+    batch: Option<Uuid>,
     cursor: Option<String>,
     /// 1 to 500 (default 50).
     limit: Option<u32>,
@@ -142,8 +97,14 @@ async fn list_commands(
 ) -> ApiResult<axum::Json<CommandList>> {
     let limit = page::limit(query.limit, 50, 500)?;
     let before_id = page::decode_id_cursor(query.cursor.as_deref())?;
-    let filter =
-        CommandFilter { status: query.status, agent_id: query.agent_id, bot_id: query.bot_id, before_id, limit };
+    let filter = CommandFilter {
+        status: query.status,
+        agent_id: query.agent_id,
+        bot_id: query.bot_id,
+        batch_id: query.batch,
+        before_id,
+        limit,
+    };
     let (items, has_more) = state.store.list_commands(principal.tenant_id, &filter).await?;
     let next_cursor = if has_more { items.last().map(|c| page::encode_cursor(&c.id.to_string())) } else { None };
     Ok(axum::Json(CommandList { items, next_cursor }))
@@ -185,7 +146,7 @@ async fn create_command(
     IdempotencyKey(key): IdempotencyKey,
     Json(body): Json<CreateCommand>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandAccepted>)> {
-    match body.kind {
+    let target = match body.kind {
         CommandKind::AgentExec => {
             let program = body.payload.get("program").and_then(|p| p.as_str()).unwrap_or("");
             if program.trim().is_empty() {
@@ -196,14 +157,16 @@ async fn create_command(
             if !args_ok {
                 return Err(ApiError::invalid_field("payload.args", "must be a list of strings"));
             }
+            Target::Agent { agent_id: body.agent_id, bot_id: None }
         }
-        CommandKind::AgentDrain => {}
+        CommandKind::AgentDrain => Target::Agent { agent_id: body.agent_id, bot_id: None },
         CommandKind::BotSync => {
             let bot_id = body.bot_id.ok_or_else(|| ApiError::invalid_field("bot_id", "bot.sync needs a bot"))?;
             let bot = state.store.get_bot(principal.tenant_id, bot_id).await?;
             if bot.agent_id != body.agent_id {
                 return Err(ApiError::invalid_field("agent_id", "the bot is not on this agent"));
             }
+            Target::Bot(bot_id)
         }
         other => {
             return Err(ApiError::invalid_field(
@@ -211,25 +174,22 @@ async fn create_command(
                 format!("`{}` is a bot action: use POST /api/v1/bots/{{id}}/start|stop|restart", other.as_str()),
             ))
         }
-    }
+    };
     if !body.payload.is_object() && !body.payload.is_null() {
         return Err(ApiError::invalid_field("payload", "must be an object"));
     }
-    let accepted = submit(
-        &state,
-        Submission {
-            tenant_id: principal.tenant_id,
-            agent_id: body.agent_id,
-            bot_id: body.bot_id,
-            kind: body.kind,
-            payload: if body.payload.is_null() { serde_json::json!({}) } else { body.payload },
-            idempotency_key: key,
-            created_by: principal.actor(),
-            extra_run_time: Duration::ZERO,
-        },
-    )
-    .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(accepted)))
+    let order = Order {
+        tenant_id: principal.tenant_id,
+        target,
+        kind: body.kind,
+        desired: None,
+        payload: if body.payload.is_null() { serde_json::json!({}) } else { body.payload },
+        idempotency_key: key,
+        created_by: principal.actor(),
+        batch_id: None,
+    };
+    let submitted = control::submit(&state, order).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(accepted(submitted))))
 }
 
 /// Cancel a command that has not finished. A running one is told to stop on its agent.

@@ -27,6 +27,9 @@ pub enum ApiError {
     VersionMismatch { current: u64 },
     #[error("too many attempts; retry in {retry_after_seconds} s")]
     TooManyRequests { retry_after_seconds: u64 },
+    /// A transient failure (the database could not commit): nothing changed, send it again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -65,6 +68,7 @@ impl ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,6 +100,12 @@ impl ApiError {
                 format!("too many attempts from here; retry in {retry_after_seconds} s"),
                 None,
                 Some("wait for the time in the Retry-After header".into()),
+            ),
+            Self::Unavailable(_) => (
+                "unavailable".into(),
+                "the server could not store this request just now; nothing changed".into(),
+                None,
+                Some("send the same request again in a moment (with the same Idempotency-Key, if any)".into()),
             ),
             Self::Internal(_) => (
                 "internal".into(),
@@ -134,7 +144,34 @@ impl From<StoreError> for ApiError {
                 field: None,
                 hint: None,
             },
+            StoreError::Unavailable(detail) => Self::Unavailable(detail),
+            // A database error rolled the request's transaction back: nothing changed, and
+            // a retry may well succeed (a restart, a lost connection, a full pool). Logged at
+            // the boundary like any failure, answered as retryable.
+            StoreError::Db(e) => {
+                tracing::error!(error = %e, "the database refused a request's writes");
+                Self::Unavailable(e.to_string())
+            }
             other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<crate::control::ControlError> for ApiError {
+    fn from(err: crate::control::ControlError) -> Self {
+        use crate::control::ControlError;
+        match err {
+            ControlError::NotFound(what) => Self::NotFound(what),
+            ControlError::AgentRevoked(detail) => Self::Conflict { code: "agent_revoked", detail },
+            ControlError::NoSuchAgent(detail) => Self::Request {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "unknown_reference",
+                detail,
+                field: Some("agent_id".into()),
+                hint: None,
+            },
+            ControlError::Busy(detail) => Self::Conflict { code: "idempotency_key_in_use", detail },
+            ControlError::Store(e) => e.into(),
         }
     }
 }
@@ -156,6 +193,10 @@ impl IntoResponse for ApiError {
         }
         if let Self::TooManyRequests { retry_after_seconds } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        }
+        if let Self::Unavailable(cause) = &self {
+            tracing::warn!(%cause, "request refused: the store is unavailable");
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

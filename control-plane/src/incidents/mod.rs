@@ -1,5 +1,7 @@
-//! Incidents API: list (filters, cursor) and acknowledge. Opening and resolving is the
-//! supervisor's (`supervisor::incidents`).
+//! Incidents API: list (filters, cursor) and acknowledge; `rules.rs`: when incidents open and
+//! resolve (called by the agents' connections as reports arrive, and by the supervisor's tick).
+
+pub mod rules;
 
 use axum::extract::State;
 use botmox_contract::{

@@ -7,16 +7,34 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::hub::Control;
-use crate::{events::EventBus, state::AppState};
+use crate::{state::AppState, store::Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
-enum Message {
-    Wake { agent: Id },
-    Close { agent: Id, code: u16 },
-    Cancel { agent: Id, command: Id },
-    Event { tenant: Id, event: Box<Event> },
-    Logs { bot: Id },
+pub(crate) enum Message {
+    Wake {
+        agent: Id,
+    },
+    Close {
+        agent: Id,
+        code: u16,
+    },
+    Cancel {
+        agent: Id,
+        command: Id,
+    },
+    Event {
+        tenant: Id,
+        event: Box<Event>,
+    },
+    /// Several events in one signal (a bulk action's), fewer round trips than one each.
+    Events {
+        tenant: Id,
+        events: Vec<Event>,
+    },
+    Logs {
+        bot: Id,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,14 +52,13 @@ impl Cluster {
     pub fn new(replica: impl Into<String>) -> Self {
         Self { replica: replica.into() }
     }
-}
 
-impl AppState {
-    async fn broadcast(&self, message: Message) {
-        if !self.store.is_shared() {
+    /// Sends a signal to the other replicas (nothing on SQLite: there are none).
+    pub(crate) async fn send(&self, store: &Store, message: Message) {
+        if !store.is_shared() {
             return;
         }
-        let envelope = Envelope { from: self.cluster.replica.clone(), message };
+        let envelope = Envelope { from: self.replica.clone(), message };
         let payload = match serde_json::to_string(&envelope) {
             Ok(payload) if payload.len() <= crate::store::MAX_NOTIFY_PAYLOAD => payload,
             Ok(payload) => {
@@ -53,40 +70,9 @@ impl AppState {
             }
             Err(_) => return,
         };
-        if let Err(e) = self.store.notify(&payload).await {
+        if let Err(e) = store.notify(&payload).await {
             tracing::warn!(error = %e, "could not signal the other replicas");
         }
-    }
-
-    /// Tells the agent's dispatcher, wherever it runs, that commands may be waiting.
-    pub async fn wake_agent(&self, agent_id: Id) {
-        self.hub.wake(agent_id);
-        self.broadcast(Message::Wake { agent: agent_id }).await;
-    }
-
-    /// Closes the agent's connection wherever it is (revocation).
-    pub async fn close_agent(&self, agent_id: Id, code: u16, reason: &'static str) {
-        self.hub.control(agent_id, Control::Close { code, reason });
-        self.broadcast(Message::Close { agent: agent_id, code }).await;
-    }
-
-    /// Tells the agent, wherever it is connected, to stop executing a command.
-    pub async fn cancel_on_agent(&self, agent_id: Id, command_id: Id) {
-        self.hub.control(agent_id, Control::Cancel(command_id));
-        self.broadcast(Message::Cancel { agent: agent_id, command: command_id }).await;
-    }
-
-    /// Publishes an event to the tenant's event streams on every replica.
-    pub async fn publish(&self, tenant_id: Id, payload: botmox_contract::events::EventPayload) {
-        let event = EventBus::event(payload, self.clock.now());
-        self.events.publish(tenant_id, event.clone());
-        self.broadcast(Message::Event { tenant: tenant_id, event: Box::new(event) }).await;
-    }
-
-    /// Wakes the followers of a bot's log on every replica.
-    pub async fn logs_arrived(&self, bot_id: Id) {
-        self.log_bus.notify(bot_id);
-        self.broadcast(Message::Logs { bot: bot_id }).await;
     }
 }
 
@@ -111,6 +97,11 @@ pub async fn listen(state: AppState) -> anyhow::Result<()> {
                 state.hub.control(agent, Control::Cancel(command));
             }
             Message::Event { tenant, event } => state.events.publish(tenant, *event),
+            Message::Events { tenant, events } => {
+                for event in events {
+                    state.events.publish(tenant, event);
+                }
+            }
             Message::Logs { bot } => state.log_bus.notify(bot),
         }
     }

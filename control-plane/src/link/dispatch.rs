@@ -70,6 +70,7 @@ pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Res
         kind: command.kind,
         attempt: command.attempt,
         payload: command.payload.clone(),
+        seq: command.seq,
         bot: None,
         secrets: BTreeMap::new(),
     };

@@ -22,17 +22,3 @@ pub fn router() -> OpenApiRouter<AppState> {
         OpenApiRouter::new().routes(routes!(poll::frames)).layer(DefaultBodyLimit::max(2 * ws::MAX_FRAME_BYTES));
     OpenApiRouter::new().routes(routes!(ws::connect)).routes(routes!(poll::next)).merge(frames)
 }
-
-/// Starts the background work of a server: heartbeat batches, the supervisor (when this replica
-/// leads) and (on Postgres) the cluster listener.
-pub fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    let presence = tokio::spawn(presence::run(state.clone()));
-    let supervisor = tokio::spawn(crate::supervisor::run(state.clone()));
-    let listener_state = state.clone();
-    let listener = tokio::spawn(async move {
-        if let Err(e) = cluster::listen(listener_state).await {
-            tracing::error!(error = %e, "the cluster listener stopped");
-        }
-    });
-    vec![presence, supervisor, listener]
-}

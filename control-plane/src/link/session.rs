@@ -123,7 +123,7 @@ impl AgentSession {
                 for bot in &changed {
                     state.publish(self.tenant_id, EventPayload::BotState(bot.into())).await;
                 }
-                if let Err(e) = crate::supervisor::incidents::agent_online(&state, self.tenant_id, &agent).await {
+                if let Err(e) = crate::incidents::rules::agent_online(&state, self.tenant_id, &agent).await {
                     tracing::error!(error = %e, "could not resolve the agent's offline incident");
                 }
             }
@@ -132,10 +132,15 @@ impl AgentSession {
                 let command = state.store.ack_command(self.agent_id, command_id, now).await?;
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
             }
-            AgentFrame::Result(WireOutcome { command_id, ok, result, error }) => {
-                let error = error.map(|e| e.chars().take(4096).collect());
-                let outcome = CommandOutcome { ok, result, error };
-                let command = state.store.complete_command(self.agent_id, command_id, outcome, now).await?;
+            AgentFrame::Result(WireOutcome { command_id, ok, result, error, superseded }) => {
+                let error: Option<String> = error.map(|e| e.chars().take(4096).collect());
+                let command = if superseded {
+                    let reason = error.unwrap_or_else(|| "superseded by a newer command for the bot".into());
+                    state.store.supersede_command(self.agent_id, command_id, &reason, now).await?
+                } else {
+                    let outcome = CommandOutcome { ok, result, error };
+                    state.store.complete_command(self.agent_id, command_id, outcome, now).await?
+                };
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
             }
             AgentFrame::BotState(report) => {
@@ -147,7 +152,7 @@ impl AgentSession {
                     .await?
                     .ok_or_else(|| FrameError::new("not_found", "bot not found (or not yours)"))?;
                 state.publish(self.tenant_id, EventPayload::BotState((&bot).into())).await;
-                if let Err(e) = crate::supervisor::incidents::bot_reported(&state, self.tenant_id, before, &bot).await {
+                if let Err(e) = crate::incidents::rules::bot_reported(&state, self.tenant_id, before, &bot).await {
                     tracing::error!(error = %e, "could not update the bot's incidents");
                 }
             }

@@ -57,9 +57,9 @@ pub fn definition_hash(exec: &ExecSpec, restart: &RestartSpec, stop: &StopSpec) 
 }
 
 #[derive(sqlx::FromRow)]
-struct BotRow {
+pub(super) struct BotRow {
     id: String,
-    agent_id: String,
+    pub(super) agent_id: String,
     name: String,
     exec: String,
     restart: String,
@@ -78,7 +78,7 @@ struct BotRow {
     updated_at: i64,
 }
 
-const BOT_COLUMNS: &str = "id, agent_id, name, exec, restart, stop, tags, desired_state, state, pid, started_at, \
+pub(super) const BOT_COLUMNS: &str = "id, agent_id, name, exec, restart, stop, tags, desired_state, state, pid, started_at, \
                            last_exit_code, last_exit_signal, restart_count, last_error, version, created_at, updated_at";
 
 impl TryFrom<BotRow> for Bot {
@@ -113,7 +113,7 @@ impl TryFrom<BotRow> for Bot {
     }
 }
 
-fn desired_str(desired: DesiredState) -> &'static str {
+pub(super) fn desired_str(desired: DesiredState) -> &'static str {
     match desired {
         DesiredState::Running => "running",
         DesiredState::Stopped => "stopped",
@@ -284,6 +284,47 @@ impl Store {
         let has_more = items.len() > limit as usize;
         items.truncate(limit as usize);
         Ok(BotPage { items, has_more, counts, total })
+    }
+
+    /// Every bot of the tenant the filter matches (`state`, `agent_id`, `tag`, `name`; no
+    /// paging), by name: what a bulk action applies to, whatever its size. With each, whether
+    /// its agent is revoked.
+    pub async fn bots_matching(&self, tenant_id: Id, filter: &BotFilter) -> Result<Vec<(Id, bool)>> {
+        let mut cond = Where::new(tenant_id);
+        if let Some(agent_id) = filter.agent_id {
+            cond.and("agent_id = ?", Arg::Text(agent_id.to_string()));
+        }
+        if let Some(tag) = &filter.tag {
+            cond.and("id IN (SELECT bot_id FROM bot_tags WHERE tag = ?)", Arg::Text(tag.clone()));
+        }
+        if let Some(name) = &filter.name {
+            cond.and("LOWER(name) LIKE ? ESCAPE '\\'", Arg::Text(like_pattern(name)));
+        }
+        if let Some(state) = filter.state {
+            cond.and("state = ?", Arg::Text(state.as_str().into()));
+        }
+        let sql = format!(
+            "SELECT id, EXISTS (SELECT 1 FROM agents WHERE agents.id = bots.agent_id AND agents.status = 'revoked') \
+             FROM bots WHERE {} ORDER BY name",
+            cond.sql
+        );
+        let rows: Vec<(String, bool)> =
+            with_pool!(self, read, |pool| { bind_all!(sqlx::query_as(&sql), &cond.args).fetch_all(pool).await? });
+        rows.into_iter().map(|(id, revoked)| Ok((parse_id(&id)?, revoked))).collect()
+    }
+
+    /// Which of `ids` are bots of the tenant, with whether each one's agent is revoked.
+    pub async fn bots_among(&self, tenant_id: Id, ids: &[Id]) -> Result<Vec<(Id, bool)>> {
+        let sql = format!(
+            "SELECT id, EXISTS (SELECT 1 FROM agents WHERE agents.id = bots.agent_id AND agents.status = 'revoked') \
+             FROM bots WHERE tenant_id = $1 AND id IN (SELECT value FROM {})",
+            self.json_array_rows("$2", crate::store::Elements::Text)
+        );
+        let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
+        let rows: Vec<(String, bool)> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(&ids).fetch_all(pool).await?
+        });
+        rows.into_iter().map(|(id, revoked)| Ok((parse_id(&id)?, revoked))).collect()
     }
 
     /// Replaces a bot's definition if its version is still `expected_version`.

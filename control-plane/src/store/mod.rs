@@ -41,7 +41,10 @@ use sqlx::{
 pub use agents::{AgentAuth, AgentHello, Heartbeat, NewAgent};
 pub use audit::{AuditFilter, NewAuditEntry};
 pub use bots::{definition_hash, BotFilter, BotPage, NewBot, UpdateBot};
-pub use commands::{CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewCommand};
+pub use commands::{
+    AgentBrief, BatchPlaced, BatchRecord, CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewBatch, NewCommand,
+    Order, Placed, Placement, QueueTimes, Target,
+};
 pub use incidents::{IncidentFilter, NewIncident};
 pub use logs::LogQuery;
 pub use notify::MAX_PAYLOAD as MAX_NOTIFY_PAYLOAD;
@@ -108,6 +111,9 @@ pub enum StoreError {
     Reference(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database could not take the write just now (nothing changed); try again.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
     #[error(transparent)]

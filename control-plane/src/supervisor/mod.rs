@@ -5,20 +5,13 @@
 //! resolve incidents that healed; now and then, apply retention. Every action is audited with
 //! the supervisor as actor and every change is published as an event.
 
-pub mod incidents;
 mod reconcile;
 
 use std::time::Duration;
 
-use botmox_contract::{
-    agents::AgentStatus,
-    audit::{Actor, Outcome},
-    commands::CommandStatus,
-    events::EventPayload,
-    Id,
-};
+use botmox_contract::{agents::AgentStatus, commands::CommandStatus, events::EventPayload};
 
-use crate::{state::AppState, store::NewAuditEntry};
+use crate::state::AppState;
 
 /// Reconciliation runs every this many ticks (it scans bots; the rest is index lookups).
 const RECONCILE_EVERY: u64 = 4;
@@ -42,31 +35,13 @@ impl Default for Retention {
     }
 }
 
-/// Writes an audit entry for something the supervisor did.
-pub async fn audit(state: &AppState, tenant_id: Id, action: &str, target: String, data: serde_json::Value) {
-    let entry = NewAuditEntry {
-        tenant_id,
-        actor: Actor::supervisor(),
-        action: action.into(),
-        target: Some(target),
-        request_id: None,
-        source_ip: None,
-        outcome: Outcome::Success,
-        data,
-    };
-    if let Err(e) = state.store.append_audit(entry, state.clock.now()).await {
-        tracing::error!(error = %e, action, "could not audit a supervisor action");
-    }
-    metrics::counter!("botmox_supervisor_actions_total", "action" => action.to_owned()).increment(1);
-}
-
 /// One supervisor tick (`n` counts ticks, for the less frequent work).
 pub async fn tick(state: &AppState, n: u64) -> anyhow::Result<()> {
     sweep_presence(state).await?;
     sweep_commands(state).await?;
     if n.is_multiple_of(RECONCILE_EVERY) {
         reconcile::run(state).await?;
-        incidents::resolve_healed(state).await?;
+        crate::incidents::rules::resolve_healed(state).await?;
     }
     if n.is_multiple_of(RETENTION_EVERY) {
         retention(state).await?;
@@ -88,7 +63,7 @@ async fn sweep_presence(state: &AppState) -> anyhow::Result<()> {
         for bot in state.store.bots_of_agent(agent.id).await? {
             state.publish(tenant, EventPayload::BotState((&bot).into())).await;
         }
-        audit(
+        crate::audit::supervisor_action(
             state,
             tenant,
             "mark_agent_offline",
@@ -98,7 +73,7 @@ async fn sweep_presence(state: &AppState) -> anyhow::Result<()> {
             }),
         )
         .await;
-        incidents::agent_offline(state, tenant, &agent).await?;
+        crate::incidents::rules::agent_offline(state, tenant, &agent).await?;
     }
     Ok(())
 }
@@ -120,7 +95,7 @@ async fn sweep_commands(state: &AppState) -> anyhow::Result<()> {
             _ => "expire_command",
         };
         state.publish(tenant, EventPayload::CommandStatus(command.into())).await;
-        audit(
+        crate::audit::supervisor_action(
             state,
             tenant,
             action,
@@ -130,7 +105,7 @@ async fn sweep_commands(state: &AppState) -> anyhow::Result<()> {
             }),
         )
         .await;
-        incidents::command_finished(state, tenant, command).await?;
+        crate::incidents::rules::command_finished(state, tenant, command).await?;
     }
     Ok(())
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use botmox_contract::{audit::Actor, bots::DesiredState, commands::CommandKind};
 
 use crate::{
-    commands::{submit, Submission},
+    control,
     state::AppState,
+    store::{Order, Target},
 };
 
 /// A bot is left alone this long after any command for it (so a failing start is not retried
@@ -24,20 +25,21 @@ pub async fn run(state: &AppState) -> anyhow::Result<()> {
             DesiredState::Running => CommandKind::BotStart,
             DesiredState::Stopped => CommandKind::BotStop,
         };
-        let submission = Submission {
+        // The desired state is the operator's: reconciliation only closes the gap to it.
+        let order = Order {
             tenant_id: drift.tenant_id,
-            agent_id: drift.agent_id,
-            bot_id: Some(drift.bot_id),
+            target: Target::Bot(drift.bot_id),
             kind,
+            desired: None,
             payload: serde_json::json!({ "reason": "reconcile" }),
             idempotency_key: None,
             created_by: Actor::supervisor(),
-            extra_run_time: Duration::from_secs(drift.stop_timeout_seconds),
+            batch_id: None,
         };
-        match submit(state, submission).await {
+        match control::submit(state, order).await {
             Ok(accepted) => {
                 tracing::info!(bot_id = %drift.bot_id, kind = kind.as_str(), "reconciling");
-                super::audit(
+                crate::audit::supervisor_action(
                     state,
                     drift.tenant_id,
                     "reconcile_bot",

@@ -56,7 +56,7 @@ const PASSWORD: &str = "bench-admin-password";
 /// A release server on a fresh database, logged in.
 pub(super) struct Served {
     pub(super) server: ServerProcess,
-    db: TestDb,
+    pub(super) db: TestDb,
     _data: Option<tempfile::TempDir>,
     pub(super) client: reqwest::Client,
     pub(super) token: String,
@@ -81,7 +81,7 @@ impl Prepared {
         }
     }
 
-    async fn store(&self) -> anyhow::Result<Store> {
+    pub(super) async fn store(&self) -> anyhow::Result<Store> {
         let store = Store::connect(&self.db.url, &PoolOptions::default()).await?;
         store.migrate().await?;
         Ok(store)
@@ -107,25 +107,10 @@ impl Prepared {
         let tenant_id = store.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
-            let token = credentials::new_agent_token();
+            let (token, agent_id) = register_agent(&store, tenant_id, i).await?;
             let now = chrono::Utc::now();
-            let agent = store
-                .create_agent(
-                    NewAgent {
-                        tenant_id,
-                        name: format!("bench-vm-{i:05}"),
-                        hostname: format!("bench-vm-{i:05}"),
-                        os: "linux".into(),
-                        arch: "x86_64".into(),
-                        version: "bench".into(),
-                        labels: Default::default(),
-                        token_hash: Some(credentials::hash(&token)),
-                    },
-                    now,
-                )
-                .await?;
             let spec: BotSpec = serde_json::from_value(json!({
-                "name": format!("bench-bot-{i:05}"), "agent_id": agent.id, "exec": {"program": "true"},
+                "name": format!("bench-bot-{i:05}"), "agent_id": agent_id, "exec": {"program": "true"},
             }))?;
             let bot = store.create_bot(NewBot { tenant_id, spec }, now).await?;
             out.push((token, bot.id));
@@ -133,6 +118,27 @@ impl Prepared {
         store.close().await;
         Ok(out)
     }
+}
+
+/// The `i`-th bench agent, with a fresh token: (token, agent id).
+pub(super) async fn register_agent(store: &Store, tenant_id: Id, i: usize) -> anyhow::Result<(String, Id)> {
+    let token = credentials::new_agent_token();
+    let agent = store
+        .create_agent(
+            NewAgent {
+                tenant_id,
+                name: format!("bench-vm-{i:05}"),
+                hostname: format!("bench-vm-{i:05}"),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                version: "bench".into(),
+                labels: Default::default(),
+                token_hash: Some(credentials::hash(&token)),
+            },
+            chrono::Utc::now(),
+        )
+        .await?;
+    Ok((token, agent.id))
 }
 
 impl Served {

@@ -4,6 +4,7 @@
 //! the harness prints as one labelled block. A new benchmark is a module plus one entry.
 
 mod agent;
+mod api_queue;
 mod fleet;
 mod queue;
 
@@ -31,6 +32,8 @@ pub struct Options {
     pub fleet: fleet::FleetOptions,
     #[command(flatten)]
     pub agent: agent::AgentOptions,
+    #[command(flatten)]
+    pub api_queue: api_queue::ApiQueueOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,8 +67,14 @@ pub struct Bench {
 pub const BENCHES: &[Bench] = &[
     Bench {
         name: "queue",
-        about: "command queue, full lifecycle through the store: enqueue → claim → ack → complete",
+        about: "store level: the command queue's full lifecycle through store calls (enqueue → claim → ack → complete)",
         run: |options, backend| Box::pin(queue::run(&options.queue, backend)),
+    },
+    Bench {
+        name: "api-queue",
+        about:
+            "the queue through the API with 100 agents: one bulk action of 10,000 starts; 32 clients of single stops",
+        run: |options, backend| Box::pin(api_queue::run(&options.api_queue, backend)),
     },
     Bench {
         name: "dispatch",

@@ -177,7 +177,7 @@ impl Shared {
                 frames.push(AgentFrame::BotState(report));
             }
         }
-        let outcome = CommandOutcome { command_id: envelope.id, ok: true, result, error: None };
+        let outcome = CommandOutcome { command_id: envelope.id, ok: true, result, error: None, superseded: false };
         lock(&self.journal).insert(envelope.id, outcome.clone());
         frames.push(AgentFrame::Result(outcome));
         frames

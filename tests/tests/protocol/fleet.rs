@@ -61,9 +61,14 @@ async fn a_bulk_start_reaches_a_whole_fleet_once(backend: Backend) -> anyhow::Re
 
     let (status, accepted) = send(app.post("/api/v1/bots/actions", &json!({ "action": "start", "ids": bots }))).await?;
     assert_eq!(status, 202, "{accepted}");
+    assert_eq!(
+        (accepted["accepted"].as_u64(), accepted["skipped"].as_array().map(Vec::len)),
+        (Some(AGENTS as u64), Some(0))
+    );
+    let batch: Uuid = accepted["batch_id"].as_str().unwrap_or_default().parse()?;
     let commands: Vec<Uuid> =
-        accepted["commands"].as_array().into_iter().flatten().filter_map(|c| c["id"].as_str()?.parse().ok()).collect();
-    assert_eq!((commands.len(), accepted["skipped"].as_array().map(Vec::len)), (AGENTS, Some(0)));
+        batch_commands(&app, batch).await?.iter().filter_map(|c| c["id"].as_str()?.parse().ok()).collect();
+    assert_eq!(commands.len(), AGENTS, "every command of the batch is listed");
     if let Err(e) = wait_commands_status(&mut events, &commands, CommandStatus::Succeeded).await {
         let mut unfinished = Vec::new();
         for id in &commands {

@@ -202,7 +202,10 @@ async fn bulk_actions(backend: Backend) -> anyhow::Result<()> {
     let commands = accepted["commands"].as_array().cloned().unwrap_or_default();
     assert_eq!(commands.len(), 3, "{accepted}");
     assert!(commands.iter().all(|c| c["kind"] == "bot.start"));
-    assert_eq!(accepted["skipped"], json!([{ "bot_id": ghost, "reason": "no such bot" }]));
+    assert_eq!(accepted["skipped"][0]["reason"], "not_found", "{accepted}");
+    assert_eq!(accepted["skipped"][0]["count"], 1);
+    assert_eq!(accepted["skipped"][0]["bot_ids"], json!([ghost]));
+    assert_eq!((accepted["matched"].as_u64(), accepted["accepted"].as_u64()), (Some(4), Some(3)));
     let ids: Vec<Uuid> = commands.iter().filter_map(|c| c["id"].as_str()?.parse().ok()).collect();
     wait_commands_status(&mut events, &ids, CommandStatus::Succeeded).await?;
     for bot_id in [a1, a2, b1] {

@@ -10,6 +10,7 @@ mod fleet;
 mod flow;
 mod frames;
 mod logs;
+mod ordering;
 mod presence;
 mod replicas;
 mod secrets;
@@ -81,6 +82,20 @@ pub async fn get(app: &TestApp, path: &str) -> anyhow::Result<Value> {
     let (status, body) = send(app.get(path)).await?;
     anyhow::ensure!(status == 200, "GET {path} answered {status}: {body}");
     Ok(body)
+}
+
+/// Every command of a batch, through `GET /commands?batch=`.
+pub async fn batch_commands(app: &TestApp, batch: Uuid) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = get(app, &format!("/api/v1/commands?batch={batch}&limit=500{cursor}")).await?;
+        all.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return Ok(all),
+        }
+    }
 }
 
 pub async fn command(app: &TestApp, id: Uuid) -> anyhow::Result<Value> {

@@ -51,6 +51,7 @@ mod concurrency;
 mod isolation;
 mod queue;
 mod queue_batch;
+mod queue_control;
 mod queue_hygiene;
 mod queue_reads;
 mod server;

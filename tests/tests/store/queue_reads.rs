@@ -69,6 +69,7 @@ async fn list_commands_filters_newest_first(t: Ctx) -> anyhow::Result<()> {
         agent_id: Some(a1.id),
         status: Some(CommandStatus::Queued),
         bot_id: None,
+        batch_id: None,
         before_id: Some(c5.id),
         limit: 0,
     };

@@ -26,6 +26,7 @@
 //! the queries, `rows.rs` the row type.
 
 mod batch;
+mod control;
 mod reads;
 mod rows;
 
@@ -38,6 +39,7 @@ use botmox_contract::{
     Id, Timestamp,
 };
 
+pub use self::control::{AgentBrief, BatchPlaced, BatchRecord, NewBatch, Order, Placed, Placement, QueueTimes, Target};
 use self::rows::{into_commands, CommandRow, COMMAND_COLUMNS};
 use super::{new_id, to_json, to_ms, with_pool, Backend, Result, Store, StoreError};
 
@@ -91,6 +93,8 @@ pub struct CommandFilter {
     pub status: Option<CommandStatus>,
     pub agent_id: Option<Id>,
     pub bot_id: Option<Id>,
+    /// Only the commands of this bulk action.
+    pub batch_id: Option<Id>,
     /// Only commands older than this id (the API's cursor).
     pub before_id: Option<Id>,
     pub limit: u32,
@@ -294,6 +298,38 @@ impl Store {
         match row {
             Some(row) => row.try_into(),
             None => refused(command_id, self.agent_command_row(agent_id, command_id).await?, to, true),
+        }
+    }
+
+    /// The agent did not run the command: it had run a newer one for the same bot already.
+    /// `dispatched | running → cancelled` with the agent's reason; a repeat returns the
+    /// command unchanged.
+    pub async fn supersede_command(
+        &self,
+        agent_id: Id,
+        command_id: Id,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Command> {
+        let sql = format!(
+            "UPDATE commands SET status = 'cancelled', error = $1, finished_at = $2, lease_expires_at = NULL, \
+             updated_at = $2 WHERE id = $3 AND agent_id = $4 AND status IN ('dispatched', 'running') \
+             RETURNING {COMMAND_COLUMNS}"
+        );
+        let row: Option<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(reason)
+                .bind(to_ms(now))
+                .bind(command_id.to_string())
+                .bind(agent_id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        match row {
+            Some(row) => row.try_into(),
+            None => {
+                refused(command_id, self.agent_command_row(agent_id, command_id).await?, CommandStatus::Cancelled, true)
+            }
         }
     }
 

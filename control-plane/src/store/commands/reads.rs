@@ -35,6 +35,9 @@ impl Store {
         if let Some(bot_id) = filter.bot_id {
             and("bot_id =", bot_id.to_string());
         }
+        if let Some(batch_id) = filter.batch_id {
+            and("batch_id =", batch_id.to_string());
+        }
         if let Some(before) = filter.before_id {
             // UUIDv7 strings sort by creation time, so "older" is "smaller id".
             and("id <", before.to_string());
@@ -52,6 +55,25 @@ impl Store {
         let has_more = commands.len() > limit as usize;
         commands.truncate(limit as usize);
         Ok((commands, has_more))
+    }
+
+    /// The first `limit` commands of a batch, oldest first, and whether more follow.
+    pub async fn batch_commands(&self, tenant_id: Id, batch_id: Id, limit: u32) -> Result<(Vec<Command>, bool)> {
+        let sql = format!(
+            "SELECT {COMMAND_COLUMNS} FROM commands WHERE tenant_id = $1 AND batch_id = $2 ORDER BY id LIMIT $3"
+        );
+        let rows: Vec<CommandRow> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&sql)
+                .bind(tenant_id.to_string())
+                .bind(batch_id.to_string())
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut commands = rows.into_iter().map(Command::try_from).collect::<Result<Vec<_>>>()?;
+        let more = commands.len() > limit as usize;
+        commands.truncate(limit as usize);
+        Ok((commands, more))
     }
 
     /// How many commands are in each status (every status present, zeros included), for one

@@ -10,7 +10,7 @@ use super::super::{from_ms, opt_from_ms, parse_id, parse_json, Result, StoreErro
 /// The columns every statement of the queue returns, in [`CommandRow`]'s order.
 pub(super) const COMMAND_COLUMNS: &str = "id, agent_id, bot_id, kind, status, payload, idempotency_key, \
      created_by_kind, created_by_id, attempt, max_attempts, lease_expires_at, expires_at, created_at, dispatched_at, \
-     acked_at, finished_at, result, error";
+     acked_at, finished_at, result, error, batch_id, bot_seq";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct CommandRow {
@@ -33,12 +33,18 @@ pub(super) struct CommandRow {
     finished_at: Option<i64>,
     result: Option<String>,
     error: Option<String>,
+    batch_id: Option<String>,
+    bot_seq: Option<i64>,
 }
 
 impl CommandRow {
     /// The status alone, for deciding why a transition was refused.
     pub(super) fn status(&self) -> Result<CommandStatus> {
         parse_status(&self.status)
+    }
+
+    pub(super) fn agent_id(&self) -> &str {
+        &self.agent_id
     }
 }
 
@@ -75,6 +81,8 @@ impl TryFrom<CommandRow> for Command {
             finished_at: opt_from_ms(row.finished_at)?,
             result: row.result.as_deref().map(|r| parse_json("command result", r)).transpose()?,
             error: row.error,
+            batch_id: row.batch_id.as_deref().map(parse_id).transpose()?,
+            seq: row.bot_seq.map(|s| s.max(0) as u64),
         })
     }
 }

@@ -33,7 +33,7 @@ async fn open(
         )
         .await?;
     if created {
-        super::audit(
+        crate::audit::supervisor_action(
             state,
             tenant_id,
             "open_incident",

@@ -1,0 +1,148 @@
+//! Bulk actions: start, stop or restart every bot of a selection (ids, or a filter of any
+//! size) in one transaction — every command inserted, every desired state set, older queued
+//! commands superseded, the batch recorded — then one wake-up per agent. A dry run only
+//! counts. A repeat with the same Idempotency-Key returns the first batch and changes nothing.
+
+use botmox_contract::{
+    audit::Actor,
+    commands::{BotAction, Command, SkippedBots},
+    Id,
+};
+
+use super::{action_order, announce, ControlError};
+use crate::{
+    state::AppState,
+    store::{BatchPlaced, BotFilter, NewBatch, Order, Target},
+};
+
+/// Commands of the batch returned with the answer; the rest via `GET /commands?batch=`.
+pub const FIRST_PAGE: u32 = 100;
+/// The most ids one request may list (a filter has no limit).
+pub const MAX_IDS: usize = 10_000;
+
+/// Which bots.
+pub enum Selection {
+    Ids(Vec<Id>),
+    Filter(BotFilter),
+}
+
+/// What a bulk action came to (or, on a dry run, would come to).
+#[derive(Debug)]
+pub struct BulkOutcome {
+    pub batch_id: Option<Id>,
+    pub action: BotAction,
+    pub dry_run: bool,
+    pub matched: u64,
+    pub accepted: u64,
+    pub skipped: Vec<SkippedBots>,
+    pub commands: Vec<Command>,
+    pub more_commands: bool,
+}
+
+pub struct BulkRequest {
+    pub tenant_id: Id,
+    pub action: BotAction,
+    pub selection: Selection,
+    pub dry_run: bool,
+    pub idempotency_key: Option<String>,
+    pub created_by: Actor,
+}
+
+pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkOutcome, ControlError> {
+    let BulkRequest { tenant_id, action, selection, dry_run, idempotency_key, created_by } = request;
+    // Ids listed twice count once; ids that are no bot of the tenant are skipped as not found.
+    let (matched, bot_ids): (u64, Vec<(Id, bool)>) = match selection {
+        Selection::Ids(mut ids) => {
+            ids.sort_unstable();
+            ids.dedup();
+            if dry_run {
+                let found = state.store.bots_among(tenant_id, &ids).await?;
+                let missing = ids.len() - found.len();
+                return Ok(dry(action, ids.len() as u64, &found, missing as u64));
+            }
+            (ids.len() as u64, ids.into_iter().map(|id| (id, false)).collect())
+        }
+        Selection::Filter(filter) => {
+            let found = state.store.bots_matching(tenant_id, &filter).await?;
+            if dry_run {
+                return Ok(dry(action, found.len() as u64, &found, 0));
+            }
+            (found.len() as u64, found)
+        }
+    };
+    let batch = NewBatch {
+        id: crate::store::new_id(),
+        tenant_id,
+        idempotency_key,
+        action,
+        matched,
+        created_by: created_by.clone(),
+    };
+    let (kind, desired) = action_order(action);
+    let orders: Vec<Order> = bot_ids
+        .iter()
+        .map(|(bot_id, _)| Order {
+            tenant_id,
+            target: Target::Bot(*bot_id),
+            kind,
+            desired: Some(desired),
+            payload: serde_json::json!({}),
+            idempotency_key: None,
+            created_by: created_by.clone(),
+            batch_id: Some(batch.id),
+        })
+        .collect();
+    let record =
+        match state.store.place_batch(&batch, &orders, super::queue_times(&state.settings), state.clock.now()).await? {
+            BatchPlaced::Created(record, placement) => {
+                let answers = placement.into_iter().map(|answer| (tenant_id, answer)).collect();
+                announce(state, answers).await;
+                tracing::info!(batch_id = %record.id, action = ?action, accepted = record.accepted, "bulk action");
+                record
+            }
+            BatchPlaced::Existing(record) => record,
+        };
+    let (commands, more_commands) = state.store.batch_commands(tenant_id, record.id, FIRST_PAGE).await?;
+    Ok(BulkOutcome {
+        batch_id: Some(record.id),
+        action: record.action,
+        dry_run: false,
+        matched: record.matched,
+        accepted: record.accepted,
+        skipped: record.skipped,
+        commands,
+        more_commands,
+    })
+}
+
+/// A dry run's counts: `found` bots (with whether their agent is revoked), `missing` ids.
+fn dry(action: BotAction, matched: u64, found: &[(Id, bool)], missing: u64) -> BulkOutcome {
+    let revoked: Vec<Id> = found.iter().filter(|(_, revoked)| *revoked).map(|(id, _)| *id).collect();
+    let mut skipped = Vec::new();
+    if missing > 0 {
+        skipped.push(SkippedBots {
+            reason: "not_found".into(),
+            count: missing,
+            detail: "no such bot (deleted, or never existed)".into(),
+            bot_ids: Vec::new(),
+        });
+    }
+    if !revoked.is_empty() {
+        skipped.push(SkippedBots {
+            reason: "agent_revoked".into(),
+            count: revoked.len() as u64,
+            detail: "the bot's agent is revoked".into(),
+            bot_ids: revoked.iter().take(100).copied().collect(),
+        });
+    }
+    BulkOutcome {
+        batch_id: None,
+        action,
+        dry_run: true,
+        matched,
+        accepted: (found.len() - revoked.len()) as u64,
+        skipped,
+        commands: Vec::new(),
+        more_commands: false,
+    }
+}

@@ -1,0 +1,159 @@
+//! The command service: the one path by which anything — a handler, a bulk action, the
+//! supervisor's reconciliation — puts commands on the queue. It knows nothing of HTTP:
+//!
+//! ```text
+//! handler / supervisor ──Order──▶ control::submit ──▶ group commit ──▶ store::place_orders
+//!                                                    (one transaction: desired state, sequence,
+//!                                                     insert, supersede; RETURNING)
+//!                         ◀──Submitted── wake each agent once ◀── publish events ◀──┘
+//! ```
+//!
+//! Single orders go through [`group::GroupCommit`]: orders that arrive while a transaction is
+//! committing share the next one (one statement set, one durable commit), so concurrent
+//! clicks cost one commit between them, never a weaker one. A bulk action ([`bulk`]) is one
+//! transaction of its own.
+
+pub mod bulk;
+pub mod group;
+
+use std::collections::BTreeSet;
+
+use botmox_contract::{
+    agents::AgentStatus,
+    audit::Actor,
+    bots::DesiredState,
+    commands::{BotAction, Command, CommandKind},
+    events::EventPayload,
+    Id,
+};
+
+use crate::{
+    state::AppState,
+    store::{Order, Placed, QueueTimes, StoreError, Target},
+};
+
+/// Why an order was not placed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The agent exists but takes no commands (revoked).
+    #[error("{0}")]
+    AgentRevoked(String),
+    /// The order names an agent the tenant does not have.
+    #[error("{0}")]
+    NoSuchAgent(String),
+    /// A concurrent request held the same Idempotency-Key.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound(what) => ControlError::NotFound(what),
+            StoreError::Conflict(detail) if detail.contains("revoked") => ControlError::AgentRevoked(detail),
+            StoreError::Conflict(detail) => ControlError::Busy(detail),
+            StoreError::Reference(detail) => ControlError::NoSuchAgent(detail),
+            other => ControlError::Store(other),
+        }
+    }
+}
+
+/// What a placed order came to.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub command: Command,
+    /// False when the Idempotency-Key's first command came back (nothing changed).
+    pub created: bool,
+    pub agent_name: String,
+    pub agent_status: AgentStatus,
+}
+
+impl Submitted {
+    /// Whether the agent takes commands now (they reach it at once).
+    pub fn agent_online(&self) -> bool {
+        matches!(self.agent_status, AgentStatus::Online | AgentStatus::Draining)
+    }
+}
+
+/// The command kind and desired state of a bot action.
+pub fn action_order(action: BotAction) -> (CommandKind, DesiredState) {
+    match action {
+        BotAction::Start => (CommandKind::BotStart, DesiredState::Running),
+        BotAction::Stop => (CommandKind::BotStop, DesiredState::Stopped),
+        BotAction::Restart => (CommandKind::BotRestart, DesiredState::Running),
+    }
+}
+
+/// An order for a bot action (start, stop, restart), setting its desired state.
+pub fn bot_action(tenant_id: Id, bot_id: Id, action: BotAction, key: Option<String>, by: Actor) -> Order {
+    let (kind, desired) = action_order(action);
+    Order {
+        tenant_id,
+        target: Target::Bot(bot_id),
+        kind,
+        desired: Some(desired),
+        payload: serde_json::json!({}),
+        idempotency_key: key,
+        created_by: by,
+        batch_id: None,
+    }
+}
+
+/// The queue's timing for new commands, from the settings.
+pub fn queue_times(s: &crate::state::Settings) -> QueueTimes {
+    QueueTimes {
+        ttl: s.command_ttl,
+        lease: s.command_lease,
+        run_timeout: s.command_run_timeout,
+        max_attempts: s.command_max_attempts,
+    }
+}
+
+/// Places one order (sharing a commit with concurrent ones), then wakes the agent and
+/// publishes what changed.
+pub async fn submit(state: &AppState, order: Order) -> Result<Submitted, ControlError> {
+    let tenant_id = order.tenant_id;
+    let placed = state.group_commit.place(order).await;
+    let mut submitted = announce(state, vec![(tenant_id, placed)]).await;
+    submitted.pop().unwrap_or(Err(ControlError::Store(StoreError::Corrupt("no answer for an order".into()))))
+}
+
+/// Tells whoever must know about what a committed transaction did: one wake-up per agent
+/// that got a command, the new and superseded commands' events, the bots' changed desired
+/// states. Each answer comes with its order's tenant (events are per tenant).
+pub(crate) async fn announce(
+    state: &AppState,
+    answers: Vec<(Id, crate::store::Result<Placed>)>,
+) -> Vec<Result<Submitted, ControlError>> {
+    let mut agents = BTreeSet::new();
+    let mut events: Vec<(Id, EventPayload)> = Vec::new();
+    let mut results = Vec::with_capacity(answers.len());
+    for (tenant_id, answer) in answers {
+        results.push(match answer {
+            Ok(Placed { command, created, agent, bot, superseded }) => {
+                if created {
+                    agents.insert(command.agent_id);
+                    events.push((tenant_id, EventPayload::CommandStatus((&command).into())));
+                    if let Some(bot) = &bot {
+                        events.push((tenant_id, EventPayload::BotState(bot.into())));
+                    }
+                }
+                for older in &superseded {
+                    tracing::debug!(command_id = %older.id, by = %command.id, "command superseded");
+                    events.push((tenant_id, EventPayload::CommandStatus(older.into())));
+                }
+                Ok(Submitted { command, created, agent_name: agent.name, agent_status: agent.status })
+            }
+            Err(e) => Err(e.into()),
+        });
+    }
+    for agent_id in agents {
+        state.wake_agent(agent_id).await;
+    }
+    state.publish_many(events).await;
+    results
+}

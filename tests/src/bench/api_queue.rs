@@ -1,0 +1,206 @@
+//! `api-queue`: the command queue through the path a user takes (SPEC §9, issue 10) — the
+//! release `botmox` binary, HTTP requests, and `--api-queue-agents` simulated agents on
+//! WebSockets that ack, report and answer every command:
+//!
+//! - **bulk**: one `POST /bots/actions` starting every bot (10,000) → all `succeeded`;
+//! - **single**: `--api-queue-clients` concurrent HTTP clients, one `POST /bots/{id}/stop` per
+//!   bot → all `succeeded`.
+//!
+//! Each case prints `throughput <N> commands/s` (commands over the wall time from the first
+//! request to the last command's success) and latency percentiles. Completion is read from the
+//! database (the queue depth by status), polled every 5 ms: the benchmark's watch, not a path
+//! it measures.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use botmox_contract::commands::CommandStatus;
+use botmox_control_plane::store::{PoolOptions, Store, DEFAULT_TENANT};
+use serde_json::json;
+
+use super::{
+    fleet::{Prepared, Served},
+    Report, Samples,
+};
+use crate::{
+    db::Backend,
+    sim::{connect_fleet, AutoMode, SimConfig},
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiQueueOptions {
+    /// Simulated agents connected (WebSocket).
+    #[arg(long = "api-queue-agents", default_value_t = 100)]
+    pub agents: usize,
+    /// Bots per agent (the bulk action starts them all; the single case stops each once).
+    #[arg(long = "api-queue-bots-per-agent", default_value_t = 100)]
+    pub bots_per_agent: usize,
+    /// Concurrent HTTP clients in the single case.
+    #[arg(long = "api-queue-clients", default_value_t = 32)]
+    pub clients: usize,
+}
+
+pub async fn run(options: &ApiQueueOptions, backend: Backend) -> anyhow::Result<Vec<Report>> {
+    let prepared = Prepared::new(backend).await?;
+    let fleet = prepared.register_fleet(options.agents, options.bots_per_agent).await?;
+    let bots: Vec<_> = fleet.iter().flat_map(|(_, bots)| bots.iter().copied()).collect();
+    let served = prepared.serve().await?;
+    let watch = Store::connect(&served.db_url(), &PoolOptions::default()).await?;
+    let tenant_id = watch.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
+    let configs = fleet
+        .iter()
+        .map(|(token, _)| {
+            SimConfig::new(served.server.base_url.clone(), token.clone())
+                .auto(AutoMode::Run)
+                .heartbeat(Duration::from_secs(5))
+        })
+        .collect();
+    let sims = connect_fleet(configs, 32).await.map_err(|e| anyhow::anyhow!("connecting the fleet: {e:?}"))?;
+    let n = bots.len() as u64;
+
+    // Bulk: one request for every bot.
+    let started = Instant::now();
+    let response = served
+        .client
+        .post(served.server.url("/api/v1/bots/actions"))
+        .bearer_auth(&served.token)
+        .json(&json!({ "action": "start", "filter": {} }))
+        .send()
+        .await?;
+    let bulk_response = started.elapsed();
+    anyhow::ensure!(response.status() == 202, "the bulk action answered {}", response.status());
+    let accepted: serde_json::Value = response.json().await?;
+    anyhow::ensure!(accepted["accepted"].as_u64() == Some(n), "the bulk action accepted {}", accepted["accepted"]);
+    wait_succeeded(&watch, n).await?;
+    let bulk_wall = started.elapsed();
+    let batch: uuid::Uuid = accepted["batch_id"].as_str().unwrap_or_default().parse()?;
+    let (commands, _) = watch.batch_commands(tenant_id, batch, n as u32).await?;
+    let mut bulk_latency = Samples::default();
+    for command in &commands {
+        if let Some(finished) = command.finished_at {
+            bulk_latency.record((finished - command.created_at).to_std().unwrap_or_default());
+        }
+    }
+
+    // Single: concurrent clients, one stop per bot.
+    let clients = options.clients.max(1);
+    let started = Instant::now();
+    let tasks = (0..clients).map(|c| {
+        let mine: Vec<_> = bots.iter().skip(c).step_by(clients).copied().collect();
+        let (client, token) = (served.client.clone(), served.token.clone());
+        let base = served.server.base_url.clone();
+        async move {
+            let mut api = Samples::default();
+            for bot_id in mine {
+                let sent = Instant::now();
+                let response =
+                    client.post(format!("{base}/api/v1/bots/{bot_id}/stop")).bearer_auth(&token).send().await?;
+                anyhow::ensure!(response.status() == 202, "a stop answered {}", response.status());
+                api.record(sent.elapsed());
+            }
+            anyhow::Ok(api)
+        }
+    });
+    let mut single_api = Samples::default();
+    for samples in futures::future::try_join_all(tasks).await? {
+        single_api.extend(samples);
+    }
+    let requests_done = started.elapsed();
+    wait_succeeded(&watch, 2 * n).await?;
+    let single_wall = started.elapsed();
+
+    drop(sims);
+    watch.close().await;
+    served.stop().await?;
+    let per_second = |count: u64, wall: Duration| format!("{:.0} commands/s", count as f64 / wall.as_secs_f64());
+    let setup = format!("{} agents (WebSocket), {} bots", fleet.len(), n);
+    Ok(vec![
+        Report {
+            bench: "api-queue bulk",
+            backend,
+            about: format!("one POST /bots/actions starting every bot → all succeeded; {setup}"),
+            figures: vec![
+                ("throughput".into(), per_second(n, bulk_wall)),
+                ("all succeeded in".into(), format!("{:.2} s", bulk_wall.as_secs_f64())),
+                ("request answered in".into(), super::ms(bulk_response)),
+                ("target".into(), "≥ 10,000 commands/s".into()),
+            ],
+            latencies: vec![("created → succeeded".into(), bulk_latency)],
+        },
+        Report {
+            bench: "api-queue single",
+            backend,
+            about: format!("{clients} concurrent clients, one POST /bots/{{id}}/stop per bot → all succeeded; {setup}"),
+            figures: vec![
+                ("throughput".into(), per_second(n, single_wall)),
+                ("requests".into(), format!("{n} in {:.2} s", requests_done.as_secs_f64())),
+                ("all succeeded in".into(), format!("{:.2} s", single_wall.as_secs_f64())),
+                ("target".into(), "≥ 3,000 commands/s (Postgres), ≥ 4,000 (SQLite)".into()),
+            ],
+            latencies: vec![("API response".into(), single_api)],
+        },
+    ])
+}
+
+/// Until `n` commands have succeeded (bounded: 120 s).
+async fn wait_succeeded(store: &Store, n: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let depth = store.queue_depth(None).await?;
+        let succeeded = depth.get(&CommandStatus::Succeeded).copied().unwrap_or(0);
+        if succeeded >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {succeeded} of {n} commands succeeded within 120 s: {depth:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Served {
+    fn db_url(&self) -> botmox_control_plane::store::DatabaseUrl {
+        self.db.url.clone()
+    }
+}
+
+impl Prepared {
+    /// `agents` agents with tokens, each hosting `bots_per_agent` bots (desired stopped):
+    /// (agent token, its bots), written straight to the store, 8 at a time.
+    pub(super) async fn register_fleet(
+        &self,
+        agents: usize,
+        bots_per_agent: usize,
+    ) -> anyhow::Result<Vec<(String, Vec<uuid::Uuid>)>> {
+        let store = self.store().await?;
+        let tenant_id = store.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
+        let registered = futures::future::try_join_all((0..8).map(|worker| {
+            let store = store.clone();
+            async move {
+                let mut out = Vec::new();
+                for i in (worker..agents).step_by(8) {
+                    let (token, agent_id) = super::fleet::register_agent(&store, tenant_id, i).await?;
+                    let mut bots = Vec::with_capacity(bots_per_agent);
+                    for b in 0..bots_per_agent {
+                        let spec = serde_json::from_value(json!({
+                            "name": format!("bench-bot-{i:05}-{b:04}"), "agent_id": agent_id,
+                            "exec": {"program": "true"}, "desired_state": "stopped",
+                        }))?;
+                        let now = chrono::Utc::now();
+                        let bot = store
+                            .create_bot(botmox_control_plane::store::NewBot { tenant_id, spec }, now)
+                            .await
+                            .context("creating a bench bot")?;
+                        bots.push(bot.id);
+                    }
+                    out.push((token, bots));
+                }
+                anyhow::Ok(out)
+            }
+        }))
+        .await?;
+        store.close().await;
+        Ok(registered.into_iter().flatten().collect())
+    }
+}

@@ -1,0 +1,256 @@
+//! Control orders (`place_orders`, `place_batch`): desired state, sequence number, insert and
+//! superseding in one transaction, on both backends.
+
+use std::time::Duration;
+
+use botmox_contract::{
+    agents::AgentStatus,
+    audit::Actor,
+    bots::DesiredState,
+    commands::{BotAction, CommandKind, CommandStatus},
+    Id,
+};
+use botmox_control_plane::store::{BatchPlaced, NewBatch, Order, QueueTimes, StoreError, Target};
+
+use crate::Ctx;
+
+conformance!(
+    an_order_sets_the_desired_state_and_takes_the_next_sequence_number,
+    a_newer_control_order_supersedes_older_queued_ones,
+    a_key_used_before_returns_the_first_command_and_changes_nothing,
+    concurrent_orders_with_one_key_agree_on_one_command,
+    orders_that_cannot_be_placed_say_why_and_change_nothing,
+    a_batch_is_recorded_once_per_key,
+);
+
+const TIMES: QueueTimes = QueueTimes {
+    ttl: Duration::from_secs(60),
+    lease: Duration::from_secs(30),
+    run_timeout: Duration::from_secs(300),
+    max_attempts: 3,
+};
+
+fn order(tenant_id: Id, bot_id: Id, kind: CommandKind, desired: Option<DesiredState>) -> Order {
+    Order {
+        tenant_id,
+        target: Target::Bot(bot_id),
+        kind,
+        desired,
+        payload: serde_json::json!({}),
+        idempotency_key: None,
+        created_by: Actor::supervisor(),
+        batch_id: None,
+    }
+}
+
+fn stop(tenant_id: Id, bot_id: Id) -> Order {
+    order(tenant_id, bot_id, CommandKind::BotStop, Some(DesiredState::Stopped))
+}
+
+fn start(tenant_id: Id, bot_id: Id) -> Order {
+    order(tenant_id, bot_id, CommandKind::BotStart, Some(DesiredState::Running))
+}
+
+async fn an_order_sets_the_desired_state_and_takes_the_next_sequence_number(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let bot = t.bot("b", agent.id, &[]).await?;
+    assert_eq!(bot.desired_state, DesiredState::Running);
+    let placed = t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(1.0)).await?;
+    let placed = placed.into_iter().next().expect("one answer")?;
+    assert!(placed.created);
+    assert_eq!(
+        (placed.command.kind, placed.command.status, placed.command.seq),
+        (CommandKind::BotStop, CommandStatus::Queued, Some(1))
+    );
+    assert_eq!(
+        (placed.agent.id, placed.agent.name.as_str(), placed.agent.status),
+        (agent.id, "host-1", AgentStatus::Pending)
+    );
+    let changed = placed.bot.expect("the desired state changed");
+    assert_eq!(changed.desired_state, DesiredState::Stopped);
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.desired_state, DesiredState::Stopped);
+    // The run timeout includes the bot's own stop timeout (10 s by default).
+    let stored = t.store.get_command(t.tenant, placed.command.id).await?;
+    assert_eq!(stored, placed.command, "the answer is what was stored");
+
+    // A second stop: the next number, the desired state unchanged (so no bot in the answer);
+    // a sync keeps the current number.
+    let again = t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(2.0)).await?;
+    let again = again.into_iter().next().expect("one answer")?;
+    assert_eq!((again.command.seq, again.bot.is_none()), (Some(2), true));
+    let sync = t.store.place_orders(&[order(t.tenant, bot.id, CommandKind::BotSync, None)], TIMES, t.at(3.0)).await?;
+    assert_eq!(sync.into_iter().next().expect("one answer")?.command.seq, Some(2));
+    Ok(())
+}
+
+async fn a_newer_control_order_supersedes_older_queued_ones(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let bot = t.bot("b", agent.id, &[]).await?;
+    let other = t.bot("other", agent.id, &[]).await?;
+    let first = t.store.place_orders(&[start(t.tenant, bot.id), start(t.tenant, other.id)], TIMES, t.at(1.0)).await?;
+    let first: Vec<_> = first.into_iter().collect::<Result<_, _>>()?;
+    // Dispatch the other bot's start: a dispatched command is the agent's to refuse, not ours.
+    let claimed = t.store.claim_commands(agent.id, 1, t.at(1.5)).await?;
+    assert_eq!(claimed[0].id, first[0].command.id, "oldest first");
+    let sync = t.store.place_orders(&[order(t.tenant, bot.id, CommandKind::BotSync, None)], TIMES, t.at(2.0)).await?;
+    let sync = sync.into_iter().next().expect("one answer")?;
+
+    // In one transaction: a restart then a stop of `other`, and a stop of `bot`.
+    let orders = [
+        order(t.tenant, other.id, CommandKind::BotRestart, Some(DesiredState::Running)),
+        stop(t.tenant, other.id),
+        stop(t.tenant, bot.id),
+    ];
+    let placed: Vec<_> =
+        t.store.place_orders(&orders, TIMES, t.at(3.0)).await?.into_iter().collect::<Result<_, _>>()?;
+    let (restart, other_stop, bot_stop) = (&placed[0], &placed[1], &placed[2]);
+    assert_eq!(restart.command.status, CommandStatus::Cancelled, "superseded within the same transaction");
+    assert_eq!(restart.command.error, Some(format!("superseded by {}", other_stop.command.id)));
+    assert_eq!((restart.command.seq, other_stop.command.seq), (Some(2), Some(3)));
+    assert_eq!(other.desired_state, DesiredState::Running);
+    assert_eq!(t.store.get_bot(t.tenant, other.id).await?.desired_state, DesiredState::Stopped, "the last order wins");
+    let mut superseded: Vec<Id> = other_stop.superseded.iter().map(|c| c.id).collect();
+    superseded.extend(bot_stop.superseded.iter().map(|c| c.id));
+    superseded.sort();
+    let mut expected = vec![restart.command.id, sync.command.id];
+    expected.sort();
+    assert_eq!(superseded, expected, "the restart and the queued sync; the dispatched start is left alone");
+    let dispatched = t.store.get_command(t.tenant, first[0].command.id).await?;
+    assert_eq!(dispatched.status, CommandStatus::Dispatched);
+    let synced = t.store.get_command(t.tenant, sync.command.id).await?;
+    assert_eq!(
+        (synced.status, synced.error),
+        (CommandStatus::Cancelled, Some(format!("superseded by {}", bot_stop.command.id)))
+    );
+    Ok(())
+}
+
+async fn a_key_used_before_returns_the_first_command_and_changes_nothing(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let bot = t.bot("b", agent.id, &[]).await?;
+    let keyed = || Order { idempotency_key: Some("click-1".into()), ..start(t.tenant, bot.id) };
+    let first = t.store.place_orders(&[keyed()], TIMES, t.at(1.0)).await?.into_iter().next().expect("answer")?;
+    t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(2.0)).await?;
+    let before = t.store.get_bot(t.tenant, bot.id).await?;
+    let replay = t.store.place_orders(&[keyed(), keyed()], TIMES, t.at(3.0)).await?;
+    for answer in replay {
+        let answer = answer?;
+        assert!(!answer.created);
+        assert_eq!(answer.command.id, first.command.id);
+        assert!(answer.bot.is_none() && answer.superseded.is_empty());
+    }
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, before, "not the desired state, not the sequence");
+    let next = t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(4.0)).await?;
+    assert_eq!(next.into_iter().next().expect("answer")?.command.seq, Some(3), "the replay took no number");
+    // A key repeated within one transaction makes one command.
+    let other = t.bot("other", agent.id, &[]).await?;
+    let twice = || Order { idempotency_key: Some("once".into()), ..stop(t.tenant, other.id) };
+    let answers: Vec<_> =
+        t.store.place_orders(&[twice(), twice()], TIMES, t.at(5.0)).await?.into_iter().collect::<Result<_, _>>()?;
+    assert_eq!((answers[0].created, answers[1].created), (true, false));
+    assert_eq!(answers[0].command.id, answers[1].command.id);
+    Ok(())
+}
+
+async fn concurrent_orders_with_one_key_agree_on_one_command(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let bot = t.bot("b", agent.id, &[]).await?;
+    let place = |n: f64| {
+        let store = t.store.clone();
+        let order = Order { idempotency_key: Some("race".into()), ..stop(t.tenant, bot.id) };
+        let at = t.at(n);
+        async move { store.place_orders(&[order], TIMES, at).await }
+    };
+    let answers = futures::future::try_join_all((0..8).map(|n| place(1.0 + f64::from(n)))).await?;
+    let placed: Vec<_> = answers.into_iter().flatten().collect::<Result<_, _>>()?;
+    let ids: std::collections::HashSet<Id> = placed.iter().map(|p| p.command.id).collect();
+    assert_eq!(ids.len(), 1, "one command for the key");
+    assert_eq!(placed.iter().filter(|p| p.created).count(), 1, "created once");
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.desired_state, DesiredState::Stopped);
+    Ok(())
+}
+
+async fn orders_that_cannot_be_placed_say_why_and_change_nothing(t: Ctx) -> anyhow::Result<()> {
+    let other_tenant = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let revoked = t.agent("host-revoked").await?;
+    let bot = t.bot("b", agent.id, &[]).await?;
+    let orphan = t.bot("on-revoked", revoked.id, &[]).await?;
+    t.store.revoke_agent(t.tenant, revoked.id, t.at(0.5)).await?;
+    let exec = |tenant_id, agent_id| Order {
+        tenant_id,
+        target: Target::Agent { agent_id, bot_id: None },
+        kind: CommandKind::AgentExec,
+        desired: None,
+        payload: serde_json::json!({ "program": "true" }),
+        idempotency_key: None,
+        created_by: Actor::supervisor(),
+        batch_id: None,
+    };
+    let orders = [
+        stop(other_tenant, bot.id),
+        stop(t.tenant, orphan.id),
+        exec(t.tenant, uuid::Uuid::now_v7()),
+        exec(other_tenant, agent.id),
+        stop(t.tenant, uuid::Uuid::now_v7()),
+        exec(t.tenant, agent.id),
+    ];
+    let answers = t.store.place_orders(&orders, TIMES, t.at(1.0)).await?;
+    let kinds: Vec<&str> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(_) => "ok",
+            Err(StoreError::NotFound(_)) => "not_found",
+            Err(StoreError::Conflict(_)) => "conflict",
+            Err(StoreError::Reference(_)) => "reference",
+            Err(_) => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["not_found", "conflict", "reference", "reference", "not_found", "ok"]);
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.desired_state, DesiredState::Running);
+    assert_eq!(t.store.get_bot(t.tenant, orphan.id).await?.desired_state, DesiredState::Running);
+    Ok(())
+}
+
+async fn a_batch_is_recorded_once_per_key(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let revoked = t.agent("host-revoked").await?;
+    let bots = [t.bot("a", agent.id, &[]).await?, t.bot("b", agent.id, &[]).await?, t.bot("c", revoked.id, &[]).await?];
+    t.store.revoke_agent(t.tenant, revoked.id, t.at(0.5)).await?;
+    let ghost = uuid::Uuid::now_v7();
+    let batch = |id| NewBatch {
+        id,
+        tenant_id: t.tenant,
+        idempotency_key: Some("stop-all".into()),
+        action: BotAction::Stop,
+        matched: 4,
+        created_by: Actor::supervisor(),
+    };
+    let first = batch(uuid::Uuid::now_v7());
+    let orders: Vec<Order> = bots
+        .iter()
+        .map(|b| b.id)
+        .chain([ghost])
+        .map(|id| Order { batch_id: Some(first.id), ..stop(t.tenant, id) })
+        .collect();
+    let BatchPlaced::Created(record, placement) = t.store.place_batch(&first, &orders, TIMES, t.at(1.0)).await? else {
+        anyhow::bail!("a new batch expected")
+    };
+    assert_eq!((record.id, record.matched, record.accepted), (first.id, 4, 2));
+    let reasons: Vec<(&str, u64)> = record.skipped.iter().map(|s| (s.reason.as_str(), s.count)).collect();
+    assert_eq!(reasons, [("agent_revoked", 1), ("not_found", 1)]);
+    assert_eq!(placement.iter().filter(|p| p.is_ok()).count(), 2);
+    let (commands, more) = t.store.batch_commands(t.tenant, first.id, 1).await?;
+    assert_eq!((commands.len(), more), (1, true));
+    assert_eq!(commands[0].batch_id, Some(first.id));
+
+    let repeat = batch(uuid::Uuid::now_v7());
+    let BatchPlaced::Existing(again) = t.store.place_batch(&repeat, &orders, TIMES, t.at(2.0)).await? else {
+        anyhow::bail!("the first batch expected")
+    };
+    assert_eq!((again.id, again.accepted), (first.id, 2));
+    let (all, _) = t.store.batch_commands(t.tenant, first.id, 100).await?;
+    assert_eq!(all.len(), 2, "nothing placed twice");
+    assert_eq!(t.store.get_batch(t.tenant, first.id).await?.accepted, 2);
+    Ok(())
+}
