@@ -106,6 +106,8 @@ impl Policy {
     }
 
     pub fn rule(&self, method: &Method, path: &str) -> Option<&Rule> {
+        // HEAD is GET without the body (axum serves it from the GET route): the same rule.
+        let method = if method == Method::HEAD { &Method::GET } else { method };
         self.rules.get(&(method.clone(), path.to_owned()))
     }
 

@@ -147,17 +147,5 @@ pub async fn bulk_action(
     )
     .await?;
     let status = if dry_run { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((
-        status,
-        axum::Json(BulkAccepted {
-            batch_id: outcome.batch_id,
-            action: outcome.action,
-            dry_run: outcome.dry_run,
-            matched: outcome.matched,
-            accepted: outcome.accepted,
-            skipped: outcome.skipped,
-            commands: outcome.commands,
-            more_commands: outcome.more_commands,
-        }),
-    ))
+    Ok((status, axum::Json(outcome)))
 }

@@ -5,7 +5,7 @@
 
 use botmox_contract::{
     audit::Actor,
-    commands::{BotAction, Command, SkippedBots},
+    commands::{BotAction, BulkAccepted, SkippedBots},
     Id,
 };
 
@@ -26,19 +26,6 @@ pub enum Selection {
     Filter(BotFilter),
 }
 
-/// What a bulk action came to (or, on a dry run, would come to).
-#[derive(Debug)]
-pub struct BulkOutcome {
-    pub batch_id: Option<Id>,
-    pub action: BotAction,
-    pub dry_run: bool,
-    pub matched: u64,
-    pub accepted: u64,
-    pub skipped: Vec<SkippedBots>,
-    pub commands: Vec<Command>,
-    pub more_commands: bool,
-}
-
 pub struct BulkRequest {
     pub tenant_id: Id,
     pub action: BotAction,
@@ -48,7 +35,8 @@ pub struct BulkRequest {
     pub created_by: Actor,
 }
 
-pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkOutcome, ControlError> {
+/// What a bulk action came to (or, on a dry run, would come to).
+pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkAccepted, ControlError> {
     let BulkRequest { tenant_id, action, selection, dry_run, idempotency_key, created_by } = request;
     // Ids listed twice count once; ids that are no bot of the tenant are skipped as not found.
     let (matched, bot_ids): (u64, Vec<(Id, bool)>) = match selection {
@@ -103,7 +91,7 @@ pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkOutcome,
             BatchPlaced::Existing(record) => record,
         };
     let (commands, more_commands) = state.store.batch_commands(tenant_id, record.id, FIRST_PAGE).await?;
-    Ok(BulkOutcome {
+    Ok(BulkAccepted {
         batch_id: Some(record.id),
         action: record.action,
         dry_run: false,
@@ -116,7 +104,7 @@ pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkOutcome,
 }
 
 /// A dry run's counts: `found` bots (with whether their agent is revoked), `missing` ids.
-fn dry(action: BotAction, matched: u64, found: &[(Id, bool)], missing: u64) -> BulkOutcome {
+fn dry(action: BotAction, matched: u64, found: &[(Id, bool)], missing: u64) -> BulkAccepted {
     let revoked: Vec<Id> = found.iter().filter(|(_, revoked)| *revoked).map(|(id, _)| *id).collect();
     let mut skipped = Vec::new();
     if missing > 0 {
@@ -135,7 +123,7 @@ fn dry(action: BotAction, matched: u64, found: &[(Id, bool)], missing: u64) -> B
             bot_ids: revoked.iter().take(100).copied().collect(),
         });
     }
-    BulkOutcome {
+    BulkAccepted {
         batch_id: None,
         action,
         dry_run: true,

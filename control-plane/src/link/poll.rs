@@ -122,11 +122,14 @@ pub async fn frames(
 ) -> ApiResult<axum::Json<FramesOutcome>> {
     let mut session = greeted_session(&state, &principal).await?;
     let mut outcome = FramesOutcome { accepted: 0, refused: Vec::new() };
-    for (index, frame) in frames.into_iter().enumerate() {
-        let result = match serde_json::from_value(frame) {
-            Ok(frame) => session.handle(frame).await,
-            Err(e) => Err(super::session::FrameError::new("malformed_frame", format!("not an agent frame: {e}"))),
-        };
+    let frames = frames
+        .into_iter()
+        .map(|frame| {
+            serde_json::from_value(frame)
+                .map_err(|e| super::session::FrameError::new("malformed_frame", format!("not an agent frame: {e}")))
+        })
+        .collect();
+    for (index, result) in session.handle_batch(frames).await.into_iter().enumerate() {
         match result {
             Ok(()) => outcome.accepted += 1,
             Err(refusal) => outcome.refused.push(RefusedFrame {

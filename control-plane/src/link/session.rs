@@ -68,13 +68,6 @@ impl AgentSession {
         self.greeted = true;
     }
 
-    /// Parses and applies one text frame.
-    pub async fn handle_text(&mut self, text: &str) -> Result<(), FrameError> {
-        let frame: AgentFrame = serde_json::from_str(text)
-            .map_err(|e| FrameError::new("malformed_frame", format!("not an agent frame: {e}")))?;
-        self.handle(frame).await
-    }
-
     pub async fn handle(&mut self, frame: AgentFrame) -> Result<(), FrameError> {
         let state = self.state.clone();
         let now = state.clock.now();
@@ -167,6 +160,89 @@ impl AgentSession {
             }
         }
         Ok(())
+    }
+
+    /// Applies frames that arrived together (a WebSocket read batch, a long-poll POST) with
+    /// their acks applied in one statement and their results in another, instead of one
+    /// statement each; answers per frame, in order. Acks go first (an agent never sends a
+    /// command's result before its ack), then every other frame in order, then the results
+    /// (an agent reports a bot's state before the command's result). A batch with a `hello`,
+    /// or of one frame, is applied frame by frame.
+    pub async fn handle_batch(&mut self, frames: Vec<Result<AgentFrame, FrameError>>) -> Vec<Result<(), FrameError>> {
+        let sequential =
+            frames.len() < 2 || !self.greeted || frames.iter().any(|f| matches!(f, Ok(AgentFrame::Hello { .. })));
+        if sequential {
+            let mut answers = Vec::with_capacity(frames.len());
+            for frame in frames {
+                answers.push(match frame {
+                    Ok(frame) => self.handle(frame).await,
+                    Err(refusal) => Err(refusal),
+                });
+            }
+            return answers;
+        }
+        let mut answers: Vec<Option<Result<(), FrameError>>> = (0..frames.len()).map(|_| None).collect();
+        let (mut acks, mut results, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, frame) in frames.into_iter().enumerate() {
+            match frame {
+                Ok(AgentFrame::Ack { command_id }) => acks.push((index, command_id)),
+                Ok(AgentFrame::Result(outcome)) if !outcome.superseded => results.push((index, outcome)),
+                Ok(frame) => others.push((index, frame)),
+                Err(refusal) => answers[index] = Some(Err(refusal)),
+            }
+        }
+        let state = self.state.clone();
+        if !acks.is_empty() {
+            let ids: Vec<Id> = acks.iter().map(|(_, id)| *id).collect();
+            let applied = state.store.ack_commands(self.agent_id, &ids, state.clock.now()).await;
+            self.answer_batch(&mut answers, acks.iter().map(|(i, _)| *i), applied).await;
+        }
+        for (index, frame) in others {
+            answers[index] = Some(self.handle(frame).await);
+        }
+        if !results.is_empty() {
+            let outcomes: Vec<(Id, CommandOutcome)> = results
+                .iter()
+                .map(|(_, o)| {
+                    let error = o.error.as_ref().map(|e| e.chars().take(4096).collect());
+                    (o.command_id, CommandOutcome { ok: o.ok, result: o.result.clone(), error })
+                })
+                .collect();
+            let applied = state.store.complete_commands(self.agent_id, &outcomes, state.clock.now()).await;
+            self.answer_batch(&mut answers, results.iter().map(|(i, _)| *i), applied).await;
+        }
+        answers.into_iter().map(|a| a.unwrap_or(Ok(()))).collect()
+    }
+
+    /// Records the answers of a coalesced statement and publishes what it changed.
+    async fn answer_batch(
+        &self,
+        answers: &mut [Option<Result<(), FrameError>>],
+        indexes: impl Iterator<Item = usize>,
+        applied: crate::store::Result<Vec<crate::store::Result<botmox_contract::commands::Command>>>,
+    ) {
+        let indexes: Vec<usize> = indexes.collect();
+        match applied {
+            Ok(each) => {
+                let mut events = Vec::new();
+                for (index, answer) in indexes.into_iter().zip(each) {
+                    answers[index] = Some(match answer {
+                        Ok(command) => {
+                            events.push((self.tenant_id, EventPayload::CommandStatus((&command).into())));
+                            Ok(())
+                        }
+                        Err(e) => Err(e.into()),
+                    });
+                }
+                self.state.publish_many(events).await;
+            }
+            Err(e) => {
+                let refusal = FrameError::from(e);
+                for index in indexes {
+                    answers[index] = Some(Err(refusal.clone()));
+                }
+            }
+        }
     }
 
     /// Bots created after the hello are learnt on first mention.

@@ -11,8 +11,12 @@ use axum::{
     },
     response::Response,
 };
-use botmox_contract::{agents::ServerSettings, protocol::ServerFrame, Id};
-use futures::{SinkExt, StreamExt};
+use botmox_contract::{
+    agents::ServerSettings,
+    protocol::{AgentFrame, ServerFrame},
+    Id,
+};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::{
@@ -34,6 +38,8 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// agents every re-check is a claim statement.
 const SAFETY_RECHECK: Duration = Duration::from_secs(60);
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// Frames applied together at most (one read batch).
+const MAX_READ_BATCH: usize = 256;
 
 /// What the writer sends.
 enum Outbound {
@@ -94,8 +100,12 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Outbound>(256);
 
+    // Held by the reader while it applies a read batch, by the writer for each send.
+    let write_gate = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    let writer_gate = write_gate.clone();
     let writer = tokio::spawn(async move {
         while let Some(item) = outbound.recv().await {
+            let _gate = writer_gate.lock().await;
             let message = match item {
                 Outbound::Frame(frame) => encode(&frame),
                 Outbound::Ping => Message::Ping(Vec::new().into()),
@@ -117,35 +127,47 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
     loop {
         tokio::select! {
             message = stream.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Binary(_))) => {
-                        let _ = out.send(error_frame(FrameError::new("malformed_frame", "frames are JSON text"))).await;
-                        continue;
+                // A read batch: this message and every text frame already received after it,
+                // applied together (acks and results in one statement each). While it is
+                // applied the writer waits at the gate: a ping read here must not be answered
+                // (the agent's confirmation of everything before it) until all is applied.
+                let mut batch = Vec::new();
+                let mut after = None;
+                match message {
+                    Some(Ok(Message::Text(text))) => batch.push(parse_frame(&text)),
+                    other => after = Some(other),
+                }
+                let gate = if batch.is_empty() { None } else { Some(write_gate.lock().await) };
+                while after.is_none() && !batch.is_empty() && batch.len() < MAX_READ_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(Message::Text(text)))) => batch.push(parse_frame(&text)),
+                        Some(other) => after = Some(other),
+                        None => break,
                     }
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        tracing::info!(%agent_id, error = %e, "agent connection failed");
-                        break;
-                    }
-                };
-                if text.len() > MAX_FRAME_BYTES {
-                    let refusal = FrameError::new("frame_too_large", format!("frames are at most {MAX_FRAME_BYTES} bytes"));
-                    let _ = out.send(error_frame(refusal)).await;
-                    continue;
                 }
                 let first = !session.greeted();
-                match session.handle_text(&text).await {
-                    Ok(()) if first && session.greeted() => {
-                        let _ = out.send(Outbound::Frame(ServerFrame::Settings(server_settings(&state)))).await;
-                        dispatcher = Some(tokio::spawn(dispatch_loop(
-                            state.clone(), tenant_id, agent_id, registration.wake.clone(), out.clone(),
-                        )));
+                let refusals: Vec<FrameError> =
+                    session.handle_batch(batch).await.into_iter().filter_map(Result::err).collect();
+                drop(gate);
+                if first && session.greeted() {
+                    let _ = out.send(Outbound::Frame(ServerFrame::Settings(server_settings(&state)))).await;
+                    dispatcher = Some(tokio::spawn(dispatch_loop(
+                        state.clone(), tenant_id, agent_id, registration.wake.clone(), out.clone(),
+                    )));
+                }
+                for refusal in refusals {
+                    let _ = out.send(error_frame(refusal)).await;
+                }
+                match after {
+                    None | Some(Some(Ok(Message::Text(_)))) => {}
+                    Some(Some(Ok(Message::Binary(_)))) => {
+                        let _ = out.send(error_frame(FrameError::new("malformed_frame", "frames are JSON text"))).await;
                     }
-                    Ok(()) => {}
-                    Err(refusal) => {
-                        let _ = out.send(error_frame(refusal)).await;
+                    Some(Some(Ok(Message::Close(_))) | None) => break,
+                    Some(Some(Ok(_))) => {}
+                    Some(Some(Err(e))) => {
+                        tracing::info!(%agent_id, error = %e, "agent connection failed");
+                        break;
                     }
                 }
             }
@@ -175,6 +197,14 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
     if session.greeted() && was_current {
         session.close().await;
     }
+}
+
+/// Parses one text frame (refusing one over the size limit).
+fn parse_frame(text: &str) -> Result<AgentFrame, FrameError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::new("frame_too_large", format!("frames are at most {MAX_FRAME_BYTES} bytes")));
+    }
+    serde_json::from_str(text).map_err(|e| FrameError::new("malformed_frame", format!("not an agent frame: {e}")))
 }
 
 fn error_frame(refusal: FrameError) -> Outbound {

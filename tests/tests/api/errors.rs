@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::bots::spec;
 
 both_backends!(bad_bot_definitions_are_refused_and_change_nothing, bad_requests_get_problem_json);
+both_backends!(head_works_wherever_get_does);
 
 /// `body` with the member at `pointer` (a JSON pointer to an object member) set to `value`.
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
@@ -147,5 +148,17 @@ async fn bad_requests_get_problem_json(backend: Backend) -> anyhow::Result<()> {
     assert_eq!(problem["field"], "sort");
     let (_, problem) = send(app.get(&format!("/api/v1/bots?agent_id={}&state=sleepy", agent.id))).await?;
     assert_eq!(problem["field"], "state");
+    app.stop().await
+}
+
+async fn head_works_wherever_get_does(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    for (path, token) in [("/healthz", None), ("/readyz", None), ("/api/v1/bots", Some(app.token.as_str()))] {
+        let response = app.request_as(Method::HEAD, path, token).send().await?;
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert!(response.text().await?.is_empty(), "HEAD {path} has no body");
+    }
+    let refused = app.request_as(Method::HEAD, "/api/v1/bots", None).send().await?;
+    assert_eq!(refused.status(), 401, "HEAD needs what GET needs");
     app.stop().await
 }

@@ -70,10 +70,10 @@ async fn a_newer_command_supersedes_older_queued_ones(backend: Backend) -> anyho
         .filter_map(|c| c["seq"].as_u64())
         .collect();
     assert_eq!(seqs, vec![1, 2, 3], "each control command takes the bot's next sequence number");
-    for older in [start, restart] {
+    for (older, newer) in [(start, restart), (restart, stop)] {
         let c = command(&app, older).await?;
         assert_eq!(c["status"], "cancelled", "{c}");
-        assert_eq!(c["error"], format!("superseded by {stop}"), "{c}");
+        assert_eq!(c["error"], format!("superseded by {newer}"), "{c}");
     }
 
     // The agent connects: only the stop reaches it, with its sequence number.

@@ -54,32 +54,34 @@ fn start(tenant_id: Id, bot_id: Id) -> Order {
 async fn an_order_sets_the_desired_state_and_takes_the_next_sequence_number(t: Ctx) -> anyhow::Result<()> {
     let agent = t.agent("host-1").await?;
     let bot = t.bot("b", agent.id, &[]).await?;
-    assert_eq!(bot.desired_state, DesiredState::Running);
-    let placed = t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(1.0)).await?;
+    assert_eq!(bot.desired_state, DesiredState::Stopped);
+    let placed = t.store.place_orders(&[start(t.tenant, bot.id)], TIMES, t.at(1.0)).await?;
     let placed = placed.into_iter().next().expect("one answer")?;
     assert!(placed.created);
     assert_eq!(
         (placed.command.kind, placed.command.status, placed.command.seq),
-        (CommandKind::BotStop, CommandStatus::Queued, Some(1))
+        (CommandKind::BotStart, CommandStatus::Queued, Some(1))
     );
     assert_eq!(
         (placed.agent.id, placed.agent.name.as_str(), placed.agent.status),
         (agent.id, "host-1", AgentStatus::Pending)
     );
     let changed = placed.bot.expect("the desired state changed");
-    assert_eq!(changed.desired_state, DesiredState::Stopped);
-    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.desired_state, DesiredState::Stopped);
-    // The run timeout includes the bot's own stop timeout (10 s by default).
+    assert_eq!(changed.desired_state, DesiredState::Running);
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, changed, "the answer's bot is the stored one");
     let stored = t.store.get_command(t.tenant, placed.command.id).await?;
     assert_eq!(stored, placed.command, "the answer is what was stored");
 
-    // A second stop: the next number, the desired state unchanged (so no bot in the answer);
-    // a sync keeps the current number.
-    let again = t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(2.0)).await?;
+    // A second start: the next number, the desired state unchanged (so no bot in the
+    // answer); a stop then changes it back; a sync keeps the current number.
+    let again = t.store.place_orders(&[start(t.tenant, bot.id)], TIMES, t.at(2.0)).await?;
     let again = again.into_iter().next().expect("one answer")?;
     assert_eq!((again.command.seq, again.bot.is_none()), (Some(2), true));
+    let stopped = t.store.place_orders(&[stop(t.tenant, bot.id)], TIMES, t.at(2.5)).await?;
+    let stopped = stopped.into_iter().next().expect("one answer")?;
+    assert_eq!(stopped.bot.map(|b| b.desired_state), Some(DesiredState::Stopped));
     let sync = t.store.place_orders(&[order(t.tenant, bot.id, CommandKind::BotSync, None)], TIMES, t.at(3.0)).await?;
-    assert_eq!(sync.into_iter().next().expect("one answer")?.command.seq, Some(2));
+    assert_eq!(sync.into_iter().next().expect("one answer")?.command.seq, Some(3));
     Ok(())
 }
 
@@ -89,7 +91,7 @@ async fn a_newer_control_order_supersedes_older_queued_ones(t: Ctx) -> anyhow::R
     let other = t.bot("other", agent.id, &[]).await?;
     let first = t.store.place_orders(&[start(t.tenant, bot.id), start(t.tenant, other.id)], TIMES, t.at(1.0)).await?;
     let first: Vec<_> = first.into_iter().collect::<Result<_, _>>()?;
-    // Dispatch the other bot's start: a dispatched command is the agent's to refuse, not ours.
+    // Dispatch `bot`'s start: a dispatched command is the agent's to refuse, not ours.
     let claimed = t.store.claim_commands(agent.id, 1, t.at(1.5)).await?;
     assert_eq!(claimed[0].id, first[0].command.id, "oldest first");
     let sync = t.store.place_orders(&[order(t.tenant, bot.id, CommandKind::BotSync, None)], TIMES, t.at(2.0)).await?;
@@ -107,14 +109,13 @@ async fn a_newer_control_order_supersedes_older_queued_ones(t: Ctx) -> anyhow::R
     assert_eq!(restart.command.status, CommandStatus::Cancelled, "superseded within the same transaction");
     assert_eq!(restart.command.error, Some(format!("superseded by {}", other_stop.command.id)));
     assert_eq!((restart.command.seq, other_stop.command.seq), (Some(2), Some(3)));
-    assert_eq!(other.desired_state, DesiredState::Running);
     assert_eq!(t.store.get_bot(t.tenant, other.id).await?.desired_state, DesiredState::Stopped, "the last order wins");
     let mut superseded: Vec<Id> = other_stop.superseded.iter().map(|c| c.id).collect();
     superseded.extend(bot_stop.superseded.iter().map(|c| c.id));
     superseded.sort();
-    let mut expected = vec![restart.command.id, sync.command.id];
+    let mut expected = vec![restart.command.id, first[1].command.id, sync.command.id];
     expected.sort();
-    assert_eq!(superseded, expected, "the restart and the queued sync; the dispatched start is left alone");
+    assert_eq!(superseded, expected, "the restart, other's queued start, the sync; not the dispatched start");
     let dispatched = t.store.get_command(t.tenant, first[0].command.id).await?;
     assert_eq!(dispatched.status, CommandStatus::Dispatched);
     let synced = t.store.get_command(t.tenant, sync.command.id).await?;
@@ -207,8 +208,8 @@ async fn orders_that_cannot_be_placed_say_why_and_change_nothing(t: Ctx) -> anyh
         })
         .collect();
     assert_eq!(kinds, ["not_found", "conflict", "reference", "reference", "not_found", "ok"]);
-    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.desired_state, DesiredState::Running);
-    assert_eq!(t.store.get_bot(t.tenant, orphan.id).await?.desired_state, DesiredState::Running);
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.desired_state, DesiredState::Stopped);
+    assert_eq!(t.store.get_bot(t.tenant, orphan.id).await?.desired_state, DesiredState::Stopped);
     Ok(())
 }
 

@@ -104,7 +104,8 @@ impl Store {
              AND id IN (SELECT value FROM {}) RETURNING {COMMAND_COLUMNS}",
             self.json_array_rows("$3", Elements::Text)
         );
-        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+        // Relaxed durability, as for one ack (see `Store::ack_command`).
+        let rows: Vec<CommandRow> = with_pool!(self, relaxed, |pool| {
             sqlx::query_as(&sql).bind(to_ms(now)).bind(agent_id.to_string()).bind(&ids).fetch_all(pool).await?
         });
         let requests = command_ids.iter().map(|id| (*id, CommandStatus::Running));

@@ -251,7 +251,9 @@ impl Store {
             "UPDATE commands SET status = 'running', acked_at = $1, lease_expires_at = $1 + run_timeout_ms, \
              updated_at = $1 WHERE id = $2 AND agent_id = $3 AND status = 'dispatched' RETURNING {COMMAND_COLUMNS}"
         );
-        let row: Option<CommandRow> = with_pool!(self, write, |pool| {
+        // Relaxed durability: an ack lost in a database crash leaves the command `dispatched`;
+        // its lease brings it back and the agent answers the redelivery from its journal.
+        let row: Option<CommandRow> = with_pool!(self, relaxed, |pool| {
             sqlx::query_as(&sql)
                 .bind(to_ms(now))
                 .bind(command_id.to_string())
