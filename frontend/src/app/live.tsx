@@ -9,14 +9,17 @@ import { createLiveCache } from "../lib/live";
 type Listener = (event: LiveEvent) => void;
 interface Live {
   health: StreamHealth;
+  /** How many times the stream has (re)connected: a test waits for it to grow after an outage. */
+  connects: number;
   listen: (listener: Listener) => () => void;
 }
 
-const LiveContext = createContext<Live>({ health: "connecting", listen: () => () => undefined });
+const LiveContext = createContext<Live>({ health: "connecting", connects: 0, listen: () => () => undefined });
 
 export function LiveProvider({ children }: { children: ReactNode }) {
   const qc = useQueryClient();
   const [health, setHealth] = useState<StreamHealth>("connecting");
+  const [connects, setConnects] = useState(0);
   const listeners = useRef(new Set<Listener>());
   const [live] = useState(() => ({
     listen(listener: Listener) {
@@ -39,14 +42,17 @@ export function LiveProvider({ children }: { children: ReactNode }) {
       onHealth: (next) => {
         // Back after an outage whose events the server may no longer have: refetch what is shown.
         if (next === "live" && wasLive) void qc.invalidateQueries();
-        if (next === "live") wasLive = true;
+        if (next === "live") {
+          wasLive = true;
+          setConnects((n) => n + 1);
+        }
         setHealth(next);
       },
     });
     return stop;
   }, [qc]);
 
-  return <LiveContext.Provider value={{ health, listen: live.listen }}>{children}</LiveContext.Provider>;
+  return <LiveContext.Provider value={{ health, connects, listen: live.listen }}>{children}</LiveContext.Provider>;
 }
 
 export function useLive(): Live {
@@ -69,9 +75,9 @@ const HEALTH_TEXT: Record<StreamHealth, string> = {
 };
 
 export function StreamHealthIndicator() {
-  const { health } = useLive();
+  const { health, connects } = useLive();
   return (
-    <span className={`health ${health}`} role="status" aria-live="polite" data-stream={health} title="Live updates from the server">
+    <span className={`health ${health}`} role="status" aria-live="polite" data-stream={health} data-stream-connects={connects} title="Live updates from the server">
       <span className="dot" aria-hidden="true" />
       {HEALTH_TEXT[health]}
     </span>

@@ -10,6 +10,8 @@ export const router = createBrowserRouter([
   {
     path: "/",
     Component: Layout,
+    // Nothing to show while the first page's chunk loads (the shell renders at once).
+    HydrateFallback: () => null,
     children: [
       { index: true, lazy: page(() => import("../features/overview/OverviewPage")) },
       { path: "agents", lazy: page(() => import("../features/agents/AgentsPage")) },

@@ -4,7 +4,7 @@ import { flexRender, type Table } from "@tanstack/react-table";
 import { useVirtualizer } from "@tanstack/react-virtual";
 import { useEffect, useRef, type ReactNode } from "react";
 
-const ROW_HEIGHT = 37;
+const ROW_HEIGHT = 35;
 
 export function DataTable<T>(props: {
   table: Table<T>;

@@ -1,4 +1,5 @@
 import { useQuery } from "@tanstack/react-query";
+import { useMemo } from "react";
 import { api, unwrap } from "../../lib/api/client";
 import { keys } from "../../lib/live";
 
@@ -8,6 +9,7 @@ export function useAgents() {
 
 /** Agent names by id, for tables that show a bot's or command's agent. */
 export function useAgentNames(): Map<string, string> {
-  const agents = useAgents();
-  return new Map((agents.data ?? []).map((a) => [a.id, a.name]));
+  const { data } = useAgents();
+  // Stable between renders: tables memoise their columns on it.
+  return useMemo(() => new Map((data ?? []).map((a) => [a.id, a.name])), [data]);
 }

@@ -60,8 +60,8 @@ export default function BotsPage() {
 
   const [selection, setSelection] = useState<RowSelectionState>({});
   useEffect(() => setSelection({}), [query]);
-  const sorting: SortingState = filters.sort ? [{ id: filters.sort, desc: filters.dir === "desc" }] : [];
-  const visibility: VisibilityState = Object.fromEntries(settings.hidden.map((h) => [h, false]));
+  const sorting: SortingState = useMemo(() => (filters.sort ? [{ id: filters.sort, desc: filters.dir === "desc" }] : []), [filters.sort, filters.dir]);
+  const visibility: VisibilityState = useMemo(() => Object.fromEntries(settings.hidden.map((h) => [h, false])), [settings.hidden]);
 
   const columns = useMemo(
     () => [
