@@ -10,10 +10,11 @@ import { absoluteTime, bytes, percent, relativeTime } from "../../lib/format";
 import { keys } from "../../lib/live";
 import { useBotPages } from "../bots/api";
 import { useRevokeAgent } from "./AgentsPage";
+import { METRICS_REFRESH_MS } from "./api";
 
 export default function AgentDetailPage() {
   const { id = "" } = useParams();
-  const agent = useQuery({ queryKey: keys.agent(id), queryFn: () => unwrap(api.GET("/api/v1/agents/{id}", { params: { path: { id } } })) });
+  const agent = useQuery({ queryKey: keys.agent(id), queryFn: () => unwrap(api.GET("/api/v1/agents/{id}", { params: { path: { id } } })), refetchInterval: METRICS_REFRESH_MS });
   const bots = useBotPages({ agent_id: id }, 200);
   const admin = useCan("admin");
   const [revoking, setRevoking] = useState(false);

@@ -3,8 +3,11 @@ import { useMemo } from "react";
 import { api, unwrap } from "../../lib/api/client";
 import { keys } from "../../lib/live";
 
+/** How often agent metrics are refetched: they travel in heartbeats, which are not events. */
+export const METRICS_REFRESH_MS = 15_000;
+
 export function useAgents() {
-  return useQuery({ queryKey: keys.agents, queryFn: () => unwrap(api.GET("/api/v1/agents")) });
+  return useQuery({ queryKey: keys.agents, queryFn: () => unwrap(api.GET("/api/v1/agents")), refetchInterval: METRICS_REFRESH_MS });
 }
 
 /** Agent names by id, for tables that show a bot's or command's agent. */
