@@ -1,8 +1,9 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
 import { useCan } from "../../app/session";
-import { EmptyState, ErrorNote, Loading } from "../../components/Feedback";
+import { EmptyState, ErrorNote } from "../../components/Feedback";
 import { Field } from "../../components/Field";
+import { Listing, PlainTable } from "../../components/PlainTable";
 import { ConfirmDialog } from "../../components/Modal";
 import { api, ApiError, unwrap } from "../../lib/api/client";
 import { absoluteTime, relativeTime } from "../../lib/format";
@@ -69,27 +70,10 @@ export default function SecretsPage() {
       </form>
       <section className="card" aria-labelledby="secret-list">
         <h2 id="secret-list">Stored secrets</h2>
-        {secrets.isPending ? (
-          <Loading what="secrets" />
-        ) : secrets.isError ? (
-          <ErrorNote error={secrets.error} />
-        ) : secrets.data.length === 0 ? (
-          <EmptyState title="No secrets yet">Set one above, then name it in a bot's secret environment (KEY=secret-name).</EmptyState>
-        ) : (
-          <div className="table-wrap">
-            <table className="data">
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Created</th>
-                  <th scope="col">Updated</th>
-                  <th scope="col">
-                    <span className="visually-hidden">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {secrets.data.map((s) => (
+        <Listing query={secrets} what="secrets" empty={<EmptyState title="No secrets yet">Set one above, then name it in a bot's secret environment (KEY=secret-name).</EmptyState>}>
+          {(rows) => (
+            <PlainTable headers={["Name", "Created", "Updated", ""]}>
+                {rows.map((s) => (
                   <tr key={s.name} data-secret={s.name}>
                     <td>
                       <code>{s.name}</code>
@@ -103,10 +87,9 @@ export default function SecretsPage() {
                     </td>
                   </tr>
                 ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+            </PlainTable>
+          )}
+        </Listing>
       </section>
       <ConfirmDialog
         open={deleting !== null}

@@ -1,8 +1,9 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
 import { useSession } from "../../app/session";
-import { CopyButton, EmptyState, ErrorNote, Loading } from "../../components/Feedback";
+import { CopyButton, EmptyState, ErrorNote } from "../../components/Feedback";
 import { Field } from "../../components/Field";
+import { Listing, PlainTable } from "../../components/PlainTable";
 import { ConfirmDialog, Modal } from "../../components/Modal";
 import { api, unwrap } from "../../lib/api/client";
 import type { components } from "../../lib/api/schema";
@@ -111,29 +112,10 @@ export default function TokensPage() {
       </form>
       <section className="card" aria-labelledby="token-list">
         <h2 id="token-list">Your tokens</h2>
-        {tokens.isPending ? (
-          <Loading what="tokens" />
-        ) : tokens.isError ? (
-          <ErrorNote error={tokens.error} />
-        ) : tokens.data.length === 0 ? (
-          <EmptyState title="No tokens yet">Create one above for a script or CI job.</EmptyState>
-        ) : (
-          <div className="table-wrap">
-            <table className="data">
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Scopes</th>
-                  <th scope="col">Expires</th>
-                  <th scope="col">Last used</th>
-                  <th scope="col">Status</th>
-                  <th scope="col">
-                    <span className="visually-hidden">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {tokens.data.map((t) => (
+        <Listing query={tokens} what="tokens" empty={<EmptyState title="No tokens yet">Create one above for a script or CI job.</EmptyState>}>
+          {(rows) => (
+            <PlainTable headers={["Name", "Scopes", "Expires", "Last used", "Status", ""]}>
+                {rows.map((t) => (
                   <tr key={t.id} data-token={t.name}>
                     <td>{t.name}</td>
                     <td className="wrap">
@@ -155,10 +137,9 @@ export default function TokensPage() {
                     </td>
                   </tr>
                 ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+            </PlainTable>
+          )}
+        </Listing>
       </section>
       <Modal open={created !== null} onOpenChange={(open) => !open && setCreated(null)} title={`Token ${created?.token.name ?? ""} created`} description="Copy the secret now: it is shown this once and cannot be read again.">
         <div className="secret-box">

@@ -1,8 +1,9 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type FormEvent } from "react";
 import { useCan, useSession } from "../../app/session";
-import { EmptyState, ErrorNote, Loading } from "../../components/Feedback";
+import { EmptyState, ErrorNote } from "../../components/Feedback";
 import { Field } from "../../components/Field";
+import { Listing, PlainTable } from "../../components/PlainTable";
 import { Modal } from "../../components/Modal";
 import { api, ApiError, unwrap } from "../../lib/api/client";
 import type { components } from "../../lib/api/schema";
@@ -78,27 +79,10 @@ export default function UsersPage() {
       <ErrorNote error={update.error} prefix="Not changed" />
       <section className="card" aria-labelledby="user-list">
         <h2 id="user-list">Users</h2>
-        {users.isPending ? (
-          <Loading what="users" />
-        ) : users.isError ? (
-          <ErrorNote error={users.error} />
-        ) : (
-          <div className="table-wrap">
-            <table className="data">
-              <thead>
-                <tr>
-                  <th scope="col">Username</th>
-                  <th scope="col">Email</th>
-                  <th scope="col">Role</th>
-                  <th scope="col">Status</th>
-                  <th scope="col">Created</th>
-                  <th scope="col">
-                    <span className="visually-hidden">Actions</span>
-                  </th>
-                </tr>
-              </thead>
-              <tbody>
-                {users.data.map((u) => (
+        <Listing query={users} what="users" empty={null}>
+          {(rows) => (
+            <PlainTable headers={["Username", "Email", "Role", "Status", "Created", ""]}>
+                {rows.map((u) => (
                   <tr key={u.id} data-user-row={u.username}>
                     <td>{u.username}</td>
                     <td>{u.email ?? ""}</td>
@@ -127,10 +111,9 @@ export default function UsersPage() {
                     </td>
                   </tr>
                 ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+            </PlainTable>
+          )}
+        </Listing>
       </section>
       <Modal open={resetting !== null} onOpenChange={(open) => !open && setResetting(null)} title={`Reset the password of ${resetting?.username ?? ""}`}>
         <form
