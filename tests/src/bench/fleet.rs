@@ -51,7 +51,7 @@ pub struct FleetOptions {
     pub registry_requests: usize,
 }
 
-const PASSWORD: &str = "bench-admin-password";
+pub(super) const PASSWORD: &str = "bench-admin-password";
 
 /// A release server on a fresh database, logged in.
 pub(super) struct Served {
@@ -103,6 +103,12 @@ impl Prepared {
 
     /// `n` agents with tokens, each hosting one bot: (agent token, bot id).
     async fn register(&self, n: usize) -> anyhow::Result<Vec<(String, Id)>> {
+        let agents = self.register_with_bots(n, 1).await?;
+        Ok(agents.into_iter().filter_map(|(token, bots)| bots.first().map(|bot| (token, *bot))).collect())
+    }
+
+    /// `n` agents with tokens, each hosting `bots` bots: (agent token, its bot ids).
+    pub(super) async fn register_with_bots(&self, n: usize, bots: usize) -> anyhow::Result<Vec<(String, Vec<Id>)>> {
         let store = self.store().await?;
         let tenant_id = store.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
         let mut out = Vec::with_capacity(n);
@@ -124,11 +130,16 @@ impl Prepared {
                     now,
                 )
                 .await?;
-            let spec: BotSpec = serde_json::from_value(json!({
-                "name": format!("bench-bot-{i:05}"), "agent_id": agent.id, "exec": {"program": "true"},
-            }))?;
-            let bot = store.create_bot(NewBot { tenant_id, spec }, now).await?;
-            out.push((token, bot.id));
+            let mut ids = Vec::with_capacity(bots);
+            for j in 0..bots {
+                // One bot per agent keeps the historical name; more get a suffix.
+                let name = if bots == 1 { format!("bench-bot-{i:05}") } else { format!("bench-bot-{i:05}-{j:02}") };
+                let spec: BotSpec = serde_json::from_value(json!({
+                    "name": name, "agent_id": agent.id, "exec": {"program": "true"},
+                }))?;
+                ids.push(store.create_bot(NewBot { tenant_id, spec }, now).await?.id);
+            }
+            out.push((token, ids));
         }
         store.close().await;
         Ok(out)

@@ -5,6 +5,7 @@
 
 mod agent;
 mod fleet;
+mod panel;
 mod queue;
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};
@@ -31,6 +32,8 @@ pub struct Options {
     pub fleet: fleet::FleetOptions,
     #[command(flatten)]
     pub agent: agent::AgentOptions,
+    #[command(flatten)]
+    pub panel: panel::PanelOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +89,11 @@ pub const BENCHES: &[Bench] = &[
         name: "agent",
         about: "the real agent: size, RSS and CPU idle and with 20 bots, click-to-running, crash → running",
         run: |options, backend| Box::pin(agent::agent(&options.agent, backend)),
+    },
+    Bench {
+        name: "panel",
+        about: "the web panel in Chromium with 10,000 bots on 1,000 simulated agents",
+        run: |options, backend| Box::pin(panel::panel(&options.panel, backend)),
     },
     Bench {
         name: "offline",
