@@ -34,6 +34,7 @@ fn workspace() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium, npm packages and the built panel: `cargo xtask test` runs it"]
 async fn an_operator_session_in_a_real_browser() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let frontend = workspace().join("frontend");
     anyhow::ensure!(
         frontend.join("node_modules/playwright-core").exists(),
@@ -70,6 +71,7 @@ async fn an_operator_session_in_a_real_browser() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    println!("server up after {:?} (the first test to run builds the binaries)", started.elapsed());
     let mut child = node.spawn().context("cannot run node (Node.js 20+ is needed for the panel tests)")?;
     let mut stdin = child.stdin.take().context("no stdin")?;
     let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
@@ -115,13 +117,16 @@ async fn an_operator_session_in_a_real_browser() -> anyhow::Result<()> {
     let outcome = tokio::time::timeout(SESSION, session).await;
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
 
+    let teardown = std::time::Instant::now();
     if let Some(agent) = agent {
         agent.terminate().await?;
     }
+    println!("agent stopped in {:?}", teardown.elapsed());
     reap_bots(agent_dir.path());
     if let Some(server) = server {
         server.terminate().await?;
     }
+    println!("teardown took {:?}", teardown.elapsed());
     outcome.context("the browser session took longer than its bound")??;
     let status = status.context("node did not exit")??;
     anyhow::ensure!(status.success() && done, "the panel e2e script failed ({status}); its output is above");
