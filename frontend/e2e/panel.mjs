@@ -148,6 +148,16 @@ try {
     check(pid > 0, `pid ${pid}`);
     await page.getByRole("log").getByText("hello from bot").waitFor();
     await page.getByRole("log").getByText(/tick 2/).waitFor();
+    // stderr only: the bot's `warn` lines stay, its stdout `tick` lines go.
+    await page.getByLabel("Which output").selectOption("stderr");
+    await page.getByRole("log").getByText(/tick \d/).first().waitFor({ state: "detached" });
+    check((await page.getByRole("log").getByText(/warn \d/).count()) > 0, "stderr lines are shown");
+    // Paused, new lines are held back and counted; resumed, they appear.
+    await page.getByRole("button", { name: "Pause" }).click();
+    await page.getByText(/new lines held/).waitFor();
+    await page.getByRole("button", { name: "Resume" }).click();
+    await page.getByLabel("Which output").selectOption("all");
+    await page.locator("[data-log-status=following]").waitFor();
   });
 
   await step("kill its process: crashed, then running again with a new pid", async () => {
@@ -172,8 +182,19 @@ try {
     }
     await page.goto(`${BASE}/bots?tag=bulk`);
     await heading("Bots");
+    // "/" focuses the search box.
+    await page.locator("h1").click();
+    await page.keyboard.press("/");
+    check(await page.getByLabel(/Search bots by name/).evaluate((el) => el === document.activeElement), "/ focuses the search");
+    // View settings are remembered across a reload: hide the PID column.
+    await page.getByText("View", { exact: true }).click();
+    await page.getByRole("checkbox", { name: "PID" }).uncheck();
+    await page.reload();
+    await heading("Bots");
     await page.locator('[data-bot="bulk-a"][data-state="running"]').waitFor();
     await page.locator('[data-bot="bulk-b"][data-state="running"]').waitFor();
+    check((await page.getByRole("columnheader", { name: "Name" }).count()) === 1, "the table has its headers");
+    check((await page.getByRole("columnheader", { name: "PID" }).count()) === 0, "the hidden PID column stays hidden");
     await page.getByRole("button", { name: "Stop all" }).click();
     const dialog = page.getByRole("dialog");
     await dialog.getByText("2 bots").first().waitFor();
