@@ -89,7 +89,6 @@ export function createLiveCache(qc: QueryClient, now: () => number = Date.now): 
       const filters = key[2] as { state?: string } | undefined;
       if (filters?.state || !found) refetchSoon(key);
     }
-    patchPages<S["Bot"]>(qc, ["agents", "bots"], status.id, merge);
   };
 
   return {
@@ -118,10 +117,10 @@ export function createLiveCache(qc: QueryClient, now: () => number = Date.now): 
           case "agent_presence": {
             const { agent_id, status } = event.data;
             qc.setQueryData<S["Agent"]>(keys.agent(agent_id), (a) => (a ? { ...a, status } : a));
-            const known = patchPages<S["Agent"]>(qc, keys.agents, agent_id, (a) => ({ ...a, status, last_seen_at: event.at }));
-            // A new agent (just paired), or its metrics: refetch the list.
-            refetchSoon(keys.agents);
-            if (!known) refetchSoon(["agents"]);
+            patchPages<S["Agent"]>(qc, keys.agents, agent_id, (a) => ({ ...a, status, last_seen_at: event.at }));
+            // A new agent (just paired) is not in the list yet, and presence comes with fresh
+            // metrics: refetch the agents (list and details).
+            refetchSoon(["agents"]);
             dashboard = true;
             break;
           }
