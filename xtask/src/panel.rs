@@ -56,7 +56,8 @@ pub fn checks(cargo: &impl Fn() -> Command) -> Result<()> {
         return Ok(());
     }
     cmd::step("panel: Debian packages");
-    debian::ensure(&["chromium"], "the panel's browser test")?;
+    // Fonts are only recommended by chromium; without one, pages render as boxes.
+    debian::ensure(&["chromium", "fonts-liberation"], "the panel's browser test")?;
     cmd::step("cargo nextest run -p botmox-e2e --test panel --run-ignored only (Chromium)");
     cmd::run(cargo().args([
         "nextest",
