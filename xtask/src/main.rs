@@ -39,6 +39,7 @@ commands:
                             --quick skips fmt and clippy, --no-windows the Windows step;
                             extra args go to `cargo nextest run`
   test-windows [--quick]    only the Windows step of `test` (cross-build, Wine, e2e)
+  test-panel                only the web panel's steps of `test` (build, vitest, Chromium e2e)
   openapi                   rewrite frontend/openapi.json from the server's code and regenerate
                             the panel's API types (after an API change)
   bench [-- args]           release build, then the benchmark (`botmox-e2e --bin bench`)
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         Some("run") => run::run(&rest),
         Some("test") => test::test(&rest),
         Some("test-windows") => windows::test_only(&rest),
+        Some("test-panel") => panel::test_only(),
         Some("openapi") => panel::openapi(),
         Some("bench") => bench::bench(&rest),
         Some(other) => {

@@ -78,6 +78,14 @@ pub fn checks(cargo: &impl Fn() -> Command) -> Result<()> {
     })
 }
 
+/// `cargo xtask test-panel`: the panel's steps of `cargo xtask test` alone.
+pub fn test_only() -> Result<std::process::ExitCode> {
+    build()?;
+    checks(&cmd::cargo)?;
+    println!("==> panel checks passed");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// `cargo xtask openapi`: the snapshot `frontend/openapi.json` from the server's code, then
 /// the TypeScript types generated from it (`frontend/src/lib/api/schema.d.ts`).
 pub fn openapi() -> Result<std::process::ExitCode> {
