@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::{cmd, postgres};
+use crate::{cmd, panel, postgres};
 
 pub fn bench(args: &[String]) -> Result<ExitCode> {
     let bench_args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
@@ -14,6 +14,8 @@ pub fn bench(args: &[String]) -> Result<ExitCode> {
     cmd::step("Postgres for the benchmark");
     let pg_url = postgres::ensure_running()?;
 
+    // The release `botmox` embeds the panel, which the `panel` benchmark loads in Chromium.
+    panel::build()?;
     // Numbers from debug builds mean nothing; build the binaries the bench starts first.
     cmd::step("cargo build --release -p botmox-control-plane -p botmox-agent");
     cmd::run(cmd::cargo().args(["build", "--release", "-p", "botmox-control-plane", "-p", "botmox-agent"]))?;

@@ -3,14 +3,18 @@
 //!
 //! This file owns only the command-line dispatch; each command lives in its own module:
 //! `run` (start the product), `test` (every check CI runs; `tray` its tray step, `windows`
-//! its Windows-agent step under Wine), `bench` (the benchmark).
+//! its Windows-agent step under Wine, `panel` the web panel's build and browser test),
+//! `openapi` (the panel's API snapshot and types), `bench` (the benchmark).
 //! Shared plumbing: `children` (a tiny process supervisor), `postgres` (make sure the test
-//! database is up), `cmd` (spawning cargo and friends with readable errors).
+//! database is up), `cmd` (spawning cargo and friends with readable errors), `debian`
+//! (installing missing Debian packages).
 
 mod bench;
 mod children;
 mod cmd;
+mod debian;
 mod demo;
+mod panel;
 mod postgres;
 mod run;
 mod test;
@@ -23,17 +27,21 @@ const HELP: &str = "\
 cargo xtask <command> [options] [-- extra args]
 
 commands:
-  run   [-- serve args]     build and start botmox on http://127.0.0.1:8080
+  run   [-- serve args]     build the web panel and botmox, start it on http://127.0.0.1:8080
                             (data in .botmox/, admin password in .botmox/admin-password);
                             extra args go to `botmox serve`, e.g. `-- --listen 127.0.0.1:9000`
   test  [--quick] [--no-windows] [-- args]
-                            every check CI runs: Postgres up, fmt, clippy, nextest, then the
-                            tray build and its Xvfb screenshot test (Linux; installs missing
+                            every check CI runs: the panel built (npm ci, vite), Postgres up,
+                            fmt, clippy, nextest, then the panel's vitest and Chromium test
+                            (installs Debian's chromium if missing), then the tray build and its Xvfb screenshot test (Linux; installs missing
                             Debian packages), then the Windows agent cross-built and tested
                             under Wine (Linux x86_64; installs mingw-w64 and Wine if missing);
                             --quick skips fmt and clippy, --no-windows the Windows step;
                             extra args go to `cargo nextest run`
   test-windows [--quick]    only the Windows step of `test` (cross-build, Wine, e2e)
+  test-panel                only the web panel's steps of `test` (build, vitest, Chromium e2e)
+  openapi                   rewrite frontend/openapi.json from the server's code and regenerate
+                            the panel's API types (after an API change)
   bench [-- args]           release build, then the benchmark (`botmox-e2e --bin bench`)
   help                      this text
 
@@ -55,6 +63,8 @@ fn main() -> ExitCode {
         Some("run") => run::run(&rest),
         Some("test") => test::test(&rest),
         Some("test-windows") => windows::test_only(&rest),
+        Some("test-panel") => panel::test_only(),
+        Some("openapi") => panel::openapi(),
         Some("bench") => bench::bench(&rest),
         Some(other) => {
             eprint!("xtask: unknown command `{other}`\n\n{HELP}");

@@ -1,7 +1,8 @@
-//! `cargo xtask run`: build and start the product for a person to try: `botmox serve` on
-//! 127.0.0.1:8080 with its data in `.botmox/` and a demo admin password that stays the same
-//! across runs (`.botmox/admin-password`), then a local agent and a demo bot ([`demo`]). The
-//! processes run under [`Supervisor`]: Ctrl-C stops them all.
+//! `cargo xtask run`: build and start the product for a person to try: the web panel
+//! (`panel::build`, embedded in the binary), then `botmox serve` on 127.0.0.1:8080 with its
+//! data in `.botmox/` and a demo admin password that stays the same across runs
+//! (`.botmox/admin-password`), then a local agent and a demo bot ([`demo`]). The processes
+//! run under [`Supervisor`]: Ctrl-C stops them all.
 
 use std::fs;
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -12,7 +13,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context as _, Result};
 
 use crate::children::{Outcome, Supervisor};
-use crate::{cmd, demo};
+use crate::{cmd, demo, panel};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_DATA_DIR: &str = ".botmox";
@@ -23,6 +24,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     // Everything is for `botmox serve`; a leading `--` (from `cargo xtask run -- …`) is noise.
     let serve_args = args.strip_prefix(&["--".to_owned()]).unwrap_or(args);
 
+    panel::build()?;
     cmd::step("cargo build -p botmox-control-plane -p botmox-agent");
     cmd::run(cmd::cargo().args(["build", "-p", "botmox-control-plane", "-p", "botmox-agent"]))?;
     let bin = |name: &str| cmd::target_dir().join("debug").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every check CI runs, in the order that fails fastest and most
-//! clearly: Postgres up, cargo-nextest present, formatting, clippy, then the whole test
-//! suite under nextest; then the tray build and its screenshot test (`tray.rs`); then the
+//! clearly: the web panel built (it is embedded in `botmox`), Postgres up, cargo-nextest
+//! present, formatting, clippy, then the whole test suite under nextest; then the panel's
+//! unit tests and real-browser test (`panel.rs`); then the tray build and its screenshot test (`tray.rs`); then the
 //! Windows agent cross-built and tested under Wine (`windows.rs`). `--quick` skips formatting
 //! and clippy, `--no-windows` the Windows step.
 
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cmd, postgres, split_passthrough, tray, windows};
+use crate::{cmd, panel, postgres, split_passthrough, tray, windows};
 
 pub fn test(args: &[String]) -> Result<ExitCode> {
     let (own, nextest_args) = split_passthrough(args);
@@ -26,6 +27,8 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
         }
     }
     let started = Instant::now();
+
+    panel::build()?;
 
     cmd::step("Postgres for tests");
     let pg_url = postgres::ensure_running()?;
@@ -56,6 +59,8 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
     cmd::step("cargo nextest run --workspace --no-fail-fast");
     cmd::run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))
         .context("tests failed or did not build (nextest's summary or the compiler errors are above)")?;
+
+    panel::checks(&cargo)?;
 
     tray::checks(&cargo, quick)?;
 

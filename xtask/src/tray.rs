@@ -5,11 +5,11 @@
 //! with the feature, then the screenshot test under Xvfb (`tests/tests/tray`), which leaves
 //! `<target>/artifacts/tray.png`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
-use crate::cmd;
+use crate::{cmd, debian};
 
 /// GTK 3 headers to build (tray-icon and tao); libayatana-appindicator to show the icon;
 /// for the screenshot test Xvfb, an XEmbed system tray (`trayer`: Debian 12 has no
@@ -26,7 +26,7 @@ pub fn checks(cargo: &impl Fn() -> Command, quick: bool) -> Result<()> {
         return Ok(());
     }
     cmd::step("tray: Debian packages");
-    ensure_packages()?;
+    debian::ensure(PACKAGES, "the tray")?;
     let target = cmd::target_dir().join("tray");
     if !quick {
         cmd::step("cargo clippy -p botmox-agent --features tray --all-targets -- -D warnings");
@@ -55,43 +55,4 @@ pub fn checks(cargo: &impl Fn() -> Command, quick: bool) -> Result<()> {
         format!("the tray test failed (screenshots in {})", cmd::target_dir().join("artifacts").display())
     })?;
     Ok(())
-}
-
-/// Installs the missing packages with apt (we run as root on CI); says what to install
-/// where that cannot be done.
-fn ensure_packages() -> Result<()> {
-    if cmd::find_on_path("dpkg").is_none() {
-        println!("not a Debian system: install these or their equivalents: {}", PACKAGES.join(" "));
-        return Ok(());
-    }
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    if missing.is_empty() {
-        println!("installed: {}", PACKAGES.join(" "));
-        return Ok(());
-    }
-    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
-    if !is_root() {
-        bail!("the tray needs Debian packages that are missing; as root run: apt-get update && {install}");
-    }
-    println!("missing: {}; installing them", missing.join(" "));
-    cmd::run(Command::new("apt-get").arg("update").stdin(Stdio::null())).context("apt-get update failed")?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null()),
-    )
-    .with_context(|| format!("`{install}` failed"))
-}
-
-/// `dpkg -s` says "install ok installed".
-fn installed(package: &str) -> bool {
-    Command::new("dpkg").args(["-s", package]).stdin(Stdio::null()).stderr(Stdio::null()).output().is_ok_and(|o| {
-        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("Status: install ok installed")
-    })
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

@@ -7,6 +7,7 @@ pub mod client;
 pub mod error;
 pub mod extract;
 pub mod page;
+pub mod panel;
 pub mod request_id;
 
 use std::{future::Future, net::SocketAddr, sync::OnceLock};
@@ -136,7 +137,8 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::policy::authorize))
         .route_layer(middleware::from_fn(metrics::track))
         .merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
-        .fallback(|| async { ApiError::NotFound("route") })
+        // The panel at `/`; anything else (and any unknown `/api/…`) stays the JSON 404.
+        .fallback(panel::fallback)
         .method_not_allowed_fallback(|| async {
             ApiError::Request {
                 status: StatusCode::METHOD_NOT_ALLOWED,
@@ -164,7 +166,7 @@ pub fn app(state: AppState) -> Router {
     }
 }
 
-/// Pages (today the API docs, later the panel) may load nothing from anywhere but this server,
+/// Pages (the panel and the API docs) may load nothing from anywhere but this server,
 /// and may not be framed.
 async fn html_security_headers(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
     let mut response = next.run(req).await;

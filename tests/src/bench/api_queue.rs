@@ -13,7 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use botmox_contract::commands::CommandStatus;
 use botmox_control_plane::store::{PoolOptions, Store, DEFAULT_TENANT};
 use serde_json::json;
@@ -42,7 +41,7 @@ pub struct ApiQueueOptions {
 
 pub async fn run(options: &ApiQueueOptions, backend: Backend) -> anyhow::Result<Vec<Report>> {
     let prepared = Prepared::new(backend).await?;
-    let fleet = prepared.register_fleet(options.api_queue_agents, options.api_queue_bots_per_agent).await?;
+    let fleet = prepared.register_with_bots(options.api_queue_agents, options.api_queue_bots_per_agent).await?;
     let bots: Vec<_> = fleet.iter().flat_map(|(_, bots)| bots.iter().copied()).collect();
     let served = prepared.serve().await?;
     let watch = Store::connect(&served.db_url(), &PoolOptions::default()).await?;
@@ -162,45 +161,5 @@ async fn wait_succeeded(store: &Store, n: u64) -> anyhow::Result<()> {
 impl Served {
     fn db_url(&self) -> botmox_control_plane::store::DatabaseUrl {
         self.db.url.clone()
-    }
-}
-
-impl Prepared {
-    /// `agents` agents with tokens, each hosting `bots_per_agent` bots (desired stopped):
-    /// (agent token, its bots), written straight to the store, 8 at a time.
-    pub(super) async fn register_fleet(
-        &self,
-        agents: usize,
-        bots_per_agent: usize,
-    ) -> anyhow::Result<Vec<(String, Vec<uuid::Uuid>)>> {
-        let store = self.store().await?;
-        let tenant_id = store.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
-        let registered = futures::future::try_join_all((0..8).map(|worker| {
-            let store = store.clone();
-            async move {
-                let mut out = Vec::new();
-                for i in (worker..agents).step_by(8) {
-                    let (token, agent_id) = super::fleet::register_agent(&store, tenant_id, i).await?;
-                    let mut bots = Vec::with_capacity(bots_per_agent);
-                    for b in 0..bots_per_agent {
-                        let spec = serde_json::from_value(json!({
-                            "name": format!("bench-bot-{i:05}-{b:04}"), "agent_id": agent_id,
-                            "exec": {"program": "true"}, "desired_state": "stopped",
-                        }))?;
-                        let now = chrono::Utc::now();
-                        let bot = store
-                            .create_bot(botmox_control_plane::store::NewBot { tenant_id, spec }, now)
-                            .await
-                            .context("creating a bench bot")?;
-                        bots.push(bot.id);
-                    }
-                    out.push((token, bots));
-                }
-                anyhow::Ok(out)
-            }
-        }))
-        .await?;
-        store.close().await;
-        Ok(registered.into_iter().flatten().collect())
     }
 }

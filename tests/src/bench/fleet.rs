@@ -51,7 +51,7 @@ pub struct FleetOptions {
     pub registry_requests: usize,
 }
 
-const PASSWORD: &str = "bench-admin-password";
+pub(super) const PASSWORD: &str = "bench-admin-password";
 
 /// A release server on a fresh database, logged in.
 pub(super) struct Served {
@@ -103,20 +103,40 @@ impl Prepared {
 
     /// `n` agents with tokens, each hosting one bot: (agent token, bot id).
     async fn register(&self, n: usize) -> anyhow::Result<Vec<(String, Id)>> {
+        let agents = self.register_with_bots(n, 1).await?;
+        Ok(agents.into_iter().filter_map(|(token, bots)| bots.first().map(|bot| (token, *bot))).collect())
+    }
+
+    /// `n` agents with tokens, each hosting `bots` bots: (agent token, its bot ids), written
+    /// straight to the store by 8 workers.
+    pub(super) async fn register_with_bots(&self, n: usize, bots: usize) -> anyhow::Result<Vec<(String, Vec<Id>)>> {
         let store = self.store().await?;
         let tenant_id = store.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let (token, agent_id) = register_agent(&store, tenant_id, i).await?;
-            let now = chrono::Utc::now();
-            let spec: BotSpec = serde_json::from_value(json!({
-                "name": format!("bench-bot-{i:05}"), "agent_id": agent_id, "exec": {"program": "true"},
-            }))?;
-            let bot = store.create_bot(NewBot { tenant_id, spec }, now).await?;
-            out.push((token, bot.id));
-        }
+        let workers = (0..8).map(|worker| {
+            let store = store.clone();
+            async move {
+                let mut out = Vec::new();
+                for i in (worker..n).step_by(8) {
+                    let (token, agent_id) = register_agent(&store, tenant_id, i).await?;
+                    let mut ids = Vec::with_capacity(bots);
+                    for j in 0..bots {
+                        // One bot per agent keeps the historical name; more get a suffix.
+                        let name =
+                            if bots == 1 { format!("bench-bot-{i:05}") } else { format!("bench-bot-{i:05}-{j:04}") };
+                        let spec: BotSpec = serde_json::from_value(json!({
+                            "name": name, "agent_id": agent_id, "exec": {"program": "true"}, "desired_state": "stopped",
+                        }))?;
+                        ids.push(store.create_bot(NewBot { tenant_id, spec }, chrono::Utc::now()).await?.id);
+                    }
+                    out.push((i, token, ids));
+                }
+                anyhow::Ok(out)
+            }
+        });
+        let mut registered: Vec<_> = futures::future::try_join_all(workers).await?.into_iter().flatten().collect();
+        registered.sort_by_key(|(i, ..)| *i);
         store.close().await;
-        Ok(out)
+        Ok(registered.into_iter().map(|(_, token, ids)| (token, ids)).collect())
     }
 }
 

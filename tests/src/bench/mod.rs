@@ -6,6 +6,7 @@
 mod agent;
 mod api_queue;
 mod fleet;
+mod panel;
 mod queue;
 
 use std::{fmt, future::Future, pin::Pin, time::Duration};
@@ -34,6 +35,8 @@ pub struct Options {
     pub agent: agent::AgentOptions,
     #[command(flatten)]
     pub api_queue: api_queue::ApiQueueOptions,
+    #[command(flatten)]
+    pub panel: panel::PanelOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,6 +98,11 @@ pub const BENCHES: &[Bench] = &[
         name: "agent",
         about: "the real agent: size, RSS and CPU idle and with 20 bots, click-to-running, crash → running",
         run: |options, backend| Box::pin(agent::agent(&options.agent, backend)),
+    },
+    Bench {
+        name: "panel",
+        about: "the web panel in Chromium with 10,000 bots on 1,000 simulated agents",
+        run: |options, backend| Box::pin(panel::panel(&options.panel, backend)),
     },
     Bench {
         name: "offline",

@@ -7,6 +7,7 @@ mod errors;
 mod matrix;
 mod openapi;
 mod pairing;
+mod panel;
 mod secrets;
 mod sessions;
 mod tenants;
