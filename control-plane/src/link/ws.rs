@@ -38,6 +38,9 @@ pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// agents every re-check is a claim statement.
 const SAFETY_RECHECK: Duration = Duration::from_secs(60);
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// A failed claim is tried again after this, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Frames applied together at most (one read batch).
 const MAX_READ_BATCH: usize = 256;
 
@@ -219,9 +222,13 @@ async fn dispatch_loop(
     wake: std::sync::Arc<tokio::sync::Notify>,
     out: mpsc::Sender<Outbound>,
 ) {
+    // After a failed claim (the store busy or away), try again soon rather than waiting for
+    // the next wake-up: the commands that woke us are still queued, and nothing else may come.
+    let mut retry = RETRY_FIRST;
     loop {
         match dispatch::claim(&state, tenant_id, agent_id).await {
             Ok(mut claimed) => {
+                retry = RETRY_FIRST;
                 let full = claimed.envelopes.len() as u32 == dispatch::CLAIM_BATCH;
                 for envelope in std::mem::take(&mut claimed.envelopes) {
                     if out.send(Outbound::Frame(ServerFrame::Command(Box::new(envelope)))).await.is_err() {
@@ -234,7 +241,15 @@ async fn dispatch_loop(
                     continue;
                 }
             }
-            Err(e) => tracing::error!(%agent_id, error = %e, "dispatch failed"),
+            Err(e) => {
+                tracing::warn!(%agent_id, error = %e, retry_ms = retry.as_millis() as u64, "dispatch failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = out.closed() => return,
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
         }
         tokio::select! {
             () = wake.notified() => {}

@@ -213,9 +213,11 @@ export default function BotsPage() {
       )}
       {bulk.data ? (
         <div className="alert ok" role="status">
-          Queued {count(bulk.data.commands.length, "command")}
-          {bulk.data.skipped.length ? `; skipped ${bulk.data.skipped.length} (${bulk.data.skipped[0]?.reason ?? ""}${bulk.data.skipped.length > 1 ? ", …" : ""})` : ""}. States change
-          here as the agents report them.
+          Queued {count(bulk.data.accepted, "command")}
+          {bulk.data.skipped.length
+            ? `; skipped ${bulk.data.skipped.map((s) => `${s.count} (${s.detail})`).join(", ")}`
+            : ""}
+          . States change here as the agents report them.
         </div>
       ) : null}
       <ErrorNote error={bulk.error} prefix="The bulk action failed" />

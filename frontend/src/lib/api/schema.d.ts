@@ -305,7 +305,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Start, stop or restart many bots: by `ids`, or by `filter` (at most 1000 bots). */
+        /**
+         * Start, stop or restart many bots — by `ids` (up to 10,000), or every bot matching `filter`,
+         *     however many — in one transaction. `dry_run` only counts. The answer has the counts, the
+         *     batch id and its first commands; `GET /commands?batch=<batch_id>` lists the rest.
+         */
         post: operations["bulk_action"];
         delete?: never;
         options?: never;
@@ -1001,14 +1005,38 @@ export interface components {
             started_at?: string | null;
             state: components["schemas"]["BotState"];
         };
+        /** @description The answer to `POST /bots/actions`. */
         BulkAccepted: {
+            /**
+             * Format: int64
+             * @description Commands queued (on a dry run: that would be).
+             */
+            accepted: number;
+            action: components["schemas"]["BotAction"];
+            /**
+             * Format: uuid
+             * @description The batch: `GET /commands?batch=<id>` lists all its commands. `None` on a dry run.
+             */
+            batch_id?: string | null;
+            /** @description The first commands of the batch (at most 100), oldest first. */
             commands: components["schemas"]["Command"][];
-            skipped: components["schemas"]["SkippedBot"][];
+            dry_run: boolean;
+            /**
+             * Format: int64
+             * @description Bots the ids or the filter named.
+             */
+            matched: number;
+            /** @description Whether the batch has more commands than `commands` shows. */
+            more_commands: boolean;
+            skipped: components["schemas"]["SkippedBots"][];
         };
         /** @description `POST /bots/actions`: exactly one of `ids` and `filter`. */
         BulkAction: {
             action: components["schemas"]["BotAction"];
+            /** @description Only count: nothing is queued or changed (a panel asks "stop 4,812 bots?" first). */
+            dry_run?: boolean;
             filter?: null | components["schemas"]["BotSelector"];
+            /** @description These bots (up to 10,000 ids). */
             ids?: string[] | null;
         };
         /** @description `POST /auth/password`: the logged-in user changes their own password. */
@@ -1026,6 +1054,11 @@ export interface components {
              * @description Dispatches so far.
              */
             attempt: number;
+            /**
+             * Format: uuid
+             * @description The bulk action (`POST /bots/actions`) that queued it: `GET /commands?batch=<id>`.
+             */
+            batch_id?: string | null;
             /** Format: uuid */
             bot_id?: string | null;
             /** Format: date-time */
@@ -1052,6 +1085,12 @@ export interface components {
             /** @description Kind-specific arguments (never secret values: those are added at dispatch). */
             payload: unknown;
             result?: unknown;
+            /**
+             * Format: int64
+             * @description For bot commands, the bot's command sequence number: a newer control command has a
+             *     higher one, and an agent never runs a command older than one it already ran for the bot.
+             */
+            seq?: number | null;
             status: components["schemas"]["CommandStatus"];
         };
         /** @description The answer to a control request (`POST /bots/{id}/start|stop|restart`, `POST /commands`). */
@@ -1074,6 +1113,12 @@ export interface components {
             secrets?: {
                 [key: string]: string;
             };
+            /**
+             * Format: int64
+             * @description The bot's command sequence number (bot commands): the agent refuses to run a command
+             *     whose `seq` is lower than one it already ran for the bot, answering it as superseded.
+             */
+            seq?: number | null;
         };
         /** @enum {string} */
         CommandKind: "bot.start" | "bot.stop" | "bot.restart" | "bot.sync" | "bot.remove" | "agent.exec" | "agent.drain";
@@ -1088,6 +1133,11 @@ export interface components {
             error?: string | null;
             ok: boolean;
             result?: unknown;
+            /**
+             * @description The agent did not run the command because it had already run a newer one for the same
+             *     bot (its `seq` was lower): the server records it as `cancelled`, superseded.
+             */
+            superseded?: boolean;
         };
         /**
          * @description Lifecycle: `queued → dispatched → running → succeeded | failed`, or `cancelled`,
@@ -1414,9 +1464,15 @@ export interface components {
         };
         /** @enum {string} */
         Severity: "info" | "warning" | "critical";
-        SkippedBot: {
-            /** Format: uuid */
-            bot_id: string;
+        /** @description Bots of a bulk action that got no command, grouped by why. */
+        SkippedBots: {
+            /** @description The first few of these bots (at most 100). */
+            bot_ids: string[];
+            /** Format: int64 */
+            count: number;
+            /** @description What it means, for people. */
+            detail: string;
+            /** @description Stable reason code: `not_found` (no such bot, or another tenant's), `agent_revoked`. */
             reason: string;
         };
         /** @description `GET /guide/status`. */
@@ -2118,7 +2174,10 @@ export interface operations {
     bulk_action: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description A repeat returns the first batch and changes nothing */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2128,7 +2187,16 @@ export interface operations {
             };
         };
         responses: {
-            /** @description The commands queued, and the bots skipped with why */
+            /** @description Dry run: what the action would do */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BulkAccepted"];
+                };
+            };
+            /** @description The batch: counts, skipped bots by reason, first commands */
             202: {
                 headers: {
                     [name: string]: unknown;
@@ -2137,7 +2205,7 @@ export interface operations {
                     "application/json": components["schemas"]["BulkAccepted"];
                 };
             };
-            /** @description Neither or both of ids and filter, or too many bots */
+            /** @description Neither or both of ids and filter, or too many ids */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2440,6 +2508,8 @@ export interface operations {
                 status?: components["schemas"]["CommandStatus"];
                 agent_id?: string;
                 bot_id?: string;
+                /** @description Only the commands of this bulk action (`batch_id` of `POST /bots/actions`). */
+                batch?: string;
                 cursor?: string;
                 /** @description 1 to 500 (default 50). */
                 limit?: number;
