@@ -18,18 +18,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers()) {
-            return Err(ApiError::Request {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "unsupported_media_type",
-                detail: "the body must be JSON".into(),
-                field: None,
-                hint: Some("send `Content-Type: application/json`".into()),
-            });
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
-        parse_json(&bytes).map(Json)
+        parse_json(&json_body(req, state).await?).map(Json)
     }
+}
+
+/// A JSON body an agent sent ([`parse_json_replacing_nul`]: NULs in its text are replaced,
+/// not refused); otherwise the same checks as [`Json`].
+pub struct AgentJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AgentJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        parse_json_replacing_nul(&json_body(req, state).await?).map(AgentJson)
+    }
+}
+
+/// The bytes of a JSON body: the content type and the size checked.
+async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::Request {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            detail: "the body must be JSON".into(),
+            field: None,
+            hint: Some("send `Content-Type: application/json`".into()),
+        });
+    }
+    Bytes::from_request(req, state).await.map_err(body_error)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -54,11 +70,86 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// Parses a JSON document into `T`: first the syntax (400 `malformed_json`), then the shape
-/// (422, naming the offending field). Bodies are small, so the intermediate `Value` is cheap.
+/// Parses a JSON document into `T`: first the syntax (400 `malformed_json`), then NUL
+/// characters in text (422 `nul_character`: PostgreSQL cannot store them, so neither backend
+/// takes them), then the shape (422, naming the offending field). Bodies are small, so the
+/// intermediate `Value` is cheap.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let document: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    if may_hold_nul(bytes) {
+        if let Some(field) = nul_field(&document, "") {
+            let at = if field.is_empty() { "the body".to_owned() } else { format!("`{field}`") };
+            return Err(ApiError::Request {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "nul_character",
+                detail: format!("{at} contains a NUL character (\\u0000), which text here may not hold"),
+                field: (!field.is_empty()).then_some(field),
+                hint: None,
+            });
+        }
+    }
+    from_document(document)
+}
+
+/// Like [`parse_json`], but NUL characters in text are replaced by U+FFFD instead of refused:
+/// for what an agent reports (a bot's log line, an error message), where refusing the frame
+/// would only make the agent send it again forever.
+pub fn parse_json_replacing_nul<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut document: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    if may_hold_nul(bytes) {
+        replace_nul(&mut document);
+    }
+    from_document(document)
+}
+
+/// Whether JSON text may contain an escaped NUL (a raw one is not valid JSON): the cheap test
+/// before the exact walk.
+pub fn may_hold_nul(bytes: &[u8]) -> bool {
+    bytes.windows(6).any(|w| w[0] == b'\\' && w[1] == b'u' && &w[2..] == b"0000")
+}
+
+/// The path of the first text (a string or an object key) holding a NUL.
+fn nul_field(value: &serde_json::Value, path: &str) -> Option<String> {
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match value {
+        serde_json::Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(i, item)| nul_field(item, &format!("{path}[{i}]")))
+        }
+        serde_json::Value::Object(map) => map.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(join(&key.replace('\0', "\\u0000")))
+            } else {
+                nul_field(item, &join(key))
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Replaces every NUL in the document's text by U+FFFD.
+pub fn replace_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        serde_json::Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                let entries = std::mem::take(map);
+                for (key, mut item) in entries {
+                    replace_nul(&mut item);
+                    map.insert(key.replace('\0', "\u{FFFD}"), item);
+                }
+            } else {
+                map.values_mut().for_each(replace_nul);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn from_document<T: DeserializeOwned>(document: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(document).map_err(|err| {
         let path = err.path().to_string();
         data_error(&path, err.inner())
@@ -93,6 +184,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
+        if let Some((name, _)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            let name = name.replace('\0', "%00");
+            return Err(ApiError::Request {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_query",
+                detail: format!("query parameter `{name}` contains a NUL character (%00)"),
+                field: Some(name),
+                hint: None,
+            });
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de).map(Query).map_err(|err| {
             let path = err.path().to_string();
@@ -123,6 +226,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.path().to_ascii_lowercase().contains("%00") {
+            return Err(ApiError::bad_request("invalid_path", "the path contains a NUL character (%00)"));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Path(value))

@@ -18,7 +18,7 @@ use crate::{
     auth::Principal,
     http::{
         error::{ApiError, ApiResult},
-        extract::{Json, Query},
+        extract::{AgentJson, Query},
     },
     state::AppState,
 };
@@ -118,7 +118,7 @@ pub async fn next(
 pub async fn frames(
     State(state): State<AppState>,
     principal: Principal,
-    Json(frames): Json<Vec<serde_json::Value>>,
+    AgentJson(frames): AgentJson<Vec<serde_json::Value>>,
 ) -> ApiResult<axum::Json<FramesOutcome>> {
     let mut session = greeted_session(&state, &principal).await?;
     let mut outcome = FramesOutcome { accepted: 0, refused: Vec::new() };

@@ -120,7 +120,10 @@ impl AgentSession {
                     tracing::error!(error = %e, "could not resolve the agent's offline incident");
                 }
             }
-            AgentFrame::Heartbeat { metrics } => state.presence.beat(self.agent_id, metrics, now),
+            AgentFrame::Heartbeat { metrics } => {
+                check_metrics(&metrics)?;
+                state.presence.beat(self.agent_id, metrics, now)
+            }
             AgentFrame::Ack { command_id } => {
                 let command = state.store.ack_command(self.agent_id, command_id, now).await?;
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
@@ -269,6 +272,37 @@ impl AgentSession {
             tracing::warn!(error = %e, "could not record the disconnection");
         }
     }
+}
+
+/// The largest byte count a metric may claim (2^62: far past any disk, and a BIGINT).
+const MAX_BYTES: u64 = 1 << 62;
+
+/// A heartbeat's numbers must be what a host can measure: finite, in range. Anything else is
+/// refused at the door, never stored (a non-finite number would be unreadable afterwards).
+fn check_metrics(m: &botmox_contract::agents::AgentMetrics) -> Result<(), FrameError> {
+    let refuse = |field: &str, what: &str| {
+        Err(FrameError::new("invalid_frame", format!("heartbeat `metrics.{field}` must be {what}")))
+    };
+    if !(m.cpu_percent.is_finite() && (0.0..=100_000.0).contains(&m.cpu_percent)) {
+        return refuse("cpu_percent", "a finite number from 0 to 100,000 (100 per core)");
+    }
+    if !(m.load1.is_finite() && (0.0..=1_000_000.0).contains(&m.load1)) {
+        return refuse("load1", "a finite number from 0 to 1,000,000");
+    }
+    for (field, value) in [
+        ("memory_used_bytes", m.memory_used_bytes),
+        ("memory_total_bytes", m.memory_total_bytes),
+        ("disk_used_bytes", m.disk_used_bytes),
+        ("disk_total_bytes", m.disk_total_bytes),
+    ] {
+        if value > MAX_BYTES {
+            return refuse(field, "at most 2^62 bytes");
+        }
+    }
+    if m.bots_running > 10_000_000 {
+        return refuse("bots_running", "at most 10,000,000");
+    }
+    Ok(())
 }
 
 fn truncate_line(mut line: LogLine) -> LogLine {

@@ -207,7 +207,14 @@ fn parse_frame(text: &str) -> Result<AgentFrame, FrameError> {
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError::new("frame_too_large", format!("frames are at most {MAX_FRAME_BYTES} bytes")));
     }
-    serde_json::from_str(text).map_err(|e| FrameError::new("malformed_frame", format!("not an agent frame: {e}")))
+    let malformed = |e: serde_json::Error| FrameError::new("malformed_frame", format!("not an agent frame: {e}"));
+    if !crate::http::extract::may_hold_nul(text.as_bytes()) {
+        return serde_json::from_str(text).map_err(malformed);
+    }
+    // Text with NUL characters (which the store cannot keep) has them replaced, as on long-poll.
+    let mut document: serde_json::Value = serde_json::from_str(text).map_err(malformed)?;
+    crate::http::extract::replace_nul(&mut document);
+    serde_json::from_value(document).map_err(malformed)
 }
 
 fn error_frame(refusal: FrameError) -> Outbound {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::bots::spec;
 
 both_backends!(bad_bot_definitions_are_refused_and_change_nothing, bad_requests_get_problem_json);
-both_backends!(head_works_wherever_get_does);
+both_backends!(head_works_wherever_get_does, nul_characters_are_refused_the_same_on_both_backends);
 
 /// `body` with the member at `pointer` (a JSON pointer to an object member) set to `value`.
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
@@ -160,5 +160,28 @@ async fn head_works_wherever_get_does(backend: Backend) -> anyhow::Result<()> {
     }
     let refused = app.request_as(Method::HEAD, "/api/v1/bots", None).send().await?;
     assert_eq!(refused.status(), 401, "HEAD needs what GET needs");
+    app.stop().await
+}
+
+async fn nul_characters_are_refused_the_same_on_both_backends(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let agent = app.create_agent("vm-1").await?;
+    let login =
+        app.client.post(app.url("/api/v1/auth/login")).json(&json!({ "username": "ad\u{0}min", "password": "x" }));
+    let (status, problem) = send(login).await?;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("nul_character")), "{problem}");
+    let (status, problem) =
+        send(app.post("/api/v1/bots", &with(spec("nul", agent.id), "/name", json!("a\u{0}b")))).await?;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("name")), "{problem}");
+    let tagged = with(spec("nul", agent.id), "/tags", json!(["ok", "b\u{0}d"]));
+    let (status, problem) = send(app.post("/api/v1/bots", &tagged)).await?;
+    assert_eq!((status, problem["field"].as_str()), (422, Some("tags[1]")), "{problem}");
+    let (status, problem) = send(app.get("/api/v1/bots?name=a%00b")).await?;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("name")), "{problem}");
+    let (status, problem) =
+        send(app.request(Method::PUT, "/api/v1/secrets/a%00b").json(&json!({ "value": "v" }))).await?;
+    assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_path")), "{problem}");
+    let (_, bots) = send(app.get("/api/v1/bots")).await?;
+    assert_eq!(bots["total"], 0, "nothing was created: {bots}");
     app.stop().await
 }

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::*;
 
 both_backends!(frames_before_hello_are_refused, malformed_frames_change_nothing);
+both_backends!(out_of_range_numbers_are_refused_and_nul_characters_replaced);
 both_backends!(an_agent_cannot_touch_another_agents_commands_or_bots, long_poll_refusals_name_the_frame);
 
 async fn frames_before_hello_are_refused(backend: Backend) -> anyhow::Result<()> {
@@ -177,5 +178,50 @@ async fn long_poll_refusals_name_the_frame(backend: Backend) -> anyhow::Result<(
     let (status, problem) = send(poll).await?;
     assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{problem}");
     assert_eq!(bot(&app, bot_id).await?, running, "nothing changed");
+    app.stop().await
+}
+
+async fn out_of_range_numbers_are_refused_and_nul_characters_replaced(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (agent_id, token) = app.pair_agent("vm-odd").await?;
+    let bot_id = create_bot(&app, "odd", agent_id).await?;
+    let mut agent = SimAgent::connect(sim(&app, &token)).await?;
+    let metrics = |cpu: serde_json::Value, load: serde_json::Value| {
+        json!({ "type": "heartbeat", "metrics": { "cpu_percent": cpu, "memory_used_bytes": 1, "memory_total_bytes": 2,
+                "disk_used_bytes": 3, "disk_total_bytes": 4, "load1": load, "bots_running": 0 } })
+        .to_string()
+    };
+    for (cpu, load, field) in [
+        (json!(1e39), json!(0.5), "cpu_percent"),
+        (json!(-1.0), json!(0.5), "cpu_percent"),
+        (json!(12.5), json!(1e300), "load1"),
+    ] {
+        agent.send_raw(metrics(cpu, load)).await?;
+        let refusal = agent.next_error(WAIT).await?;
+        assert_eq!(refusal.code, "invalid_frame", "{refusal:?}");
+        assert!(refusal.detail.contains(field), "{refusal:?}");
+    }
+    // A sane one is taken, and the fleet view keeps working.
+    agent.send_raw(metrics(json!(12.5), json!(0.5))).await?;
+    for path in ["/api/v1/agents", "/api/v1/dashboard", "/api/v1/guide/status"] {
+        let (status, body) = send(app.get(path)).await?;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+
+    // A log line with a NUL is kept, the NUL replaced (refusing it would lose the batch).
+    let logs = format!("/api/v1/bots/{bot_id}/logs");
+    let mut follow = botmox_e2e::sse::SseStream::open(app.get(&format!("{logs}?follow=true"))).await?;
+    agent
+        .send_raw(
+            json!({ "type": "logs", "bot_id": bot_id,
+                    "lines": [{ "seq": 1, "stream": "stdout", "time": "2026-01-01T00:00:00Z", "text": "a\u{0}b" }] })
+            .to_string(),
+        )
+        .await?;
+    let line = follow.next_event(WAIT).await?.json::<serde_json::Value>()?;
+    assert_eq!(line["text"], "a\u{FFFD}b", "{line}");
+    assert_eq!(get(&app, &logs).await?[0]["text"], "a\u{FFFD}b");
+    drop(follow);
+    assert!(agent.try_next_error().is_none());
     app.stop().await
 }
