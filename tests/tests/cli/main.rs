@@ -189,3 +189,24 @@ async fn the_server_answers_health_checks_while_serving() -> anyhow::Result<()> 
     assert_eq!(server.terminate().await?, Some(0));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_username_cannot_forge_a_log_line() -> anyhow::Result<()> {
+    let data = tempfile::tempdir()?;
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let server = ServerProcess::start(&["--data-dir", &data_dir], &[("BOTMOX_LOG_FORMAT", "text")]).await?;
+    let forged = "nobody\n2026-01-01T00:00:00Z  INFO botmox: FORGED admin logged in";
+    let response = reqwest::Client::new()
+        .post(server.url("/api/v1/auth/login"))
+        .json(&serde_json::json!({ "username": forged, "password": "wrong" }))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 401);
+    let line = server.stderr.wait_for("login refused", std::time::Duration::from_secs(10)).await?;
+    assert!(line.contains("nobody\\n2026"), "the newline is escaped within the line: {line}");
+    assert!(
+        !server.stderr.snapshot().iter().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "no forged line of its own"
+    );
+    server.kill().await
+}
