@@ -12,7 +12,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
+/// A probe's answer (named apart from the guide's `Health`).
 #[derive(Serialize, ToSchema)]
+#[schema(as = Probe)]
 struct Health {
     status: &'static str,
     /// `sqlite` or `postgres` (readiness only).

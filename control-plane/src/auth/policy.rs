@@ -52,6 +52,9 @@ pub struct Rule {
     pub access: Access,
     /// The OpenAPI operation id (the handler's name): the audit log's action.
     pub operation_id: String,
+    /// The query parameters the operation declares: any other is refused (one rule for every
+    /// route, whether or not its handler reads a query).
+    pub query: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +73,13 @@ impl Policy {
             for (method, operation) in item.as_object().cloned().unwrap_or_default() {
                 let Ok(method) = Method::from_bytes(method.to_uppercase().as_bytes()) else { continue };
                 let operation_id = operation["operationId"].as_str().unwrap_or_default().to_owned();
+                let query = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["in"] == "query")
+                    .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                    .collect();
                 let public = PUBLIC_ROUTES.iter().any(|(m, p)| *m == method.as_str() && *p == path);
                 let declared: Vec<BTreeMap<String, Vec<String>>> =
                     serde_json::from_value(operation["security"].clone()).unwrap_or_default();
@@ -92,7 +102,7 @@ impl Policy {
                 };
                 match access {
                     Ok(access) => {
-                        rules.insert((method, path.clone()), Rule { access, operation_id });
+                        rules.insert((method, path.clone()), Rule { access, operation_id, query });
                     }
                     Err(why) => problems.push(format!("{method} {path} {why}")),
                 }
@@ -146,6 +156,19 @@ pub async fn authorize(State(state): State<AppState>, matched: MatchedPath, req:
             return ApiError::bad_request("token_in_query", "credentials are refused in the query string")
                 .with_hint("query strings end up in logs and browser history; send `Authorization: Bearer <token>`")
                 .into_response();
+        }
+        if let Some((unknown, _)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(key, _)| !rule.query.iter().any(|known| known == key))
+        {
+            let known = if rule.query.is_empty() { "none".to_owned() } else { rule.query.join(", ") };
+            return ApiError::Request {
+                status: axum::http::StatusCode::BAD_REQUEST,
+                code: "invalid_query",
+                detail: format!("unknown query parameter `{unknown}` (this route takes: {known})"),
+                field: Some(unknown.into_owned()),
+                hint: None,
+            }
+            .into_response();
         }
     }
     if rule.access == Access::Public {

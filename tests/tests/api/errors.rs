@@ -13,6 +13,7 @@ use crate::bots::spec;
 
 both_backends!(bad_bot_definitions_are_refused_and_change_nothing, bad_requests_get_problem_json);
 both_backends!(head_works_wherever_get_does, nul_characters_are_refused_the_same_on_both_backends);
+both_backends!(unknown_query_parameters_are_refused_everywhere);
 
 /// `body` with the member at `pointer` (a JSON pointer to an object member) set to `value`.
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
@@ -183,5 +184,17 @@ async fn nul_characters_are_refused_the_same_on_both_backends(backend: Backend) 
     assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_path")), "{problem}");
     let (_, bots) = send(app.get("/api/v1/bots")).await?;
     assert_eq!(bots["total"], 0, "nothing was created: {bots}");
+    app.stop().await
+}
+
+async fn unknown_query_parameters_are_refused_everywhere(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    for path in ["/api/v1/agents", "/api/v1/dashboard", "/api/v1/secrets", "/api/v1/bots", "/api/v1/commands"] {
+        let (status, problem) = send(app.get(&format!("{path}?colour=blue"))).await?;
+        assert_eq!((status, problem["code"].as_str()), (400, Some("invalid_query")), "{path}: {problem}");
+        assert_eq!(problem["field"], "colour", "{path}: the parameter is named");
+    }
+    let (status, _) = send(app.get("/api/v1/bots?limit=5")).await?;
+    assert_eq!(status, 200, "declared parameters still work");
     app.stop().await
 }

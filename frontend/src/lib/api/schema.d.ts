@@ -1357,6 +1357,13 @@ export interface components {
             cancel?: string[];
             commands: components["schemas"]["CommandEnvelope"][];
         };
+        /** @description A probe's answer (named apart from the guide's `Health`). */
+        Probe: {
+            status: string;
+            /** @description `sqlite` or `postgres` (readiness only). */
+            store?: string | null;
+            version: string;
+        };
         Problem: {
             /** @description Stable, machine-readable: scripts match on this. */
             code: string;
@@ -3170,7 +3177,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Health"];
+                    "application/json": components["schemas"]["Probe"];
                 };
             };
         };
@@ -3209,7 +3216,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Health"];
+                    "application/json": components["schemas"]["Probe"];
                 };
             };
             503: {
@@ -3217,7 +3224,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Health"];
+                    "application/json": components["schemas"]["Probe"];
                 };
             };
         };
