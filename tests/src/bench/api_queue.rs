@@ -27,22 +27,24 @@ use crate::{
     sim::{connect_fleet, AutoMode, SimConfig},
 };
 
+/// Field names differ from the other benchmarks' (clap ids must be unique across them all:
+/// `agents` is `queue`'s).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiQueueOptions {
     /// Simulated agents connected (WebSocket).
     #[arg(long = "api-queue-agents", default_value_t = 100)]
-    pub agents: usize,
+    pub api_agents: usize,
     /// Bots per agent (the bulk action starts them all; the single case stops each once).
     #[arg(long = "api-queue-bots-per-agent", default_value_t = 100)]
     pub bots_per_agent: usize,
     /// Concurrent HTTP clients in the single case.
     #[arg(long = "api-queue-clients", default_value_t = 32)]
-    pub clients: usize,
+    pub api_clients: usize,
 }
 
 pub async fn run(options: &ApiQueueOptions, backend: Backend) -> anyhow::Result<Vec<Report>> {
     let prepared = Prepared::new(backend).await?;
-    let fleet = prepared.register_fleet(options.agents, options.bots_per_agent).await?;
+    let fleet = prepared.register_fleet(options.api_agents, options.bots_per_agent).await?;
     let bots: Vec<_> = fleet.iter().flat_map(|(_, bots)| bots.iter().copied()).collect();
     let served = prepared.serve().await?;
     let watch = Store::connect(&served.db_url(), &PoolOptions::default()).await?;
@@ -83,7 +85,7 @@ pub async fn run(options: &ApiQueueOptions, backend: Backend) -> anyhow::Result<
     }
 
     // Single: concurrent clients, one stop per bot.
-    let clients = options.clients.max(1);
+    let clients = options.api_clients.max(1);
     let started = Instant::now();
     let tasks = (0..clients).map(|c| {
         let mine: Vec<_> = bots.iter().skip(c).step_by(clients).copied().collect();

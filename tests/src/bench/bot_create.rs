@@ -19,20 +19,21 @@ use serde_json::{json, Value};
 use super::{fleet::Prepared, Report, Samples};
 use crate::db::Backend;
 
+/// Field names differ from the other benchmarks' (clap ids must be unique across them all).
 #[derive(Debug, Clone, clap::Args)]
 pub struct BotCreateOptions {
     /// Concurrent HTTP clients creating bots one by one.
     #[arg(long = "bot-create-clients", default_value_t = 8)]
-    pub clients: usize,
+    pub create_clients: usize,
     /// How long the clients create bots.
     #[arg(long = "bot-create-seconds", default_value_t = 5)]
-    pub seconds: u64,
+    pub create_seconds: u64,
     /// Definitions in the one import.
     #[arg(long = "bot-create-import", default_value_t = 10_000)]
-    pub import: usize,
+    pub import_size: usize,
     /// Agents the bots are spread over.
     #[arg(long = "bot-create-agents", default_value_t = 100)]
-    pub agents: usize,
+    pub create_agents: usize,
 }
 
 /// The spec's example definition, named `name`, on `agent`.
@@ -47,8 +48,8 @@ pub async fn run(options: &BotCreateOptions, backend: Backend) -> anyhow::Result
     let agents = {
         let store = prepared.store().await?;
         let tenant_id = store.ensure_tenant(DEFAULT_TENANT, chrono::Utc::now()).await?;
-        let mut agents = Vec::with_capacity(options.agents.max(1));
-        for i in 0..options.agents.max(1) {
+        let mut agents = Vec::with_capacity(options.create_agents.max(1));
+        for i in 0..options.create_agents.max(1) {
             agents.push(super::fleet::register_agent(&store, tenant_id, i).await?.1);
         }
         store.close().await;
@@ -58,8 +59,8 @@ pub async fn run(options: &BotCreateOptions, backend: Backend) -> anyhow::Result
     let url = |path: &str| served.server.url(path);
 
     // Single creates: every client on its own connection, one request at a time.
-    let clients = options.clients.max(1);
-    let deadline = Instant::now() + Duration::from_secs(options.seconds.max(1));
+    let clients = options.create_clients.max(1);
+    let deadline = Instant::now() + Duration::from_secs(options.create_seconds.max(1));
     let started = Instant::now();
     let tasks = (0..clients).map(|c| {
         let (client, token, agents) = (served.client.clone(), served.token.clone(), agents.clone());
@@ -88,7 +89,7 @@ pub async fn run(options: &BotCreateOptions, backend: Backend) -> anyhow::Result
     let created = single.len();
 
     // One import.
-    let n = options.import;
+    let n = options.import_size;
     let bots: Vec<Value> =
         (0..n).map(|i| definition(&format!("import-{i:06}"), agents[i % agents.len()], i % 2 == 0)).collect();
     let body = serde_json::to_vec(&json!({ "bots": bots }))?;
@@ -114,7 +115,10 @@ pub async fn run(options: &BotCreateOptions, backend: Backend) -> anyhow::Result
         Report {
             bench: "bot-create single",
             backend,
-            about: format!("{clients} concurrent clients, POST /bots one by one for {} s; {setup}", options.seconds),
+            about: format!(
+                "{clients} concurrent clients, POST /bots one by one for {} s; {setup}",
+                options.create_seconds
+            ),
             figures: vec![
                 ("throughput".into(), format!("{:.0} creates/s", created as f64 / single_wall.as_secs_f64())),
                 ("created".into(), format!("{created} in {:.2} s", single_wall.as_secs_f64())),
