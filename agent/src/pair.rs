@@ -170,6 +170,7 @@ mod tests {
             hint: None,
             field: Some("labels.x".into()),
             instance: None,
+            errors: Vec::new(),
         }
     }
 

@@ -212,3 +212,24 @@ pub struct BotList {
     /// Bots matching the whole filter.
     pub total: u64,
 }
+
+/// `POST /bots/import`: many definitions, created all together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct BotImport {
+    /// 1 to 10,000 definitions, each checked like the body of `POST /bots`.
+    pub bots: Vec<BotSpec>,
+}
+
+/// What an import created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BotsImported {
+    /// How many bots were created: all of the request's.
+    pub created: u64,
+    /// The new bots' ids, in the order of the request's definitions (`GET /bots/{id}` reads one).
+    pub bots: Vec<Uuid>,
+    /// `bot.start` commands queued for the bots whose `desired_state` is `running`.
+    pub starts_queued: u64,
+}

@@ -1,13 +1,15 @@
 //! Bots API: create, read, list (filters, cursor pagination, counts by state), update with
 //! optimistic concurrency (`If-Match` / `ETag` carry the bot's `version`), delete.
-//! Starting and stopping bots goes through the command queue (`commands`).
+//! Starting and stopping bots goes through the command queue (`commands`); many definitions
+//! at once through `POST /bots/import` ([`import`]).
 
 mod control;
+mod import;
 mod logs;
 pub mod validate;
 
 use axum::{
-    extract::State,
+    extract::{DefaultBodyLimit, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -19,7 +21,10 @@ use botmox_contract::{
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
-use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt as _},
+    routes,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -36,6 +41,8 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_bots, create_bot))
+        // Its own body limit: thousands of definitions are far more than the server's default.
+        .routes(routes!(import::import_bots).layer(DefaultBodyLimit::max(import::MAX_BODY_BYTES)))
         .routes(routes!(get_bot, update_bot, delete_bot))
         .routes(routes!(control::start_bot))
         .routes(routes!(control::stop_bot))
@@ -70,11 +77,19 @@ struct ListQuery {
 /// converge anyway. A removal goes to the agent (the bot may be gone or moved away); the
 /// others go to the bot, on whatever agent it is now.
 async fn tell_agent(state: &AppState, principal: &Principal, agent_id: Uuid, bot_id: Uuid, kind: CommandKind) {
+    let order = bookkeeping_order(principal, agent_id, bot_id, kind);
+    if let Err(e) = crate::control::submit(state, order).await {
+        tracing::warn!(%bot_id, %agent_id, kind = kind.as_str(), error = %e, "could not queue the command for the agent");
+    }
+}
+
+/// The order behind [`tell_agent`] (an import places many of them at once).
+fn bookkeeping_order(principal: &Principal, agent_id: Uuid, bot_id: Uuid, kind: CommandKind) -> Order {
     let target = match kind {
         CommandKind::BotRemove => Target::Agent { agent_id, bot_id: Some(bot_id) },
         _ => Target::Bot(bot_id),
     };
-    let order = Order {
+    Order {
         tenant_id: principal.tenant_id,
         target,
         kind,
@@ -84,9 +99,6 @@ async fn tell_agent(state: &AppState, principal: &Principal, agent_id: Uuid, bot
         idempotency_key: None,
         created_by: principal.actor(),
         batch_id: None,
-    };
-    if let Err(e) = crate::control::submit(state, order).await {
-        tracing::warn!(%bot_id, %agent_id, kind = kind.as_str(), error = %e, "could not queue the command for the agent");
     }
 }
 
@@ -102,9 +114,12 @@ fn validate_spec(spec: &BotSpec) -> ApiResult<()> {
     validate::tags(&spec.tags)
 }
 
-fn name_conflict(err: StoreError) -> ApiError {
+/// A definition the store refused: its name is taken (409), or its agent is no agent of the
+/// tenant (422 naming `agent_id`).
+fn definition_refused(err: StoreError) -> ApiError {
     match err {
         StoreError::Conflict(detail) => ApiError::Conflict { code: "bot_name_taken", detail },
+        StoreError::Reference(detail) => ApiError::unknown_reference(detail, Some("agent_id")),
         other => other.into(),
     }
 }
@@ -145,8 +160,12 @@ async fn list_bots(
     request_body = BotSpec,
     responses(
         (status = 201, description = "Created", body = Bot),
+        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `bots:write`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid definition", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 256 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid definition, or an agent the tenant does not have (`field` names it)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_bot(
@@ -159,7 +178,7 @@ async fn create_bot(
         .store
         .create_bot(NewBot { tenant_id: principal.tenant_id, spec }, state.clock.now())
         .await
-        .map_err(name_conflict)?;
+        .map_err(definition_refused)?;
     tracing::info!(bot_id = %bot.id, name = %bot.name, "bot created");
     state.publish(principal.tenant_id, EventPayload::BotState((&bot).into())).await;
     if bot.desired_state == botmox_contract::bots::DesiredState::Running {
@@ -255,7 +274,7 @@ async fn update_bot(
                 return Ok(with_etag(StatusCode::OK, bot));
             }
             Err(StoreError::VersionMismatch { .. }) if attempt < attempts => continue,
-            Err(err) => return Err(name_conflict(err)),
+            Err(err) => return Err(definition_refused(err)),
         }
     }
     Err(ApiError::Conflict { code: "concurrent_update", detail: "the bot kept changing; try again".into() })

@@ -11,7 +11,8 @@
 //! Single orders go through [`group::GroupCommit`]: orders that arrive while a transaction is
 //! committing share the next one (one statement set, one durable commit), so concurrent
 //! clicks cost one commit between them, never a weaker one. A bulk action ([`bulk`]) is one
-//! transaction of its own.
+//! transaction of its own, and so are many orders given at once ([`submit_many`]: the starts
+//! of an import).
 
 pub mod bulk;
 pub mod group;
@@ -120,6 +121,18 @@ pub async fn submit(state: &AppState, order: Order) -> Result<Submitted, Control
     let placed = state.group_commit.place(order).await;
     let mut submitted = announce(state, vec![(tenant_id, placed)]).await;
     submitted.pop().unwrap_or(Err(ControlError::Store(StoreError::Corrupt("no answer for an order".into()))))
+}
+
+/// Places many orders in one transaction of their own (not a group commit: it may be
+/// thousands, e.g. the starts of an import), then wakes each agent once and publishes what
+/// changed. One answer per order, in order; the outer error is the store's (nothing placed).
+pub async fn submit_many(
+    state: &AppState,
+    orders: Vec<Order>,
+) -> Result<Vec<Result<Submitted, ControlError>>, ControlError> {
+    let placement = state.store.place_orders(&orders, queue_times(&state.settings), state.clock.now()).await?;
+    let answers = orders.iter().map(|order| order.tenant_id).zip(placement).collect();
+    Ok(announce(state, answers).await)
 }
 
 /// Tells whoever must know about what a committed transaction did: one wake-up per agent

@@ -5,7 +5,7 @@ use axum::{
     http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use botmox_contract::problem::{Problem, CONTENT_TYPE};
+use botmox_contract::problem::{ItemError, Problem, CONTENT_TYPE};
 
 use crate::store::StoreError;
 
@@ -17,6 +17,10 @@ pub enum ApiError {
     /// Also used for other tenants' rows: they do not exist for the caller.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 422 for a request made of many items (`POST /bots/import`): every refused item, by
+    /// index and field, in the problem's `errors`.
+    #[error("{detail}")]
+    Items { detail: String, errors: Vec<ItemError> },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -52,6 +56,23 @@ impl ApiError {
         }
     }
 
+    /// This error as one refused item of a many-item request: its field, code and detail.
+    pub fn into_item(self, index: usize) -> ItemError {
+        let problem = self.problem();
+        ItemError { index, field: problem.field, code: problem.code, detail: problem.detail }
+    }
+
+    /// 422 `unknown_reference`: the request names something the tenant does not have (an agent).
+    pub fn unknown_reference(detail: String, field: Option<&str>) -> Self {
+        Self::Request {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "unknown_reference",
+            detail,
+            field: field.map(str::to_owned),
+            hint: None,
+        }
+    }
+
     pub fn with_hint(mut self, text: impl Into<String>) -> Self {
         if let Self::Request { hint, .. } = &mut self {
             *hint = Some(text.into());
@@ -63,6 +84,7 @@ impl ApiError {
         match self {
             Self::Request { status, .. } => *status,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Items { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict { .. } => StatusCode::CONFLICT,
@@ -81,6 +103,12 @@ impl ApiError {
             Self::NotFound(what) => {
                 (format!("{}_not_found", what.replace(' ', "_")), format!("{what} not found"), None, None)
             }
+            Self::Items { detail, .. } => (
+                "validation_failed".into(),
+                detail.clone(),
+                None,
+                Some("`errors` lists every refused item by index and field; nothing was changed".into()),
+            ),
             Self::Unauthorized(detail) => (
                 "unauthorized".into(),
                 detail.clone(),
@@ -124,6 +152,10 @@ impl ApiError {
             hint,
             field,
             instance: crate::http::request_id::current(),
+            errors: match self {
+                Self::Items { errors, .. } => errors.clone(),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -137,13 +169,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidTransition { .. } => {
                 Self::Conflict { code: "invalid_transition", detail: err.to_string() }
             }
-            StoreError::Reference(detail) => Self::Request {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "unknown_reference",
-                detail,
-                field: None,
-                hint: None,
-            },
+            StoreError::Reference(detail) => Self::unknown_reference(detail, None),
             StoreError::Unavailable(detail) => Self::Unavailable(detail),
             // A database error rolled the request's transaction back: nothing changed, and
             // a retry may well succeed (a restart, a lost connection, a full pool). Logged at
@@ -163,13 +189,7 @@ impl From<crate::control::ControlError> for ApiError {
         match err {
             ControlError::NotFound(what) => Self::NotFound(what),
             ControlError::AgentRevoked(detail) => Self::Conflict { code: "agent_revoked", detail },
-            ControlError::NoSuchAgent(detail) => Self::Request {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "unknown_reference",
-                detail,
-                field: Some("agent_id".into()),
-                hint: None,
-            },
+            ControlError::NoSuchAgent(detail) => Self::unknown_reference(detail, Some("agent_id")),
             ControlError::Busy(detail) => Self::Conflict { code: "idempotency_key_in_use", detail },
             ControlError::Store(e) => e.into(),
         }

@@ -89,7 +89,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             });
         }
     }
-    from_document(document)
+    from_value(document)
 }
 
 /// Like [`parse_json`], but NUL characters in text are replaced by U+FFFD instead of refused:
@@ -101,7 +101,7 @@ pub fn parse_json_replacing_nul<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     if may_hold_nul(bytes) {
         replace_nul(&mut document);
     }
-    from_document(document)
+    from_value(document)
 }
 
 /// Whether JSON text may contain an escaped NUL (a raw one is not valid JSON): the cheap test
@@ -149,8 +149,10 @@ pub fn replace_nul(value: &mut serde_json::Value) {
     }
 }
 
-fn from_document<T: DeserializeOwned>(document: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(document).map_err(|err| {
+/// Reads a JSON value into `T`, refusing a wrong shape with a 422 naming the field (as the
+/// body extractor does; `POST /bots/import` reads each definition of its list with this).
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         data_error(&path, err.inner())
     })

@@ -26,6 +26,8 @@ use crate::{
     sim::{connect_fleet, AutoMode, SimConfig},
 };
 
+/// Field names differ from the other benchmarks' (clap ids must be unique across them all:
+/// `agents` is `queue`'s).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiQueueOptions {
     /// Simulated agents connected (WebSocket).

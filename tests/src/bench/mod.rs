@@ -5,6 +5,7 @@
 
 mod agent;
 mod api_queue;
+mod bot_create;
 mod fleet;
 mod panel;
 mod queue;
@@ -37,6 +38,8 @@ pub struct Options {
     pub api_queue: api_queue::ApiQueueOptions,
     #[command(flatten)]
     pub panel: panel::PanelOptions,
+    #[command(flatten)]
+    pub bot_create: bot_create::BotCreateOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +81,11 @@ pub const BENCHES: &[Bench] = &[
         about:
             "the queue through the API with 100 agents: one bulk action of 10,000 starts; 32 clients of single stops",
         run: |options, backend| Box::pin(api_queue::run(&options.api_queue, backend)),
+    },
+    Bench {
+        name: "bot-create",
+        about: "8 clients creating bots one by one through POST /bots; one POST /bots/import of 10,000 bots",
+        run: |options, backend| Box::pin(bot_create::run(&options.bot_create, backend)),
     },
     Bench {
         name: "dispatch",

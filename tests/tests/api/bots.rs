@@ -9,19 +9,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A valid bot definition.
-pub fn spec(name: &str, agent_id: Uuid) -> Value {
-    json!({
-        "name": name,
-        "agent_id": agent_id,
-        "exec": { "program": "python3", "args": ["bot.py", "--realm", "eu"], "cwd": "/srv/bots",
-                  "env": { "MODE": "farm" }, "secret_env": { "ACCOUNT_PASSWORD": "farmer-password" } },
-        "restart": { "policy": "on-failure", "max_restarts": 5, "window_seconds": 300,
-                     "backoff_initial_ms": 1000, "backoff_max_ms": 60000, "stable_after_seconds": 60 },
-        "stop": { "timeout_seconds": 10 },
-        "desired_state": "running",
-        "tags": ["eu", "farm"]
-    })
-}
+pub use botmox_e2e::bot_definition as spec;
 
 both_backends!(create_get_update_delete, defaults_fill_what_is_left_out, list_filters_paginate_and_count);
 both_backends!(if_match_guards_updates_and_deletes, names_are_unique_per_tenant, other_tenants_bots_do_not_exist);
@@ -203,6 +191,8 @@ async fn names_are_unique_per_tenant(backend: Backend) -> anyhow::Result<()> {
     let (status, body) = send(app.post("/api/v1/bots", &spec("orphan", Uuid::now_v7()))).await?;
     assert_eq!(status, 422);
     assert_eq!(body["code"], "unknown_reference");
+    assert_eq!(body["field"], "agent_id");
+    assert!(body.get("errors").is_none(), "a single refusal keeps the single-error shape: {body}");
     app.stop().await
 }
 

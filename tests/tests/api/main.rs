@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod bots;
 mod errors;
+mod import;
 mod matrix;
 mod openapi;
 mod pairing;

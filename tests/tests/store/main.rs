@@ -46,6 +46,7 @@ macro_rules! assert_err {
 }
 
 mod agents;
+mod bot_import;
 mod bots;
 mod concurrency;
 mod isolation;

@@ -442,7 +442,7 @@ impl Store {
                     superseded.extend(rows);
                 }
                 tx.commit().await?;
-                Ok(Attempt2::Done(plan, inserted, superseded, record))
+                Ok(Attempt2::Done(Box::new(plan), inserted, superseded, record))
             }
             .await?
         });
@@ -460,7 +460,7 @@ impl Store {
 enum Attempt2 {
     Raced,
     BatchExists,
-    Done(Plan, Vec<CommandRow>, Vec<CommandRow>, Option<BatchRecord>),
+    Done(Box<Plan>, Vec<CommandRow>, Vec<CommandRow>, Option<BatchRecord>),
 }
 
 fn action_str(action: BotAction) -> &'static str {

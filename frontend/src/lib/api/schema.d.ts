@@ -317,6 +317,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/bots/import": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create many bots (up to 10,000) in one transaction: all of them, or none. Every refused
+         *     definition is listed in the problem's `errors` by `index` and `field`. A repeat is refused
+         *     (every name is then taken), so no `Idempotency-Key` is needed.
+         */
+        post: operations["import_bots"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/bots/{id}": {
         parameters: {
             query?: never;
@@ -915,6 +936,11 @@ export interface components {
         };
         /** @enum {string} */
         BotAction: "start" | "stop" | "restart";
+        /** @description `POST /bots/import`: many definitions, created all together or not at all. */
+        BotImport: {
+            /** @description 1 to 10,000 definitions, each checked like the body of `POST /bots`. */
+            bots: components["schemas"]["BotSpec"][];
+        };
         /** @description One page of `GET /bots`. */
         BotList: {
             /** @description Bots matching the filter (ignoring `state`), by observed state. */
@@ -1004,6 +1030,21 @@ export interface components {
             /** Format: date-time */
             started_at?: string | null;
             state: components["schemas"]["BotState"];
+        };
+        /** @description What an import created. */
+        BotsImported: {
+            /** @description The new bots' ids, in the order of the request's definitions (`GET /bots/{id}` reads one). */
+            bots: string[];
+            /**
+             * Format: int64
+             * @description How many bots were created: all of the request's.
+             */
+            created: number;
+            /**
+             * Format: int64
+             * @description `bot.start` commands queued for the bots whose `desired_state` is `running`.
+             */
+            starts_queued: number;
         };
         /** @description The answer to `POST /bots/actions`. */
         BulkAccepted: {
@@ -1281,6 +1322,17 @@ export interface components {
             items: components["schemas"]["Incident"][];
             next_cursor?: string | null;
         };
+        /** @description One refused item of a request made of many (`POST /bots/import`). */
+        ItemError: {
+            /** @description Stable, machine-readable (`validation_failed`, `bot_name_taken`, `unknown_reference`, …). */
+            code: string;
+            /** @description For people: what is wrong with this item. */
+            detail: string;
+            /** @description The offending field within the item, as a JSON path (`exec.program`), when one is to blame. */
+            field?: string | null;
+            /** @description The item's position in the request's list, from 0. */
+            index: number;
+        };
         LogLine: {
             /**
              * Format: int64
@@ -1369,6 +1421,11 @@ export interface components {
             code: string;
             /** @description For people: what went wrong in this request. */
             detail: string;
+            /**
+             * @description Every error of a request made of many items (`POST /bots/import`), each naming its item
+             *     and field; absent on every other problem.
+             */
+            errors?: components["schemas"]["ItemError"][];
             /** @description The offending field, as a JSON path (`exec.program`). */
             field?: string | null;
             /** @description What to do next, where there is something useful to say. */
@@ -2158,6 +2215,24 @@ export interface operations {
                     "application/json": components["schemas"]["Bot"];
                 };
             };
+            /** @description No valid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks `bots:write` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Name taken */
             409: {
                 headers: {
@@ -2167,7 +2242,25 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid definition */
+            /** @description Body larger than 256 KiB */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid definition, or an agent the tenant does not have (`field` names it) */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2213,6 +2306,84 @@ export interface operations {
                 };
             };
             /** @description Neither or both of ids and filter, or too many ids */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    import_bots: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BotImport"];
+            };
+        };
+        responses: {
+            /** @description Every bot created (ids in the order of the definitions); starts queued for those desired running */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BotsImported"];
+                };
+            };
+            /** @description No valid token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The token lacks `bots:write` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Names or agents changed while the bots were being created: send it again */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body larger than 16 MiB: split the import */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Nothing created: no definitions, more than 10,000, or refused ones (all listed in `errors` by index and field) */
             422: {
                 headers: {
                     [name: string]: unknown;

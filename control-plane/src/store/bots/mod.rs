@@ -1,4 +1,9 @@
 //! Bots: definitions (written through the API) and observed state (reported by agents).
+//! Creation, one bot or an import of thousands, is in [`create`].
+
+mod create;
+
+pub use create::{Refusal, Refusals};
 
 use std::collections::BTreeMap;
 
@@ -10,10 +15,11 @@ use botmox_contract::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    from_ms, is_unique_violation, new_id, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store,
+    from_ms, is_unique_violation, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store,
     StoreError,
 };
 
+/// A bot to create (`POST /bots`): its definition, in a tenant.
 pub struct NewBot {
     pub tenant_id: Id,
     pub spec: BotSpec,
@@ -165,64 +171,6 @@ fn like_pattern(needle: &str) -> String {
 }
 
 impl Store {
-    pub async fn create_bot(&self, new: NewBot, now: Timestamp) -> Result<Bot> {
-        let id = new_id();
-        let spec = &new.spec;
-        let hash = definition_hash(&spec.exec, &spec.restart, &spec.stop);
-        let tenant = new.tenant_id.to_string();
-        let outcome: Result<()> = with_pool!(self, write, |pool| {
-            async {
-                let mut tx = pool.begin().await?;
-                let agent_exists: Option<i32> =
-                    sqlx::query_scalar("SELECT 1 FROM agents WHERE tenant_id = $1 AND id = $2")
-                        .bind(&tenant)
-                        .bind(spec.agent_id.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if agent_exists.is_none() {
-                    return Err(StoreError::Reference(format!("agent {} does not exist", spec.agent_id)));
-                }
-                let inserted = sqlx::query(
-                    "INSERT INTO bots (id, tenant_id, agent_id, name, exec, restart, stop, tags, desired_state, state, \
-                     definition_hash, version, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, 1, $11, $11)",
-                )
-                .bind(id.to_string())
-                .bind(&tenant)
-                .bind(spec.agent_id.to_string())
-                .bind(&spec.name)
-                .bind(to_json(&spec.exec))
-                .bind(to_json(&spec.restart))
-                .bind(to_json(&spec.stop))
-                .bind(to_json(&spec.tags))
-                .bind(desired_str(spec.desired_state))
-                .bind(&hash)
-                .bind(to_ms(now))
-                .execute(&mut *tx)
-                .await;
-                match inserted {
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(StoreError::Conflict(format!("a bot named `{}` already exists", spec.name)))
-                    }
-                    other => other?,
-                };
-                for tag in &spec.tags {
-                    sqlx::query("INSERT INTO bot_tags (bot_id, tenant_id, tag) VALUES ($1, $2, $3)")
-                        .bind(id.to_string())
-                        .bind(&tenant)
-                        .bind(tag)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-            .await
-        });
-        outcome?;
-        self.get_bot(new.tenant_id, id).await
-    }
-
     pub async fn get_bot(&self, tenant_id: Id, id: Id) -> Result<Bot> {
         let sql = format!("SELECT {BOT_COLUMNS} FROM bots WHERE tenant_id = $1 AND id = $2");
         let row: Option<BotRow> = with_pool!(self, read, |pool| {
