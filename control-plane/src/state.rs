@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use botmox_contract::{events::Event, Id};
+use botmox_contract::Id;
 
 use crate::{
     auth::{rate_limit::RateLimits, session::SessionKeys},
@@ -58,13 +58,14 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         let sessions = SessionKeys::load_or_create(&store).await?;
         let times = crate::control::queue_times(&settings);
+        let cluster = Arc::new(Cluster::start(settings.replica_id.clone(), &store));
         Ok(Self {
+            cluster,
             group_commit: Arc::new(GroupCommit::start(store.clone(), clock.clone(), times)),
             store,
             clock,
             sessions: Arc::new(sessions),
             limits: Arc::new(RateLimits::new(settings.limits)),
-            cluster: Arc::new(Cluster::new(settings.replica_id.clone())),
             settings: Arc::new(settings),
             master_key: master_key.map(Arc::new),
             hub: Arc::default(),
@@ -79,7 +80,7 @@ impl AppState {
 /// Telling whoever must know — here and, through `link::cluster`, on the other replicas.
 impl AppState {
     async fn broadcast(&self, message: Message) {
-        self.cluster.send(&self.store, message).await;
+        self.cluster.send(message);
     }
 
     /// Tells the agent's dispatcher, wherever it runs, that commands may be waiting.
@@ -111,35 +112,10 @@ impl AppState {
     /// other replicas packed into as few signals as fit.
     pub async fn publish_many(&self, events: Vec<(Id, botmox_contract::events::EventPayload)>) {
         let now = self.clock.now();
-        let mut pending: Vec<(Id, Event)> = Vec::with_capacity(events.len());
         for (tenant, payload) in events {
             let event = EventBus::event(payload, now);
             self.events.publish(tenant, event.clone());
-            pending.push((tenant, event));
-        }
-        if !self.store.is_shared() {
-            return;
-        }
-        // Pack consecutive events of one tenant up to the signal size (JSON size estimated
-        // from each event's own serialisation).
-        let limit = crate::store::MAX_NOTIFY_PAYLOAD - 200;
-        let mut pack: Vec<Event> = Vec::new();
-        let mut pack_tenant = None;
-        let mut size = 0;
-        for (tenant, event) in pending {
-            let len = serde_json::to_string(&event).map(|s| s.len() + 1).unwrap_or(limit);
-            if pack_tenant != Some(tenant) || size + len > limit {
-                if let Some(t) = pack_tenant.take() {
-                    self.broadcast(Message::Events { tenant: t, events: std::mem::take(&mut pack) }).await;
-                }
-                size = 0;
-            }
-            pack_tenant = Some(tenant);
-            size += len;
-            pack.push(event);
-        }
-        if let Some(t) = pack_tenant {
-            self.broadcast(Message::Events { tenant: t, events: pack }).await;
+            self.broadcast(Message::Event { tenant, event: Box::new(event) }).await;
         }
     }
 
