@@ -115,7 +115,50 @@ pub fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI 3.1 document of this server.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    let mut doc = api_router().split_for_parts().1;
+    document_common_statuses(&mut doc);
+    doc
+}
+
+/// Adds the answers every route of a kind can give, in one place, so that no operation's
+/// documented statuses miss them: a bad query (400) and a store that cannot take the request
+/// (503) anywhere under `/api/v1`; no or a wrong credential (401, 403) on every route that
+/// needs one; a body too large, not JSON, or not acceptable (413, 415, 422) wherever there is
+/// a body. Statuses an operation documents itself keep its own description.
+fn document_common_statuses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{path::Operation, ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                botmox_contract::problem::CONTENT_TYPE,
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+            )
+            .build()
+    };
+    let add = |operation: &mut Operation, status: &str, description: &str| {
+        operation.responses.responses.entry(status.to_owned()).or_insert_with(|| problem(description).into());
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let api = path.starts_with("/api/v1/");
+        for operation in
+            [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+        {
+            if api {
+                add(operation, "400", "A malformed request (unknown or bad query parameter, bad path, bad header)");
+                add(operation, "503", "The store could not take the request just now: nothing changed, retry");
+            }
+            if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                add(operation, "401", "No valid credential");
+                add(operation, "403", "The credential may not do this");
+            }
+            if operation.request_body.is_some() {
+                add(operation, "413", "The body is larger than the route accepts");
+                add(operation, "415", "The body is not JSON");
+                add(operation, "422", "The body is not acceptable (the field is named)");
+            }
+        }
+    }
 }
 
 /// The access rules of every route, read from the OpenAPI document (see `auth::policy`).
@@ -129,7 +172,8 @@ pub fn policy() -> &'static Policy {
 }
 
 pub fn app(state: AppState) -> Router {
-    let (router, openapi) = api_router().split_for_parts();
+    let (router, mut openapi) = api_router().split_for_parts();
+    document_common_statuses(&mut openapi);
     policy();
     metrics::handle();
     let cors = state.settings.cors_origins.clone();
