@@ -275,8 +275,11 @@ mod tests {
     /// creation times.
     async fn tree_of(process: &Process, count: usize) -> anyhow::Result<Vec<(u32, u64)>> {
         let deadline = Instant::now() + WAIT;
+        // The same set on two polls in a row: a transient process (cmd's helper for `start`)
+        // seen once must not count, or it is gone by the time the test looks at it.
+        let mut previous = Vec::new();
         loop {
-            let tree: Vec<(u32, u64)> = process
+            let mut tree: Vec<(u32, u64)> = process
                 .tree()
                 .into_iter()
                 .filter_map(|pid| match win32::process_state(pid) {
@@ -284,9 +287,11 @@ mod tests {
                     _ => None,
                 })
                 .collect();
-            if tree.len() >= count {
+            tree.sort_unstable();
+            if tree.len() >= count && tree == previous {
                 return Ok(tree);
             }
+            previous = tree.clone();
             anyhow::ensure!(Instant::now() < deadline, "the job never held {count} processes: {tree:?}");
             tokio::time::sleep(JOB_POLL).await;
         }
