@@ -475,24 +475,6 @@ impl Store {
         Ok(changed)
     }
 
-    /// Records what the operator wants (`start`/`stop` set it; reconciliation reads it).
-    pub async fn set_desired_state(&self, tenant_id: Id, id: Id, desired: DesiredState, now: Timestamp) -> Result<Bot> {
-        let changed = with_pool!(self, write, |pool| {
-            sqlx::query("UPDATE bots SET desired_state = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4")
-                .bind(desired_str(desired))
-                .bind(to_ms(now))
-                .bind(tenant_id.to_string())
-                .bind(id.to_string())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        if changed == 0 {
-            return Err(StoreError::NotFound("bot"));
-        }
-        self.get_bot(tenant_id, id).await
-    }
-
     /// Every bot placed on an agent (for the agent's connection: definitions and ownership).
     pub async fn bots_of_agent(&self, agent_id: Id) -> Result<Vec<Bot>> {
         let sql = format!("SELECT {BOT_COLUMNS} FROM bots WHERE agent_id = $1 ORDER BY name");

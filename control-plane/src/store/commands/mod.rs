@@ -281,26 +281,7 @@ impl Store {
     ) -> Result<Command> {
         let to = if outcome.ok { CommandStatus::Succeeded } else { CommandStatus::Failed };
         let result = (!outcome.result.is_null()).then(|| to_json(&outcome.result));
-        let sql = format!(
-            "UPDATE commands SET status = $1, result = $2, error = $3, finished_at = $4, lease_expires_at = NULL, \
-             updated_at = $4 WHERE id = $5 AND agent_id = $6 AND status IN ('dispatched', 'running') \
-             RETURNING {COMMAND_COLUMNS}"
-        );
-        let row: Option<CommandRow> = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql)
-                .bind(to.as_str())
-                .bind(&result)
-                .bind(&outcome.error)
-                .bind(to_ms(now))
-                .bind(command_id.to_string())
-                .bind(agent_id.to_string())
-                .fetch_optional(pool)
-                .await?
-        });
-        match row {
-            Some(row) => row.try_into(),
-            None => refused(command_id, self.agent_command_row(agent_id, command_id).await?, to, true),
-        }
+        self.finish_command(agent_id, command_id, to, result, outcome.error, now).await
     }
 
     /// The agent did not run the command: it had run a newer one for the same bot already.
@@ -313,14 +294,30 @@ impl Store {
         reason: &str,
         now: Timestamp,
     ) -> Result<Command> {
+        self.finish_command(agent_id, command_id, CommandStatus::Cancelled, None, Some(reason.to_owned()), now).await
+    }
+
+    /// An agent's last word on a command it holds: `dispatched | running → to`, the lease
+    /// cleared; the same word again returns the command unchanged.
+    async fn finish_command(
+        &self,
+        agent_id: Id,
+        command_id: Id,
+        to: CommandStatus,
+        result: Option<String>,
+        error: Option<String>,
+        now: Timestamp,
+    ) -> Result<Command> {
         let sql = format!(
-            "UPDATE commands SET status = 'cancelled', error = $1, finished_at = $2, lease_expires_at = NULL, \
-             updated_at = $2 WHERE id = $3 AND agent_id = $4 AND status IN ('dispatched', 'running') \
+            "UPDATE commands SET status = $1, result = $2, error = $3, finished_at = $4, lease_expires_at = NULL, \
+             updated_at = $4 WHERE id = $5 AND agent_id = $6 AND status IN ('dispatched', 'running') \
              RETURNING {COMMAND_COLUMNS}"
         );
         let row: Option<CommandRow> = with_pool!(self, write, |pool| {
             sqlx::query_as(&sql)
-                .bind(reason)
+                .bind(to.as_str())
+                .bind(&result)
+                .bind(&error)
                 .bind(to_ms(now))
                 .bind(command_id.to_string())
                 .bind(agent_id.to_string())
@@ -329,9 +326,7 @@ impl Store {
         });
         match row {
             Some(row) => row.try_into(),
-            None => {
-                refused(command_id, self.agent_command_row(agent_id, command_id).await?, CommandStatus::Cancelled, true)
-            }
+            None => refused(command_id, self.agent_command_row(agent_id, command_id).await?, to, true),
         }
     }
 
