@@ -9,6 +9,7 @@ mod events;
 mod fleet;
 mod flow;
 mod frames;
+mod fuzz;
 mod logs;
 mod ordering;
 mod presence;
