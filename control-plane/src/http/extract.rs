@@ -76,7 +76,8 @@ fn body_error(rejection: BytesRejection) -> ApiError {
 /// what it says; a body that says two things is refused instead.
 fn document(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = serde::de::DeserializeSeed::deserialize(unique::Unique(""), &mut de).and_then(|v| de.end().map(|()| v));
+    let parsed =
+        serde::de::DeserializeSeed::deserialize(unique::Unique(""), &mut de).and_then(|v| de.end().map(|()| v));
     parsed.map_err(|e| match unique::duplicate(&e) {
         Some(path) => ApiError::Request {
             status: StatusCode::UNPROCESSABLE_ENTITY,

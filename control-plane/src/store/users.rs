@@ -80,9 +80,7 @@ impl Store {
             .map(|done| done.rows_affected())
         });
         match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(USERNAME_UNAVAILABLE.into()))
-            }
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(USERNAME_UNAVAILABLE.into())),
             Err(e) => Err(e.into()),
             Ok(_) => self.get_user(new.tenant_id, id).await,
         }

@@ -202,7 +202,8 @@ async fn unknown_query_parameters_are_refused_everywhere(backend: Backend) -> an
 async fn repeated_json_keys_are_refused_by_name(backend: Backend) -> anyhow::Result<()> {
     let app = TestApp::spawn(backend).await?;
     let agent = app.create_agent("dup-vm").await?;
-    let raw = |text: String| app.request(Method::POST, "/api/v1/bots").header("content-type", "application/json").body(text);
+    let raw =
+        |text: String| app.request(Method::POST, "/api/v1/bots").header("content-type", "application/json").body(text);
     for (text, field) in [
         (format!(r#"{{"name":"a","name":"b","agent_id":"{}","exec":{{"program":"true"}}}}"#, agent.id), "name"),
         (
@@ -215,7 +216,11 @@ async fn repeated_json_keys_are_refused_by_name(backend: Backend) -> anyhow::Res
         ),
     ] {
         let (status, body) = send(raw(text)).await?;
-        assert_eq!((status, body["code"].as_str(), body["field"].as_str()), (422, Some("duplicate_key"), Some(field)), "{body}");
+        assert_eq!(
+            (status, body["code"].as_str(), body["field"].as_str()),
+            (422, Some("duplicate_key"), Some(field)),
+            "{body}"
+        );
     }
     let (_, bots) = send(app.get("/api/v1/bots")).await?;
     assert_eq!(bots["items"].as_array().map(Vec::len), Some(0), "nothing was created");

@@ -115,7 +115,11 @@ async fn usernames_are_one_case_blind_namespace(backend: Backend) -> anyhow::Res
     }
     app.login("ALICE", "namespace-password").await?;
     let (_, users) = send(app.get("/api/v1/users")).await?;
-    let alices = users.as_array().into_iter().flatten().filter(|u| u["username"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("alice")));
+    let alices = users
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["username"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("alice")));
     assert_eq!(alices.count(), 1);
     app.stop().await
 }

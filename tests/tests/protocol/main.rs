@@ -11,6 +11,7 @@ mod flow;
 mod frames;
 mod logs;
 mod ordering;
+mod ownership;
 mod presence;
 mod replicas;
 mod secrets;
