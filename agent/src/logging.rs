@@ -18,7 +18,7 @@ use tracing_subscriber::{
 
 /// Values shorter than this are not redacted: replacing every "a" would make logs unreadable
 /// while protecting nothing a guess would not find.
-const MIN_SECRET_LEN: usize = 3;
+pub(crate) const MIN_SECRET_LEN: usize = 3;
 const REDACTED: &str = "[redacted]";
 /// Daily files kept.
 const KEEP_FILES: usize = 7;
@@ -42,13 +42,17 @@ pub fn register_secrets<'a>(values: impl IntoIterator<Item = &'a String>) {
 
 /// `text` with every registered secret value replaced.
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
-    let known = secrets().read().unwrap_or_else(|p| p.into_inner());
+    replace_secrets(text, &secrets().read().unwrap_or_else(|p| p.into_inner()), REDACTED)
+}
+
+/// `text` with every value of `known` (longest first) replaced by `mask`.
+pub(crate) fn replace_secrets<'t>(text: &'t str, known: &[String], mask: &str) -> std::borrow::Cow<'t, str> {
     if !known.iter().any(|secret| text.contains(secret.as_str())) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = text.to_owned();
-    for secret in known.iter() {
-        out = out.replace(secret.as_str(), REDACTED);
+    for secret in known {
+        out = out.replace(secret.as_str(), mask);
     }
     std::borrow::Cow::Owned(out)
 }

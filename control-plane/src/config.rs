@@ -112,6 +112,12 @@ pub struct ServeArgs {
     #[arg(long, env = "BOTMOX_COMMAND_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub command_ttl: u64,
 
+    /// A bearer token for `GET /metrics` with the whole server's figures (a scraper's
+    /// credential; at least 16 characters). Without it, only tenant admins read `/metrics`,
+    /// each seeing their own tenant.
+    #[arg(long, env = "BOTMOX_METRICS_TOKEN", hide_env_values = true, value_parser = metrics_token)]
+    pub metrics_token: Option<String>,
+
     #[arg(long, env = "BOTMOX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
@@ -140,4 +146,12 @@ fn cors_origin(value: &str) -> Result<axum::http::HeaderValue, String> {
         return Err(format!("`{value}` is not an origin such as https://panel.example.com"));
     }
     axum::http::HeaderValue::from_str(value).map_err(|e| e.to_string())
+}
+
+fn metrics_token(value: &str) -> Result<String, String> {
+    if value.len() >= 16 && value.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(value.to_owned())
+    } else {
+        Err("the metrics token must be at least 16 printable characters without spaces".into())
+    }
 }

@@ -69,6 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
         command_lease: Duration::from_secs(args.command_lease),
         command_ttl: Duration::from_secs(args.command_ttl),
+        metrics_token_hash: args.metrics_token.as_deref().map(crate::auth::credentials::hash),
         ..Settings::new(public_url.clone())
     };
     let state = AppState::new(store.clone(), clock, settings, master_key).await?;

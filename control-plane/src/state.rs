@@ -46,6 +46,8 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
     /// follows, long polls) end so the graceful drain can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Attempts of revoked agents already recorded (one incident write per agent per minute).
+    pub revoked_attempts: Arc<crate::auth::Cooldown>,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             log_bus: Arc::default(),
             presence: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            revoked_attempts: Arc::default(),
         })
     }
 }
@@ -154,6 +157,10 @@ pub struct Settings {
     pub log_keep_lines: u64,
     /// How long logs, finished commands, resolved incidents and audit entries are kept.
     pub retention: crate::supervisor::Retention,
+    /// Open streams (events, log follows) re-check their credential this often.
+    pub stream_recheck: Duration,
+    /// SHA-256 of the server-level `/metrics` token, if one is configured.
+    pub metrics_token_hash: Option<String>,
 }
 
 impl Settings {
@@ -172,6 +179,8 @@ impl Settings {
             hygiene_interval: Duration::from_millis(500),
             log_keep_lines: 10_000,
             retention: Default::default(),
+            stream_recheck: Duration::from_secs(5),
+            metrics_token_hash: None,
         }
     }
 }

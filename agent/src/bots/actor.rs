@@ -217,6 +217,7 @@ impl Actor {
 
     async fn start(&mut self, spec: BotRuntimeSpec, secrets: BTreeMap<String, String>) -> Reply {
         crate::logging::register_secrets(secrets.values());
+        self.logs.set_secrets(secrets.values());
         self.secrets = secrets;
         self.set_spec(spec);
         self.set_desired(DesiredState::Running);
@@ -235,6 +236,7 @@ impl Actor {
 
     async fn restart(&mut self, spec: BotRuntimeSpec, secrets: BTreeMap<String, String>) -> Reply {
         crate::logging::register_secrets(secrets.values());
+        self.logs.set_secrets(secrets.values());
         self.secrets = secrets;
         self.set_spec(spec);
         self.set_desired(DesiredState::Running);

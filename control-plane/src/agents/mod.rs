@@ -133,6 +133,9 @@ async fn delete_agent(
         crate::store::StoreError::Conflict(detail) => ApiError::Conflict { code: "agent_has_bots", detail },
         other => other.into(),
     })?;
+    // Its token no longer exists: a connection it still holds (here or on another replica)
+    // is closed, not left running until its next frame.
+    state.close_agent(id, crate::link::hub::CLOSE_REVOKED, "deleted").await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -6,6 +6,7 @@
 //! or a revoked agent is refused on the very next request. *Which* principal may call a route
 //! is declared once, on the route's OpenAPI operation, and enforced by [`policy::authorize`].
 
+pub mod access;
 pub mod bootstrap;
 pub mod credentials;
 pub mod password;
@@ -13,6 +14,7 @@ pub mod policy;
 pub mod rate_limit;
 mod routes;
 pub mod session;
+pub mod watch;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use botmox_contract::{
@@ -91,13 +93,25 @@ impl Principal {
         }
     }
 
-    /// Refuses unless the principal is a user (or user's token) whose role includes `role`.
-    pub fn require(&self, role: Role) -> ApiResult<()> {
-        if self.role.is_some_and(|r| r >= role) {
+    /// Refuses unless the principal may use `scope` (its role, and for an API token its
+    /// scopes too: an admin's `bots:read` token is no admin).
+    pub fn require(&self, scope: Scope) -> ApiResult<()> {
+        if self.allows(scope) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("this needs the {} role", role.as_str())))
+            Err(insufficient_scope("this", scope))
         }
+    }
+}
+
+/// The 403 of a principal without `scope`; `what` names what needed it.
+pub fn insufficient_scope(what: &str, scope: Scope) -> ApiError {
+    ApiError::Request {
+        status: axum::http::StatusCode::FORBIDDEN,
+        code: "insufficient_scope",
+        detail: format!("{what} needs `{}` (a {} or higher)", scope.as_str(), min_role(scope).as_str()),
+        field: None,
+        hint: None,
     }
 }
 
@@ -116,8 +130,12 @@ impl FromRequestParts<AppState> for Principal {
 
 /// The bearer token of a request, if it has a well-formed one.
 pub fn bearer(parts: &Parts) -> ApiResult<&str> {
-    let header = parts
-        .headers
+    bearer_of(&parts.headers)
+}
+
+/// The bearer token in `headers`, if there is a well-formed one.
+pub fn bearer_of(headers: &axum::http::HeaderMap) -> ApiResult<&str> {
+    let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("this endpoint needs an Authorization header".into()))?;
     header
@@ -141,7 +159,11 @@ pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal>
         let agent =
             state.store.find_agent_by_token(&credentials::hash(token)).await?.ok_or_else(|| refused("agent"))?;
         if agent.status == AgentStatus::Revoked {
-            // Recorded off the request's path: the refusal never waits for the incident.
+            // Recorded off the request's path (the refusal never waits for the incident), and
+            // at most once per agent per cooldown: repeating the attempt costs the server nothing.
+            if !state.revoked_attempts.admit(agent.agent_id, now) {
+                return Err(refused("agent revoked"));
+            }
             let (state, tenant_id, agent_id) = (state.clone(), agent.tenant_id, agent.agent_id);
             tokio::spawn(async move {
                 if let Err(e) = crate::incidents::rules::revoked_agent_connected(&state, tenant_id, agent_id).await {
@@ -179,4 +201,44 @@ pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal>
         role: Some(live.role),
         credential: Credential::Session { user_id: claims.sub, session_id: claims.sid },
     })
+}
+
+/// Admits one occurrence per key per [`Cooldown::PERIOD`]: what bounds the work a repeated
+/// refused request can cause (a revoked agent token spawns one incident write per minute, not
+/// one per request). Keys are only ever real revoked agents, and expired entries are dropped
+/// as the map grows, so it stays small.
+#[derive(Debug, Default)]
+pub struct Cooldown {
+    last: std::sync::Mutex<std::collections::HashMap<Id, botmox_contract::Timestamp>>,
+}
+
+impl Cooldown {
+    pub const PERIOD: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+    pub fn admit(&self, key: Id, now: botmox_contract::Timestamp) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.get(&key).is_some_and(|at| now - *at < Self::PERIOD) {
+            return false;
+        }
+        if last.len() >= 1024 {
+            last.retain(|_, at| now - *at < Self::PERIOD);
+        }
+        last.insert(key, now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cooldown_admits_once_per_period_and_key() {
+        let cooldown = Cooldown::default();
+        let (a, b, now) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7(), chrono::Utc::now());
+        assert!(cooldown.admit(a, now));
+        assert!(!cooldown.admit(a, now + chrono::TimeDelta::seconds(59)));
+        assert!(cooldown.admit(b, now), "another key has its own period");
+        assert!(cooldown.admit(a, now + Cooldown::PERIOD));
+    }
 }

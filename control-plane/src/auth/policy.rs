@@ -30,6 +30,9 @@ pub const PUBLIC_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/agents/pair"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    // A server-level token (not a principal of any tenant) or a tenant admin's credential:
+    // `metrics` authenticates itself.
+    ("GET", "/metrics"),
 ];
 
 /// The OpenAPI security scheme names.
@@ -198,10 +201,7 @@ pub async fn authorize(State(state): State<AppState>, matched: MatchedPath, req:
             "wrong_credential_kind",
             "agent tokens may only call the agent endpoints (/api/v1/agent/…)".into(),
         )),
-        Access::User(scope) if !principal.allows(scope) => Some(forbidden(
-            "insufficient_scope",
-            format!("this needs `{}` (a {} or higher)", scope.as_str(), super::min_role(scope).as_str()),
-        )),
+        Access::User(scope) if !principal.allows(scope) => Some(super::insufficient_scope("this", scope)),
         _ => None,
     };
     let source_ip = client_ip(&parts, &state.settings).map(|ip| ip.to_string());

@@ -1,5 +1,6 @@
 //! `GET /bots/{id}/logs`: a page of a bot's log lines, or with `follow=true` a Server-Sent
-//! Events stream that starts with that page and then delivers new lines as agents ship them.
+//! Events stream that starts with that page and then delivers new lines as agents ship them,
+//! until the credential it was opened with lapses (`auth::watch`).
 
 use std::{convert::Infallible, time::Duration};
 
@@ -18,7 +19,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::{
-    auth::Principal,
+    auth::watch::Watch,
     http::{
         error::ApiResult,
         extract::{Path, Query},
@@ -53,10 +54,11 @@ pub struct LogsQuery {
 )]
 pub async fn bot_logs(
     State(state): State<AppState>,
-    principal: Principal,
+    watch: Watch,
     Path(id): Path<Uuid>,
     Query(query): Query<LogsQuery>,
 ) -> ApiResult<Response> {
+    let principal = watch.principal().clone();
     let limit = crate::http::page::limit(query.limit, 200, 5000)?;
     state.store.get_bot(principal.tenant_id, id).await?;
     let first = LogQuery { after_seq: query.after_seq, since: query.since, limit };
@@ -81,7 +83,7 @@ pub async fn bot_logs(
             .data(serde_json::to_string(&line).unwrap_or_default());
         Some((Ok::<_, Infallible>(event), follow))
     });
-    let stream = futures::StreamExt::take_until(stream, state.shutdown.clone().cancelled_owned());
+    let stream = futures::StreamExt::take_until(watch.guard(stream), state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 

@@ -83,6 +83,15 @@ async fn tell_agent(state: &AppState, principal: &Principal, agent_id: Uuid, bot
     }
 }
 
+/// A bot left `old_agent`: what was queued for it there is cancelled (dispatch refuses it
+/// anyway, should the old agent claim it first).
+async fn bot_moved(state: &AppState, tenant_id: Uuid, bot_id: Uuid, old_agent: Uuid) -> ApiResult<()> {
+    let cancelled = state.store.cancel_moved_bot_commands(tenant_id, bot_id, old_agent, state.clock.now()).await?;
+    let events = cancelled.iter().map(|c| (tenant_id, EventPayload::CommandStatus(c.into()))).collect();
+    state.publish_many(events).await;
+    Ok(())
+}
+
 /// The order behind [`tell_agent`] (an import places many of them at once).
 fn bookkeeping_order(principal: &Principal, agent_id: Uuid, bot_id: Uuid, kind: CommandKind) -> Order {
     let target = match kind {
@@ -265,6 +274,7 @@ async fn update_bot(
                 tracing::info!(bot_id = %bot.id, version = bot.version, "bot updated");
                 state.publish(principal.tenant_id, EventPayload::BotState((&bot).into())).await;
                 if bot.agent_id != current_agent {
+                    bot_moved(&state, principal.tenant_id, bot.id, current_agent).await?;
                     tell_agent(&state, &principal, current_agent, bot.id, CommandKind::BotRemove).await;
                 }
                 if bot.agent_id != current_agent || definition_hash(&bot.exec, &bot.restart, &bot.stop) != current_hash

@@ -1,5 +1,7 @@
 //! Commands API: list, read, create (`agent.exec`, `agent.drain`, `bot.sync`), cancel. Queueing
 //! itself is the command service's (`control`); this module turns its answers into responses.
+//! Who may submit or read which kind is `auth::access`'s to say: a command a principal may not
+//! read does not exist for it (404), and is left out of its listings.
 
 use axum::{
     extract::{FromRequestParts, State},
@@ -16,7 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    auth::Principal,
+    auth::{access, Principal},
     control::{self, Submitted},
     http::{
         error::{ApiError, ApiResult},
@@ -98,6 +100,7 @@ async fn list_commands(
     let limit = page::limit(query.limit, 50, 500)?;
     let before_id = page::decode_id_cursor(query.cursor.as_deref())?;
     let filter = CommandFilter {
+        hidden_kinds: access::hidden_kinds(&principal),
         status: query.status,
         agent_id: query.agent_id,
         bot_id: query.bot_id,
@@ -125,7 +128,17 @@ async fn get_command(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> ApiResult<axum::Json<Command>> {
-    Ok(axum::Json(state.store.get_command(principal.tenant_id, id).await?))
+    Ok(axum::Json(readable_command(&state, &principal, id).await?))
+}
+
+/// A command of the tenant that `principal` may read; any other does not exist for it.
+async fn readable_command(state: &AppState, principal: &Principal, id: Uuid) -> ApiResult<Command> {
+    let command = state.store.get_command(principal.tenant_id, id).await?;
+    if principal.allows(access::read_scope(command.kind)) {
+        Ok(command)
+    } else {
+        Err(ApiError::NotFound("command"))
+    }
 }
 
 /// Queue a command that is not a bot action: `agent.exec` (`{program, args}`; the agent must
@@ -146,6 +159,18 @@ async fn create_command(
     IdempotencyKey(key): IdempotencyKey,
     Json(body): Json<CreateCommand>,
 ) -> ApiResult<(StatusCode, axum::Json<CommandAccepted>)> {
+    let needed = access::submit_scope(body.kind);
+    if !principal.allows(needed) {
+        return Err(crate::auth::insufficient_scope(&format!("`{}`", body.kind.as_str()), needed));
+    }
+    // A named bot must be on the named agent, whatever the kind: a command never carries one
+    // agent's bot to another.
+    if let Some(bot_id) = body.bot_id {
+        let bot = state.store.get_bot(principal.tenant_id, bot_id).await?;
+        if bot.agent_id != body.agent_id {
+            return Err(ApiError::invalid_field("bot_id", "the bot is not on this agent"));
+        }
+    }
     let target = match body.kind {
         CommandKind::AgentExec => {
             let program = body.payload.get("program").and_then(|p| p.as_str()).unwrap_or("");
@@ -157,16 +182,11 @@ async fn create_command(
             if !args_ok {
                 return Err(ApiError::invalid_field("payload.args", "must be a list of strings"));
             }
-            Target::Agent { agent_id: body.agent_id, bot_id: None }
+            agent_target(&body)?
         }
-        CommandKind::AgentDrain => Target::Agent { agent_id: body.agent_id, bot_id: None },
+        CommandKind::AgentDrain => agent_target(&body)?,
         CommandKind::BotSync => {
-            let bot_id = body.bot_id.ok_or_else(|| ApiError::invalid_field("bot_id", "bot.sync needs a bot"))?;
-            let bot = state.store.get_bot(principal.tenant_id, bot_id).await?;
-            if bot.agent_id != body.agent_id {
-                return Err(ApiError::invalid_field("agent_id", "the bot is not on this agent"));
-            }
-            Target::Bot(bot_id)
+            Target::Bot(body.bot_id.ok_or_else(|| ApiError::invalid_field("bot_id", "bot.sync needs a bot"))?)
         }
         other => {
             return Err(ApiError::invalid_field(
@@ -192,6 +212,17 @@ async fn create_command(
     Ok((StatusCode::ACCEPTED, axum::Json(accepted(submitted))))
 }
 
+/// The target of an agent-level kind, which names no bot.
+fn agent_target(body: &CreateCommand) -> ApiResult<Target> {
+    if body.bot_id.is_some() {
+        return Err(ApiError::invalid_field(
+            "bot_id",
+            format!("`{}` acts on the agent, not a bot", body.kind.as_str()),
+        ));
+    }
+    Ok(Target::Agent { agent_id: body.agent_id, bot_id: None })
+}
+
 /// Cancel a command that has not finished. A running one is told to stop on its agent.
 #[utoipa::path(
     post, path = "/commands/{id}/cancel", tag = "commands",
@@ -208,7 +239,7 @@ async fn cancel_command(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> ApiResult<axum::Json<Command>> {
-    let before = state.store.get_command(principal.tenant_id, id).await?;
+    let before = readable_command(&state, &principal, id).await?;
     let command =
         state.store.cancel_command(principal.tenant_id, id, state.clock.now()).await.map_err(|e| match e {
             crate::store::StoreError::InvalidTransition { .. } => ApiError::Conflict {

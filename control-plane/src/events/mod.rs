@@ -1,5 +1,7 @@
-//! Live events: `GET /events` as Server-Sent Events, tenant-scoped, resumable with
-//! `Last-Event-ID` from a bounded in-memory backlog, with keep-alive comments. Every replica
+//! Live events: `GET /events` as Server-Sent Events, tenant-scoped and filtered by what the
+//! principal may read (`auth::access::event_scope`: a `bots:read` token gets no command or
+//! agent events), resumable with `Last-Event-ID` from a bounded in-memory backlog, with
+//! keep-alive comments; the stream ends when its credential lapses (`auth::watch`). Every replica
 //! receives every event (see `link::cluster`), so a client may reconnect to any replica; when its
 //! last id is no longer in the backlog it gets a `resync` event and should refetch.
 
@@ -16,6 +18,7 @@ use axum::{
     response::sse::{Event as SseEvent, KeepAlive, Sse},
 };
 use botmox_contract::{
+    auth::Scope,
     events::{Event, EventPayload},
     Id, Timestamp,
 };
@@ -24,7 +27,11 @@ use tokio::sync::broadcast;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{auth::Principal, http::error::ApiResult, state::AppState};
+use crate::{
+    auth::{access, watch::Watch, Principal},
+    http::error::ApiResult,
+    state::AppState,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(events))
@@ -33,6 +40,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// An event as published: who may see it and its wire form, serialised once.
 pub struct Published {
     pub tenant_id: Id,
+    /// What a principal of the tenant needs to receive it.
+    pub needs: Scope,
     pub id: Uuid,
     pub name: &'static str,
     pub json: String,
@@ -79,6 +88,7 @@ impl EventBus {
     pub fn publish(&self, tenant_id: Id, event: Event) {
         let published = Arc::new(Published {
             tenant_id,
+            needs: access::event_scope(&event.payload),
             id: event.id,
             name: name(&event.payload),
             json: serde_json::to_string(&event).unwrap_or_default(),
@@ -92,7 +102,8 @@ impl EventBus {
         let _ = self.tx.send(published);
     }
 
-    pub fn subscribe(&self, tenant_id: Id, last_event_id: Option<Uuid>) -> Subscription {
+    /// What `principal` is shown: its tenant's events that it may read.
+    pub fn subscribe(&self, principal: &Principal, last_event_id: Option<Uuid>) -> Subscription {
         let backlog = self.backlog();
         let live = self.tx.subscribe();
         let (start, resync) = match last_event_id {
@@ -102,9 +113,13 @@ impl EventBus {
                 None => (0, true),
             },
         };
-        let replay = backlog.iter().skip(start).filter(|p| p.tenant_id == tenant_id).cloned().collect();
+        let replay = backlog.iter().skip(start).filter(|p| visible(principal, p)).cloned().collect();
         Subscription { replay, live, resync }
     }
+}
+
+fn visible(principal: &Principal, published: &Published) -> bool {
+    published.tenant_id == principal.tenant_id && principal.allows(published.needs)
 }
 
 fn sse(published: &Published) -> SseEvent {
@@ -124,31 +139,37 @@ fn resync(reason: &str) -> SseEvent {
 )]
 async fn events(
     State(state): State<AppState>,
-    principal: Principal,
+    watch: Watch,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| Uuid::parse_str(v.trim()).ok());
-    let subscription = state.events.subscribe(principal.tenant_id, last);
-    // Ends when the server shuts down, so the graceful drain is not held open by a browser.
-    let stream = event_stream(principal.tenant_id, subscription).take_until(state.shutdown.clone().cancelled_owned());
+    let principal = watch.principal().clone();
+    let subscription = state.events.subscribe(&principal, last);
+    // Ends when the credential lapses, and when the server shuts down (so the graceful drain
+    // is not held open by a browser).
+    let stream =
+        watch.guard(event_stream(principal, subscription)).take_until(state.shutdown.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// Replay, then live; a lagging subscriber is told to resync instead of silently losing events.
-pub fn event_stream(tenant_id: Id, subscription: Subscription) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+pub fn event_stream(
+    principal: Principal,
+    subscription: Subscription,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send {
     let head: Vec<SseEvent> = subscription
         .resync
         .then(|| resync("your last event is older than the server's backlog: refetch"))
         .into_iter()
         .chain(subscription.replay.iter().map(|p| sse(p)))
         .collect();
-    let live = stream::unfold(subscription.live, move |mut live| async move {
+    let live = stream::unfold((subscription.live, principal), |(mut live, principal)| async move {
         loop {
             match live.recv().await {
-                Ok(published) if published.tenant_id == tenant_id => return Some((sse(&published), live)),
+                Ok(published) if visible(&principal, &published) => return Some((sse(&published), (live, principal))),
                 Ok(_) => continue,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some((resync("this stream fell behind and missed events: refetch"), live))
+                    return Some((resync("this stream fell behind and missed events: refetch"), (live, principal)))
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -162,6 +183,12 @@ mod tests {
     use botmox_contract::events::EventPayload;
 
     use super::*;
+    use crate::auth::Credential;
+
+    fn admin_of(tenant_id: Id) -> Principal {
+        let credential = Credential::Session { user_id: Uuid::now_v7(), session_id: Uuid::now_v7() };
+        Principal { tenant_id, role: Some(botmox_contract::auth::Role::Admin), credential }
+    }
 
     fn removed(bus: &EventBus, tenant: Id) -> Uuid {
         let event = EventBus::event(EventPayload::BotRemoved { bot_id: Uuid::now_v7() }, chrono::Utc::now());
@@ -177,10 +204,10 @@ mod tests {
         let first = removed(&bus, mine);
         removed(&bus, theirs);
         let third = removed(&bus, mine);
-        let sub = bus.subscribe(mine, Some(first));
+        let sub = bus.subscribe(&admin_of(mine), Some(first));
         assert!(!sub.resync);
         assert_eq!(sub.replay.iter().map(|p| p.id).collect::<Vec<_>>(), vec![third]);
-        assert!(bus.subscribe(mine, None).replay.is_empty(), "no id: live only");
+        assert!(bus.subscribe(&admin_of(mine), None).replay.is_empty(), "no id: live only");
     }
 
     #[test]
@@ -190,7 +217,7 @@ mod tests {
         let oldest = removed(&bus, tenant);
         removed(&bus, tenant);
         removed(&bus, tenant);
-        let sub = bus.subscribe(tenant, Some(oldest));
+        let sub = bus.subscribe(&admin_of(tenant), Some(oldest));
         assert!(sub.resync);
         assert_eq!(sub.replay.len(), 2);
     }

@@ -16,7 +16,7 @@ use botmox_contract::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::Principal,
+    auth::{access, Principal},
     http::error::ApiResult,
     state::AppState,
     store::{BotFilter, IncidentFilter},
@@ -138,9 +138,10 @@ impl FleetView {
         StatusReport { health, reasons, counts: self.counts.clone(), at: self.at }
     }
 
-    /// Most urgent first.
-    fn recommendations(&self) -> Vec<Recommendation> {
+    /// Most urgent first; only those about what `principal` may read (`auth::access::page_scope`).
+    fn recommendations(&self, principal: &Principal) -> Vec<Recommendation> {
         let mut out = self.unsorted_recommendations();
+        out.retain(|r| r.panel.as_deref().is_none_or(|page| principal.allows(access::page_scope(page))));
         out.sort_by_key(|r| std::cmp::Reverse(r.severity));
         out
     }
@@ -315,7 +316,7 @@ async fn recommendations(
     State(state): State<AppState>,
     principal: Principal,
 ) -> ApiResult<axum::Json<Vec<Recommendation>>> {
-    Ok(axum::Json(FleetView::load(&state, principal.tenant_id).await?.recommendations()))
+    Ok(axum::Json(FleetView::load(&state, principal.tenant_id).await?.recommendations(&principal)))
 }
 
 /// Everything the overview page needs in one call.
@@ -326,7 +327,7 @@ async fn dashboard(State(state): State<AppState>, principal: Principal) -> ApiRe
     let recent_incidents = state.store.list_incidents(principal.tenant_id, &recent).await?.0;
     Ok(axum::Json(Dashboard {
         status: view.status(),
-        recommendations: view.recommendations(),
+        recommendations: view.recommendations(&principal),
         recent_incidents,
         onboarding: view.onboarding(),
     }))

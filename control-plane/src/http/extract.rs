@@ -70,13 +70,105 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
+/// The JSON document of a body: 400 `malformed_json` if it is not JSON, 422 `duplicate_key`
+/// (naming the key's path) if an object repeats a key. serde_json would keep the last one
+/// silently, so two readers of one body (a proxy, a WAF, this server) could disagree on
+/// what it says; a body that says two things is refused instead.
+fn document(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed =
+        serde::de::DeserializeSeed::deserialize(unique::Unique(""), &mut de).and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| match unique::duplicate(&e) {
+        Some(path) => ApiError::Request {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "duplicate_key",
+            detail: format!("`{path}` appears more than once; a key may appear once per object"),
+            field: Some(path),
+            hint: None,
+        },
+        None => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// A JSON reader that refuses repeated object keys (a `DeserializeSeed` carrying the path, so
+/// the refusal names where).
+mod unique {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    const MARK: &str = "duplicate key `";
+
+    pub struct Unique<'p>(pub &'p str);
+
+    /// The path of the repeated key, if that is why `err` refused the document.
+    pub fn duplicate(err: &serde_json::Error) -> Option<String> {
+        let message = err.to_string();
+        message.strip_prefix(MARK).and_then(|rest| rest.rsplit_once('`')).map(|(path, _)| path.to_owned())
+    }
+
+    impl<'de> DeserializeSeed<'de> for Unique<'_> {
+        type Value = Value;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+            de.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Unique<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(Unique(&format!("{}[{}]", self.0, items.len())))? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+            let mut map = Map::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let path = if self.0.is_empty() { key.clone() } else { format!("{}.{key}", self.0) };
+                if map.contains_key(&key) {
+                    return Err(A::Error::custom(format!("{MARK}{path}`")));
+                }
+                let value = access.next_value_seed(Unique(&path))?;
+                map.insert(key, value);
+            }
+            Ok(Value::Object(map))
+        }
+    }
+}
+
 /// Parses a JSON document into `T`: first the syntax (400 `malformed_json`), then NUL
 /// characters in text (422 `nul_character`: PostgreSQL cannot store them, so neither backend
 /// takes them), then the shape (422, naming the offending field). Bodies are small, so the
 /// intermediate `Value` is cheap.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let document: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let document = document(bytes)?;
     if may_hold_nul(bytes) {
         if let Some(field) = nul_field(&document, "") {
             let at = if field.is_empty() { "the body".to_owned() } else { format!("`{field}`") };
@@ -96,8 +188,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// for what an agent reports (a bot's log line, an error message), where refusing the frame
 /// would only make the agent send it again forever.
 pub fn parse_json_replacing_nul<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut document: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let mut document = document(bytes)?;
     if may_hold_nul(bytes) {
         replace_nul(&mut document);
     }
@@ -238,7 +329,8 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     }
 }
 
-/// `If-Match: "<version>"` (also `W/"<version>"` or a bare number). Absent → `None`.
+/// `If-Match: "<version>"` (or a bare number). Absent → `None`. If-Match compares strongly
+/// (RFC 9110 §13.1.1): a weak tag `W/"…"` never matches, so it is refused with 412.
 pub struct IfMatch(pub Option<u64>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
@@ -249,7 +341,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             return Ok(IfMatch(None));
         };
         let text = value.to_str().unwrap_or("").trim();
-        let bare = text.trim_start_matches("W/").trim_matches('"');
+        if text.starts_with("W/") {
+            return Err(ApiError::Request {
+                status: StatusCode::PRECONDITION_FAILED,
+                code: "weak_etag",
+                detail: format!("If-Match compares strongly: the weak tag `{text}` never matches"),
+                field: None,
+                hint: Some("send the ETag as the server gave it, e.g. \"3\"".into()),
+            });
+        }
+        let bare = text.trim_matches('"');
         bare.parse::<u64>().map(|v| IfMatch(Some(v))).map_err(|_| {
             ApiError::bad_request(
                 "invalid_if_match",

@@ -1,7 +1,8 @@
 //! Dispatch: claim an agent's queued commands (leasing them) and turn each into the envelope
 //! the agent needs — for bot commands the bot's definition, and for starts the values of the
-//! secrets its `secret_env` names. A command that cannot be built (its bot or a secret is gone)
-//! fails here with the reason, instead of reaching the agent half-formed.
+//! secrets its `secret_env` names. A command that cannot be built (its bot or a secret is gone,
+//! or the bot is no longer on the command's agent) fails here with the reason, instead of
+//! reaching the agent half-formed — or reaching the wrong agent with another host's bot.
 
 use std::collections::BTreeMap;
 
@@ -99,6 +100,15 @@ pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Res
         Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".to_string().into()),
         Err(e) => return Err(Undeliverable::Retry(e)),
     };
+    // Checked at claim time, for every kind: the bot may have moved since the command was
+    // queued, and only its current agent may learn its definition and secrets. A removal
+    // still tells the old agent to stop and forget it — by id, without the definition.
+    if bot.agent_id != command.agent_id {
+        return match command.kind {
+            CommandKind::BotRemove => Ok(envelope),
+            _ => Err("the bot has moved to another agent".into()),
+        };
+    }
     if matches!(command.kind, CommandKind::BotStart | CommandKind::BotRestart) && !bot.exec.secret_env.is_empty() {
         let names: Vec<String> = bot.exec.secret_env.values().cloned().collect();
         let Some(key) = &state.master_key else {

@@ -2,8 +2,6 @@
 //! applied here (WebSocket and long-poll both call [`AgentSession::handle`]). A refused frame
 //! changes nothing and comes back as a [`FrameError`] naming the problem.
 
-use std::collections::HashSet;
-
 use botmox_contract::{
     events::EventPayload,
     logs::LogLine,
@@ -64,13 +62,11 @@ pub struct AgentSession {
     pub agent_id: Id,
     pub tenant_id: Id,
     greeted: bool,
-    /// The bots placed on this agent (an agent may only report about its own).
-    bots: HashSet<Id>,
 }
 
 impl AgentSession {
     pub fn new(state: AppState, tenant_id: Id, agent_id: Id) -> Self {
-        Self { state, agent_id, tenant_id, greeted: false, bots: HashSet::new() }
+        Self { state, agent_id, tenant_id, greeted: false }
     }
 
     pub fn greeted(&self) -> bool {
@@ -114,7 +110,6 @@ impl AgentSession {
                 }
                 let agent = state.store.agent_connected(self.agent_id, &state.settings.replica_id, &hello, now).await?;
                 let changed = state.store.apply_snapshot(self.agent_id, &bots, now).await?;
-                self.bots = state.store.bots_of_agent(self.agent_id).await?.into_iter().map(|b| b.id).collect();
                 self.greeted = true;
                 tracing::info!(agent_id = %self.agent_id, bots = bots.len(), "agent connected");
                 state
@@ -153,8 +148,10 @@ impl AgentSession {
                 };
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
             }
+            // An agent may only report about the bots placed on it *now*: the store statements
+            // check that as they write (nothing is remembered per connection, so a bot moved
+            // away is refused to its old agent at once).
             AgentFrame::BotState(report) => {
-                self.ensure_own(report.bot_id).await?;
                 let before = state.store.get_bot(self.tenant_id, report.bot_id).await?.state;
                 let bot = state
                     .store
@@ -167,12 +164,11 @@ impl AgentSession {
                 }
             }
             AgentFrame::Logs { bot_id, lines } => {
-                self.ensure_own(bot_id).await?;
                 if lines.len() > MAX_LOG_LINES {
                     return Err(FrameError::new("invalid_frame", format!("at most {MAX_LOG_LINES} lines per frame")));
                 }
                 let lines: Vec<LogLine> = lines.into_iter().map(truncate_line).collect();
-                state.store.append_logs(self.tenant_id, bot_id, &lines, state.settings.log_keep_lines).await?;
+                state.store.append_logs(self.agent_id, bot_id, &lines, state.settings.log_keep_lines).await?;
                 state.logs_arrived(bot_id).await;
             }
         }
@@ -259,19 +255,6 @@ impl AgentSession {
                     answers[index] = Some(Err(refusal.clone()));
                 }
             }
-        }
-    }
-
-    /// Bots created after the hello are learnt on first mention.
-    async fn ensure_own(&mut self, bot_id: Id) -> Result<(), FrameError> {
-        if self.bots.contains(&bot_id) {
-            return Ok(());
-        }
-        self.bots = self.state.store.bots_of_agent(self.agent_id).await?.into_iter().map(|b| b.id).collect();
-        if self.bots.contains(&bot_id) {
-            Ok(())
-        } else {
-            Err(FrameError::new("not_found", "bot not found (or not yours)"))
         }
     }
 

@@ -2,19 +2,28 @@
 //! exporter (the de-facto standard pair in Rust). Fleet gauges (agents by status, bots by
 //! state, queue by status, open connections) are read when scraped; latencies (HTTP by route,
 //! command dispatch) and supervisor actions are recorded as they happen.
+//!
+//! Those figures are the whole server's, so they need a server-level credential: the
+//! `--metrics-token` (a scraper's). A tenant admin (session or `admin`-scoped token) gets
+//! the fleet gauges of their own tenant only.
 
 use std::{sync::OnceLock, time::Instant};
 
 use axum::{
     extract::{MatchedPath, Request, State},
-    http::header,
+    http::{header, HeaderMap},
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use botmox_contract::{auth::Scope, problem::Problem, Id};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{http::error::ApiResult, state::AppState};
+use crate::{
+    auth::{self, credentials},
+    http::error::ApiResult,
+    state::AppState,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(metrics))
@@ -52,13 +61,30 @@ pub async fn track(req: Request, next: Next) -> Response {
     response
 }
 
-/// Prometheus metrics of this replica and its fleet (all tenants: for the server's operators).
+/// Prometheus metrics: with the server's metrics token, this replica's and the whole fleet's;
+/// with a tenant admin's credential, that tenant's fleet gauges.
 #[utoipa::path(
     get, path = "/metrics", tag = "health",
-    security(("bearer" = ["admin"])),
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "No valid credential", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Neither the metrics token nor a tenant admin", body = Problem, content_type = "application/problem+json"),
+    )
 )]
-async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+    let token = auth::bearer_of(&headers)?;
+    let server_wide = state.settings.metrics_token_hash.as_deref() == Some(credentials::hash(token).as_str());
+    let body = if server_wide {
+        server_metrics(&state).await?
+    } else {
+        let principal = auth::authenticate(&state, token).await?;
+        principal.require(Scope::Admin)?;
+        tenant_metrics(&state, principal.tenant_id).await?
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+async fn server_metrics(state: &AppState) -> ApiResult<String> {
     for (status, n) in state.store.agent_counts(None).await? {
         metrics::gauge!("botmox_agents", "status" => status.as_str()).set(n as f64);
     }
@@ -69,6 +95,24 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         metrics::gauge!("botmox_commands", "status" => status.as_str()).set(n as f64);
     }
     metrics::gauge!("botmox_agent_connections").set(state.hub.len() as f64);
-    let body = handle().render();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+    Ok(handle().render())
+}
+
+/// The same fleet gauges as the server's, counted over one tenant (the process-wide ones —
+/// HTTP latency, connections — are the server's, not a tenant's, and are left out).
+async fn tenant_metrics(state: &AppState, tenant_id: Id) -> ApiResult<String> {
+    let mut out = String::new();
+    let mut gauge = |name: &str, label: &str, values: Vec<(&str, u64)>| {
+        out.push_str(&format!("# TYPE {name} gauge\n"));
+        for (value, n) in values {
+            out.push_str(&format!("{name}{{{label}=\"{value}\"}} {n}\n"));
+        }
+    };
+    let agents = state.store.agent_counts(Some(tenant_id)).await?;
+    gauge("botmox_agents", "status", agents.iter().map(|(s, n)| (s.as_str(), *n)).collect());
+    let bots = state.store.bot_counts(Some(tenant_id), None).await?;
+    gauge("botmox_bots", "state", bots.iter().map(|(s, n)| (s.as_str(), *n)).collect());
+    let queue = state.store.queue_depth(Some(tenant_id)).await?;
+    gauge("botmox_commands", "status", queue.iter().map(|(s, n)| (s.as_str(), *n)).collect());
+    Ok(out)
 }

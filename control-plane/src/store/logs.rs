@@ -41,14 +41,24 @@ impl TryFrom<LineRow> for LogLine {
 }
 
 impl Store {
-    /// Appends lines of one bot and trims it to its newest `keep` lines. Returns how many were new.
-    pub async fn append_logs(&self, tenant_id: Id, bot_id: Id, lines: &[LogLine], keep: u64) -> Result<u64> {
+    /// Appends lines of one bot, as reported by `agent_id`, and trims it to its newest `keep`
+    /// lines. Returns how many were new. The bot must be placed on that agent *now* (checked
+    /// in the same transaction, not remembered from the connection's start): a bot that moved
+    /// away is `NotFound` to its old agent.
+    pub async fn append_logs(&self, agent_id: Id, bot_id: Id, lines: &[LogLine], keep: u64) -> Result<u64> {
         if lines.is_empty() {
             return Ok(0);
         }
         with_pool!(self, write, |pool| {
             async {
                 let mut tx = pool.begin().await?;
+                let tenant_id: Option<String> =
+                    sqlx::query_scalar("SELECT tenant_id FROM bots WHERE id = $1 AND agent_id = $2")
+                        .bind(bot_id.to_string())
+                        .bind(agent_id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(tenant_id) = tenant_id else { return Err(StoreError::NotFound("bot")) };
                 let mut inserted = 0;
                 for line in lines {
                     inserted += sqlx::query(
@@ -57,7 +67,7 @@ impl Store {
                     )
                     .bind(bot_id.to_string())
                     .bind(line.seq as i64)
-                    .bind(tenant_id.to_string())
+                    .bind(&tenant_id)
                     .bind(match line.stream {
                         LogStream::Stdout => "stdout",
                         LogStream::Stderr => "stderr",

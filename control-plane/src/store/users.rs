@@ -80,9 +80,7 @@ impl Store {
             .map(|done| done.rows_affected())
         });
         match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Conflict(format!("username `{}` is taken", new.username)))
-            }
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(USERNAME_UNAVAILABLE.into())),
             Err(e) => Err(e.into()),
             Ok(_) => self.get_user(new.tenant_id, id).await,
         }
@@ -96,9 +94,10 @@ impl Store {
         row.ok_or(StoreError::NotFound("user"))?.try_into()
     }
 
-    /// Login looks users up by name across tenants: usernames are unique server-wide.
+    /// Login looks users up by name across tenants: usernames are unique server-wide, and
+    /// regardless of case.
     pub async fn find_user_by_username(&self, username: &str) -> Result<Option<UserRecord>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1)");
         let row: Option<UserRow> =
             with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(username).fetch_optional(pool).await? });
         row.map(TryInto::try_into).transpose()
@@ -114,6 +113,11 @@ impl Store {
         Ok(n as u64)
     }
 }
+
+/// The conflict message of a username already in use, in this tenant or another, in any case.
+/// Usernames are unique server-wide (login names no tenant), so the refusal is the same
+/// whoever holds the name: it never tells a tenant's admin that another tenant has that user.
+pub const USERNAME_UNAVAILABLE: &str = "this username cannot be used: choose another";
 
 /// The conflict message of a change that would leave a tenant without an enabled admin.
 pub const LAST_ADMIN: &str = "the tenant must keep at least one enabled admin";

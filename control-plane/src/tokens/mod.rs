@@ -8,7 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use botmox_contract::{
-    auth::{ApiToken, CreateApiToken, CreatedApiToken, Role},
+    auth::{ApiToken, CreateApiToken, CreatedApiToken, Role, Scope},
     problem::Problem,
 };
 use serde::Deserialize;
@@ -40,7 +40,7 @@ struct ListQuery {
     all: Option<bool>,
 }
 
-/// Your API tokens (admins: `?all=true` for the tenant's). Secrets are never shown again.
+/// Your API tokens (admins, by session or an `admin`-scoped token: `?all=true` for the tenant's). Secrets are never shown again.
 #[utoipa::path(
     get, path = "/tokens", tag = "tokens",
     security(("bearer" = [])),
@@ -53,7 +53,7 @@ async fn list_tokens(
     Query(query): Query<ListQuery>,
 ) -> ApiResult<axum::Json<Vec<ApiToken>>> {
     let owner = if query.all == Some(true) {
-        principal.require(Role::Admin)?;
+        principal.require(Scope::Admin)?;
         None
     } else {
         principal.user_id()
@@ -124,7 +124,7 @@ async fn create_token(
     Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], axum::Json(created)).into_response())
 }
 
-/// Revoke an API token (yours; admins: any of the tenant's). Effective on the next request.
+/// Revoke an API token (yours; admins, by session or an `admin`-scoped token: any of the tenant's). Effective on the next request.
 #[utoipa::path(
     delete, path = "/tokens/{id}", tag = "tokens",
     security(("bearer" = [])),
@@ -140,8 +140,7 @@ async fn revoke_token(
     Path(id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     let token = state.store.get_api_token(principal.tenant_id, id).await?;
-    let is_admin = principal.role == Some(Role::Admin);
-    if !is_admin && Some(token.user_id) != principal.user_id() {
+    if Some(token.user_id) != principal.user_id() && !principal.allows(Scope::Admin) {
         // Someone else's token does not exist for you.
         return Err(ApiError::NotFound("token"));
     }

@@ -76,7 +76,7 @@ async fn list_users(State(state): State<AppState>, principal: Principal) -> ApiR
     request_body = CreateUser,
     responses(
         (status = 201, description = "Created", body = User),
-        (status = 409, description = "Username taken", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Username unavailable (in use here or in another tenant, in any case)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -98,7 +98,7 @@ async fn create_user(
         role: body.role,
     };
     let record = state.store.create_user(new, state.clock.now()).await.map_err(|e| match e {
-        StoreError::Conflict(detail) => ApiError::Conflict { code: "username_taken", detail },
+        StoreError::Conflict(detail) => ApiError::Conflict { code: "username_unavailable", detail },
         other => other.into(),
     })?;
     let location = format!("/api/v1/users/{}", record.user.id);

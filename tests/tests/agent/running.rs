@@ -212,7 +212,7 @@ async fn a_secret_reaches_the_bot_and_no_agent_file() -> anyhow::Result<()> {
     let program = script(
         bots.path(),
         "secret.sh",
-        "#!/bin/sh\necho \"hash=$(printf %s \"$BOT_SECRET\" | sha256sum | cut -d' ' -f1)\"\nwhile :; do sleep 1; done\n",
+        "#!/bin/sh\necho \"hash=$(printf %s \"$BOT_SECRET\" | sha256sum | cut -d' ' -f1)\"\necho \"careless: password=$BOT_SECRET\" >&2\nwhile :; do sleep 1; done\n",
     )?;
     let mut spec = bot_spec("secretive", host.agent_id, &program, &[]);
     spec["exec"]["secret_env"] = json!({ "BOT_SECRET": "farmer-password" });
@@ -221,6 +221,10 @@ async fn a_secret_reaches_the_bot_and_no_agent_file() -> anyhow::Result<()> {
     wait_running(&app, bot_id).await?;
     let expected = sha256_hex(SECRET).await?;
     wait_log(&app, bot_id, &format!("hash={expected}")).await?;
+    // A bot that prints its secret shows `***` to whoever reads its log: the agent masks it
+    // before the line leaves the host.
+    wait_log(&app, bot_id, "careless: password=***").await?;
+    assert!(!log_lines(&app, bot_id).await?.iter().any(|l| l.contains(SECRET)), "the secret is in the bot's log");
 
     // A restart by the agent alone (the bot was killed) still has the secret: in memory.
     let pid = wait_running(&app, bot_id).await?;

@@ -161,8 +161,17 @@ async fn if_match_guards_updates_and_deletes(backend: Backend) -> anyhow::Result
     let (_, now) = send(app.get(&path)).await?;
     assert_eq!(now, v2);
 
-    // Weak ETag syntax is accepted too.
-    let (status, v3) = send(app.patch(&path, &json!({ "tags": ["fresh"] })).header("if-match", "W/\"2\"")).await?;
+    // If-Match compares strongly (RFC 9110): a weak tag never matches, even the current one,
+    // and changes nothing.
+    for weak in ["W/\"2\"", "W/\"1\""] {
+        let (status, body) = send(app.patch(&path, &json!({ "tags": ["weak"] })).header("if-match", weak)).await?;
+        assert_eq!((status, body["code"].as_str()), (412, Some("weak_etag")), "{weak}: {body}");
+        let (status, body) = send(app.delete(&path).header("if-match", weak)).await?;
+        assert_eq!((status, body["code"].as_str()), (412, Some("weak_etag")), "{weak}: {body}");
+    }
+    let (_, now) = send(app.get(&path)).await?;
+    assert_eq!(now, v2);
+    let (status, v3) = send(app.patch(&path, &json!({ "tags": ["fresh"] })).header("if-match", "\"2\"")).await?;
     assert_eq!(status, 200);
     assert_eq!(v3["version"], 3);
     app.stop().await

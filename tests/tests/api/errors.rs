@@ -13,7 +13,7 @@ use crate::bots::spec;
 
 both_backends!(bad_bot_definitions_are_refused_and_change_nothing, bad_requests_get_problem_json);
 both_backends!(head_works_wherever_get_does, nul_characters_are_refused_the_same_on_both_backends);
-both_backends!(unknown_query_parameters_are_refused_everywhere);
+both_backends!(unknown_query_parameters_are_refused_everywhere, repeated_json_keys_are_refused_by_name);
 
 /// `body` with the member at `pointer` (a JSON pointer to an object member) set to `value`.
 fn with(mut body: Value, pointer: &str, value: Value) -> Value {
@@ -203,5 +203,36 @@ async fn unknown_query_parameters_are_refused_everywhere(backend: Backend) -> an
     }
     let (status, _) = send(app.get("/api/v1/bots?limit=5")).await?;
     assert_eq!(status, 200, "declared parameters still work");
+    app.stop().await
+}
+
+async fn repeated_json_keys_are_refused_by_name(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let agent = app.create_agent("dup-vm").await?;
+    let raw =
+        |text: String| app.request(Method::POST, "/api/v1/bots").header("content-type", "application/json").body(text);
+    for (text, field) in [
+        (format!(r#"{{"name":"a","name":"b","agent_id":"{}","exec":{{"program":"true"}}}}"#, agent.id), "name"),
+        (
+            format!(r#"{{"name":"a","agent_id":"{}","exec":{{"program":"true","program":"/bin/sh"}}}}"#, agent.id),
+            "exec.program",
+        ),
+        (
+            format!(r#"{{"name":"a","agent_id":"{}","exec":{{"program":"p","env":{{"K":"1","K":"2"}}}}}}"#, agent.id),
+            "exec.env.K",
+        ),
+    ] {
+        let (status, body) = send(raw(text)).await?;
+        assert_eq!(
+            (status, body["code"].as_str(), body["field"].as_str()),
+            (422, Some("duplicate_key"), Some(field)),
+            "{body}"
+        );
+    }
+    let (_, bots) = send(app.get("/api/v1/bots")).await?;
+    assert_eq!(bots["items"].as_array().map(Vec::len), Some(0), "nothing was created");
+    // The same key in different objects is fine.
+    let fine = format!(r#"{{"name":"a","agent_id":"{}","exec":{{"program":"p","env":{{"name":"x"}}}}}}"#, agent.id);
+    assert_eq!(send(raw(fine)).await?.0, 201);
     app.stop().await
 }

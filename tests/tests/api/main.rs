@@ -10,6 +10,7 @@ mod openapi;
 mod pairing;
 mod panel;
 mod secrets;
+mod security;
 mod sessions;
 mod tenants;
 mod tokens;

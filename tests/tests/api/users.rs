@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::json;
 
 both_backends!(admins_manage_users, a_tenant_always_keeps_an_enabled_admin, racing_demotions_keep_an_admin);
+both_backends!(usernames_are_one_case_blind_namespace);
 
 async fn admins_manage_users(backend: Backend) -> anyhow::Result<()> {
     let app = TestApp::spawn(backend).await?;
@@ -19,7 +20,7 @@ async fn admins_manage_users(backend: Backend) -> anyhow::Result<()> {
     assert!(ana.get("password").is_none() && ana.get("password_hash").is_none());
     assert_eq!(location, format!("/api/v1/users/{}", ana["id"].as_str().unwrap_or_default()));
     let (status, problem) = send(app.post("/api/v1/users", &body)).await?;
-    assert_eq!((status, problem["code"].as_str()), (409, Some("username_taken")));
+    assert_eq!((status, problem["code"].as_str()), (409, Some("username_unavailable")));
     for (bad, field) in [
         (json!({"username": "a b", "password": "long-enough", "role": "viewer"}), "username"),
         (json!({"username": "bob", "password": "short", "role": "viewer"}), "password"),
@@ -87,5 +88,38 @@ async fn racing_demotions_keep_an_admin(backend: Backend) -> anyhow::Result<()> 
     // The loser is refused: as the last admin (409), or because its actor was demoted first (403).
     assert!(statuses[1] == 409 || statuses[1] == 403, "{statuses:?}");
     assert_eq!(app.store.count_active_admins(app.tenant_id).await?, 1);
+    app.stop().await
+}
+
+async fn usernames_are_one_case_blind_namespace(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let (_, other_admin) = app.second_tenant().await?;
+    let body = |name: &str| json!({"username": name, "password": "namespace-password", "role": "viewer"});
+    assert_eq!(send(app.post("/api/v1/users", &body("alice"))).await?.0, 201);
+
+    // The other tenant cannot take it, and learns nothing about who has it: its answer is the
+    // very one tenant A's admin gets for its own user.
+    let create_b = |name: &str| app.request_as(Method::POST, "/api/v1/users", Some(&other_admin)).json(&body(name));
+    let (status, theirs) = send(create_b("alice")).await?;
+    let (_, ours) = send(app.post("/api/v1/users", &body("alice"))).await?;
+    assert_eq!(status, 409);
+    assert_eq!(theirs["code"], "username_unavailable");
+    assert_eq!((&theirs["code"], &theirs["detail"]), (&ours["code"], &ours["detail"]));
+    let detail = theirs["detail"].as_str().unwrap_or_default();
+    assert!(!detail.contains("alice") && !detail.contains("taken"), "{detail}");
+
+    // Case does not make another name, in either tenant; login ignores it.
+    for name in ["Alice", "ALICE"] {
+        assert_eq!(send(app.post("/api/v1/users", &body(name))).await?.1["code"], "username_unavailable");
+        assert_eq!(send(create_b(name)).await?.1["code"], "username_unavailable");
+    }
+    app.login("ALICE", "namespace-password").await?;
+    let (_, users) = send(app.get("/api/v1/users")).await?;
+    let alices = users
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["username"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("alice")));
+    assert_eq!(alices.count(), 1);
     app.stop().await
 }

@@ -24,7 +24,7 @@ async fn admin_cli_creates_users_resets_passwords_and_makes_tokens() -> anyhow::
     )
     .await?;
     assert_eq!(code, Some(1));
-    assert!(stderr.starts_with("error: ") && stderr.contains("taken"), "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("cannot be used"), "{stderr}");
 
     let (code, stdout, stderr) = run_to_exit(
         &[&["token", "create", "--username", "ops", "--name", "ci", "--scope", "bots:read"][..], &d].concat(),

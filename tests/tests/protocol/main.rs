@@ -12,6 +12,7 @@ mod frames;
 mod fuzz;
 mod logs;
 mod ordering;
+mod ownership;
 mod presence;
 mod replicas;
 mod secrets;

@@ -66,6 +66,7 @@ async fn list_commands_filters_newest_first(t: Ctx) -> anyhow::Result<()> {
     assert_eq!(list(CommandFilter { agent_id: Some(a2.id), ..Default::default() }).await?, vec![c5.id, c2.id]);
     assert_eq!(list(CommandFilter { bot_id: Some(bot.id), ..Default::default() }).await?, vec![c4.id, c1.id]);
     let combined = CommandFilter {
+        hidden_kinds: Vec::new(),
         agent_id: Some(a1.id),
         status: Some(CommandStatus::Queued),
         bot_id: None,

@@ -336,10 +336,15 @@ fn parse_prometheus(text: &str) -> anyhow::Result<Vec<(String, f64)>> {
 }
 
 async fn metrics_follow_the_fleet(backend: Backend) -> anyhow::Result<()> {
-    let app = TestApp::spawn_manual(backend, quick).await?;
+    const METRICS_TOKEN: &str = "fleet-scraper-token-0123456789";
+    let app = TestApp::spawn_manual(backend, |settings| {
+        quick(settings);
+        settings.metrics_token_hash = Some(botmox_control_plane::auth::credentials::hash(METRICS_TOKEN));
+    })
+    .await?;
     let sample = |samples: &[(String, f64)], series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
     let scrape = |app: &TestApp| {
-        let request = app.get("/metrics");
+        let request = app.request_as(reqwest::Method::GET, "/metrics", Some(METRICS_TOKEN));
         async move {
             let response = request.send().await?;
             anyhow::ensure!(response.status() == 200);
@@ -364,7 +369,7 @@ async fn metrics_follow_the_fleet(backend: Backend) -> anyhow::Result<()> {
         && s.contains("route=\"/api/v1/bots\"")
         && *v >= 1.0));
     assert!(sample(&after, "botmox_agent_connections").is_some());
-    // Only the server's operators see it.
+    // Only the server's operators see it (a tenant admin sees their tenant: `api::security`).
     let viewer = app.login_as(botmox_contract::auth::Role::Viewer).await?;
     let (status, _) = send(app.request_as(reqwest::Method::GET, "/metrics", Some(&viewer))).await?;
     assert_eq!(status, 403);

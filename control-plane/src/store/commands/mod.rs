@@ -90,6 +90,8 @@ pub struct LeaseSweep {
 /// Filters of `GET /commands`, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct CommandFilter {
+    /// Kinds left out (those the reader may not see).
+    pub hidden_kinds: Vec<CommandKind>,
     pub status: Option<CommandStatus>,
     pub agent_id: Option<Id>,
     pub bot_id: Option<Id>,
@@ -355,6 +357,33 @@ impl Store {
                 false,
             ),
         }
+    }
+
+    /// A bot moved away from `agent_id`: its commands still queued for that agent are
+    /// `cancelled` (they would carry its definition to a host that no longer runs it).
+    /// Returns them.
+    pub async fn cancel_moved_bot_commands(
+        &self,
+        tenant_id: Id,
+        bot_id: Id,
+        agent_id: Id,
+        now: Timestamp,
+    ) -> Result<Vec<Command>> {
+        let sql = format!(
+            "UPDATE commands SET status = 'cancelled', finished_at = $1, updated_at = $1, \
+             error = 'the bot moved to another agent' \
+             WHERE tenant_id = $2 AND bot_id = $3 AND agent_id = $4 AND status = 'queued' RETURNING {COMMAND_COLUMNS}"
+        );
+        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql)
+                .bind(to_ms(now))
+                .bind(tenant_id.to_string())
+                .bind(bot_id.to_string())
+                .bind(agent_id.to_string())
+                .fetch_all(pool)
+                .await?
+        });
+        into_commands(rows)
     }
 
     /// Every `queued` command whose TTL has passed becomes `expired` (all tenants; the

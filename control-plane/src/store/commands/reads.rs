@@ -26,6 +26,9 @@ impl Store {
             args.push(arg);
             sql.push_str(&format!(" AND {clause} ${}", args.len()));
         };
+        for kind in &filter.hidden_kinds {
+            and("kind <>", kind.as_str().to_owned());
+        }
         if let Some(status) = filter.status {
             and("status =", status.as_str().to_owned());
         }

@@ -658,7 +658,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Your API tokens (admins: `?all=true` for the tenant's). Secrets are never shown again. */
+        /** Your API tokens (admins, by session or an `admin`-scoped token: `?all=true` for the tenant's). Secrets are never shown again. */
         get: operations["list_tokens"];
         put?: never;
         /** Create an API token. The response holds its secret: the only time it is shown. */
@@ -679,7 +679,7 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Revoke an API token (yours; admins: any of the tenant's). Effective on the next request. */
+        /** Revoke an API token (yours; admins, by session or an `admin`-scoped token: any of the tenant's). Effective on the next request. */
         delete: operations["revoke_token"];
         options?: never;
         head?: never;
@@ -746,7 +746,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Prometheus metrics of this replica and its fleet (all tenants: for the server's operators). */
+        /**
+         * Prometheus metrics: with the server's metrics token, this replica's and the whole fleet's;
+         *     with a tenant admin's credential, that tenant's fleet gauges.
+         */
         get: operations["metrics"];
         put?: never;
         post?: never;
@@ -5062,7 +5065,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Username taken */
+            /** @description Username unavailable (in use here or in another tenant, in any case) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -5338,7 +5341,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description The credential may not do this */
+            /** @description Neither the metrics token nor a tenant admin */
             403: {
                 headers: {
                     [name: string]: unknown;
