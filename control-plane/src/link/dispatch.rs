@@ -81,6 +81,12 @@ impl From<String> for Undeliverable {
     }
 }
 
+impl From<&str> for Undeliverable {
+    fn from(reason: &str) -> Self {
+        Self::Never(reason.to_owned())
+    }
+}
+
 /// The envelope of a claimed command, or why it cannot be delivered.
 pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Result<CommandEnvelope, Undeliverable> {
     let mut envelope = CommandEnvelope {
@@ -97,7 +103,7 @@ pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Res
         Ok(bot) => bot,
         // A removal still reaches the agent (it stops and forgets the bot) without a definition.
         Err(StoreError::NotFound(_)) if command.kind == CommandKind::BotRemove => return Ok(envelope),
-        Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".to_string().into()),
+        Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".into()),
         Err(e) => return Err(Undeliverable::Retry(e)),
     };
     // Checked at claim time, for every kind: the bot may have moved since the command was
@@ -112,7 +118,7 @@ pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Res
     if matches!(command.kind, CommandKind::BotStart | CommandKind::BotRestart) && !bot.exec.secret_env.is_empty() {
         let names: Vec<String> = bot.exec.secret_env.values().cloned().collect();
         let Some(key) = &state.master_key else {
-            return Err("the bot needs secrets but this server has no master key".to_string().into());
+            return Err("the bot needs secrets but this server has no master key".into());
         };
         let sealed = state.store.sealed_secrets(tenant_id, &names).await.map_err(Undeliverable::Retry)?;
         for (variable, name) in &bot.exec.secret_env {
