@@ -41,6 +41,9 @@ pub enum ControlError {
     /// The agent exists but takes no commands (revoked).
     #[error("{0}")]
     AgentRevoked(String),
+    /// A start or restart for a bot on a draining agent.
+    #[error("{0}")]
+    AgentDraining(String),
     /// The order names an agent the tenant does not have.
     #[error("{0}")]
     NoSuchAgent(String),
@@ -58,6 +61,7 @@ impl From<StoreError> for ControlError {
             StoreError::Conflict(detail) if detail.contains("revoked") => ControlError::AgentRevoked(detail),
             StoreError::Conflict(detail) => ControlError::Busy(detail),
             StoreError::Reference(detail) => ControlError::NoSuchAgent(detail),
+            StoreError::AgentDraining(detail) => ControlError::AgentDraining(detail),
             other => ControlError::Store(other),
         }
     }

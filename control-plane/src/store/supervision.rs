@@ -75,7 +75,7 @@ impl Store {
             sqlx::query_as(
                 "SELECT b.tenant_id, b.id, b.agent_id, b.desired_state, b.state, b.stop FROM bots b \
                  JOIN agents a ON a.id = b.agent_id \
-                 WHERE a.status = 'online' \
+                 WHERE a.status = 'online' AND a.drained_at IS NULL \
                  AND ((b.desired_state = 'running' AND b.state IN ('pending', 'stopped')) \
                    OR (b.desired_state = 'stopped' AND b.state IN ('starting', 'running', 'backoff'))) \
                  AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.bot_id = b.id \
