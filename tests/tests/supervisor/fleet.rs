@@ -367,6 +367,8 @@ async fn a_drained_agent_is_not_reconciled_and_stays_drained_across_reconnects(b
     assert_eq!(incidents(&app, "open=true&kind=agent_offline").await?.len(), 1, "its silence is still noticed");
     frames(&app, &token, json!([hello(json!([]))])).await?;
     assert_eq!(send(app.get(&format!("/api/v1/agents/{agent_id}"))).await?.1["status"], "draining");
+    let (_, advice) = send(app.get("/api/v1/guide/recommendations")).await?;
+    assert!(advice.to_string().contains("agent `vm-maintenance` is draining"), "{advice}");
 
     let (status, undrained) = send(app.post(&format!("/api/v1/agents/{agent_id}/undrain"), &json!({}))).await?;
     assert_eq!((status, undrained["agent"]["status"].as_str()), (200, Some("online")), "{undrained}");
