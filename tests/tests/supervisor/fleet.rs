@@ -374,5 +374,14 @@ async fn a_drained_agent_is_not_reconciled_and_stays_drained_across_reconnects(b
     assert_eq!((status, undrained["agent"]["status"].as_str()), (200, Some("online")), "{undrained}");
     let leased = poll(&app, &token).await?;
     assert_eq!((leased.len(), leased[0]["kind"].as_str()), (1, Some("bot.start")), "{leased:?}");
+
+    // Drained while away: a command for it says it waits (draining is not connected).
+    app.clock.advance(Span::seconds(16));
+    app.tick(1).await?;
+    send(app.post(&format!("/api/v1/agents/{agent_id}/drain"), &json!({}))).await?;
+    let sync = json!({"agent_id": agent_id, "kind": "bot.sync", "bot_id": bot_id});
+    let (status, accepted) = send(app.post("/api/v1/commands", &sync)).await?;
+    assert_eq!((status, accepted["agent_online"].as_bool()), (202, Some(false)), "{accepted}");
+    assert!(accepted["message"].as_str().unwrap_or_default().contains("draining and not connected"), "{accepted}");
     app.stop().await
 }

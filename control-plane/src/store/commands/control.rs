@@ -80,6 +80,8 @@ pub struct AgentBrief {
     pub id: Id,
     pub name: String,
     pub status: AgentStatus,
+    /// Connected (said hello and not silent since), drained or not.
+    pub present: bool,
 }
 
 /// What became of one order.
@@ -197,6 +199,7 @@ struct AgentRow {
     tenant_id: String,
     name: String,
     status: String,
+    present: bool,
 }
 
 /// The statements, built once per call (they differ between the backends only in the JSON
@@ -313,7 +316,8 @@ impl Store {
                 text("$1")
             ),
             agents: format!(
-                "SELECT id, tenant_id, name, {} AS status FROM agents WHERE id IN (SELECT value FROM {})",
+                "SELECT id, tenant_id, name, {} AS status, status IN ('online', 'draining') AS present FROM agents \
+                 WHERE id IN (SELECT value FROM {})",
                 crate::store::agents::agent_status_sql!(),
                 text("$1")
             ),
@@ -543,7 +547,10 @@ impl Plan {
             let status = AgentStatus::parse(&row.status)
                 .ok_or_else(|| StoreError::Corrupt(format!("agent status `{}`", row.status)))?;
             let id = parse_id(&row.id)?;
-            agents.insert(id, (parse_id(&row.tenant_id)?, AgentBrief { id, name: row.name, status }));
+            agents.insert(
+                id,
+                (parse_id(&row.tenant_id)?, AgentBrief { id, name: row.name, status, present: row.present }),
+            );
         }
         // The locked bots, with the sequence number as it grows through these orders.
         let mut bots: HashMap<Id, (Id, i64, Bot)> = HashMap::new();
