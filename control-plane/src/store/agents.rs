@@ -41,8 +41,10 @@ struct AgentRow {
 
 /// The status an agent shows: `draining` while drained (the operator's decision, kept in
 /// `drained_at` apart from presence so it survives disconnections), unless revoked; otherwise
-/// its presence. Every read of an agent's status goes through this expression (a macro, so
-/// that `concat!` can build the statements that use it at compile time).
+/// its presence. Every status that is shown or acted on (the API's `Agent`, the counts, the
+/// control transaction, a bulk action's dry run) goes through this expression; only presence
+/// itself (connect, silence, `agent_present`) reads the raw column. A macro, so that
+/// `concat!` can build the statements that use it at compile time.
 macro_rules! agent_status_sql {
     () => {
         "CASE WHEN drained_at IS NOT NULL AND status <> 'revoked' THEN 'draining' ELSE status END"
