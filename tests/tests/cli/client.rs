@@ -227,3 +227,40 @@ async fn agents_drain_pair_code_incidents_commands_and_logs() -> anyhow::Result<
     assert!(stdout.contains("reset-password"), "{stdout}");
     fleet.stop().await
 }
+
+/// The confirmation on a real terminal (a pseudo-terminal from util-linux's `script`): the
+/// dry run's count is asked about; "n" changes nothing (exit 1), "y" goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_action_asks_on_a_terminal() -> anyhow::Result<()> {
+    let fleet = Fleet::start().await?;
+    let command = format!("{} bots start --filter tag=eu", botmox_bin()?.display());
+    let on_terminal = |answer: &'static str| {
+        let mut script = tokio::process::Command::new("script");
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .env("BOTMOX_URL", &fleet.app.base_url)
+            .env("BOTMOX_TOKEN", &fleet.token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        async move {
+            let mut child = script.spawn()?;
+            let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, answer.as_bytes()).await?;
+            let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+            Ok::<_, anyhow::Error>((output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned()))
+        }
+    };
+    let (code, shown) = on_terminal("n\n").await?;
+    assert!(shown.contains("start 2 bot(s)? [y/N]"), "{shown}");
+    assert!(shown.contains("cancelled: nothing was changed"), "{shown}");
+    assert_eq!(code, Some(1), "{shown}");
+    let bots: Vec<Bot> = fleet.json(&["bots", "ls", "--json"]).await?;
+    assert!(bots.iter().all(|b| b.desired_state == botmox_contract::bots::DesiredState::Stopped), "{bots:?}");
+
+    let (code, shown) = on_terminal("y\n").await?;
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("start queued for 2 of 2 matching bot(s)"), "{shown}");
+    fleet.wait_bots("running").await?;
+    fleet.stop().await
+}
