@@ -205,6 +205,48 @@ impl Commands {
         self.bots.request(bot_id, spec.as_ref(), request, Some(cancelled))
     }
 
+    /// At start-up: sends again every outcome the server did not confirm, and answers each
+    /// command the previous run started but never finished (it died meanwhile) as
+    /// interrupted. A bot's own intent (desired state, a stop under way) was persisted before
+    /// acting and is resumed by the bot's task; the command itself is not run again.
+    pub fn resume_journal(&self) {
+        let (unconfirmed, unfinished) = {
+            let journal = self.journal();
+            (journal.unconfirmed(), journal.unfinished())
+        };
+        for (id, recorded) in unconfirmed {
+            tracing::info!(command_id = %id, "sending again a result the server had not confirmed");
+            self.outbox.push(AgentFrame::Result(recorded.outcome(id)));
+        }
+        for entry in unfinished {
+            let of = BotSeq { bot: entry.bot, seq: entry.seq };
+            let error = match entry.bot {
+                Some(_) => "interrupted: the agent stopped while this command ran; the bot resumes its desired \
+                            state and reports its state"
+                    .to_string(),
+                None => "interrupted: the agent stopped while this command ran; it is not run twice".to_string(),
+            };
+            self.finish(entry.id, entry.kind, of, Err(error));
+        }
+    }
+
+    /// The server confirmed the frames carrying these results: they need not be sent again.
+    pub fn confirmed(&self, frames: &[AgentFrame]) {
+        let ids: Vec<Uuid> = frames
+            .iter()
+            .filter_map(|f| match f {
+                AgentFrame::Result(outcome) => Some(outcome.command_id),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.journal().confirmed(&ids) {
+            tracing::error!(error = %e, "cannot write the command journal");
+        }
+    }
+
     /// Records the outcome, then sends it.
     fn finish(&self, id: Uuid, kind: CommandKind, of: BotSeq, reply: Reply) {
         let recorded = match reply {
@@ -337,6 +379,52 @@ mod tests {
         let after_restart = fixture.until_result(exec.id).await?;
         assert_eq!(outcome(&after_restart, exec.id).map(|o| o.result), Some(first.result));
         assert_eq!(std::fs::read_to_string(&marker)?.lines().collect::<Vec<_>>(), ["ran"], "executed exactly once");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_sends_unconfirmed_results_again_and_answers_interrupted_commands() -> anyhow::Result<()>
+    {
+        let fixture = Fixture::new()?;
+        let commands = fixture.commands(false)?;
+        let (unsent, sent) = (
+            envelope(CommandKind::BotStop, json!({ "bot_id": Uuid::now_v7() }), 1),
+            envelope(CommandKind::BotStop, json!({ "bot_id": Uuid::now_v7() }), 1),
+        );
+        commands.handle(unsent.clone());
+        let unsent_result = outcome(&fixture.until_result(unsent.id).await?, unsent.id);
+        commands.handle(sent.clone());
+        let frames = fixture.until_result(sent.id).await?;
+        commands.confirmed(&frames);
+        drop(commands);
+        // The previous run died while this one ran: started in the journal, never finished.
+        let interrupted = Uuid::now_v7();
+        Journal::open(&fixture.dir.path().join("journal.jsonl"))?.started(
+            interrupted,
+            CommandKind::BotRestart,
+            BotSeq { bot: Some(Uuid::now_v7()), seq: Some(4) },
+        )?;
+
+        let restarted = fixture.commands(false)?;
+        restarted.resume_journal();
+        let frames = fixture.outbox.take(100, 1000, 1 << 20);
+        let results: Vec<Uuid> = frames
+            .iter()
+            .filter_map(|f| match f {
+                AgentFrame::Result(r) => Some(r.command_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(results, [unsent.id, interrupted], "the unconfirmed one again, the interrupted one answered");
+        assert_eq!(outcome(&frames, unsent.id), unsent_result, "the same result as before");
+        let answer = outcome(&frames, interrupted);
+        assert!(answer.is_some_and(|o| !o.ok && o.error.is_some_and(|e| e.contains("interrupted"))));
+
+        // Once confirmed, a further restart sends nothing.
+        restarted.confirmed(&frames);
+        drop(restarted);
+        fixture.commands(false)?.resume_journal();
+        assert!(fixture.outbox.is_empty());
         Ok(())
     }
 

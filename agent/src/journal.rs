@@ -7,6 +7,12 @@
 //! for the bot with a lower one is older than one already run, and is refused as superseded
 //! (the server's `seq`; see `Commands::handle`).
 //!
+//! It is also the durable half of the outbox for results: an outcome is journalled before it
+//! is sent, and marked `confirmed` once the server confirmed the frame that carried it. At
+//! start-up the agent sends again every outcome not confirmed, and answers every command
+//! found started but never finished (the agent died while it ran) as interrupted — so a
+//! result is never lost to an agent kill, and the server never waits out a timeout for it.
+//!
 //! Appending a line per event keeps each write small; the file is rewritten (atomically)
 //! when it holds twice as many lines as ids kept.
 
@@ -36,6 +42,9 @@ pub struct Entry {
     pub bot: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The server confirmed it received the outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmed: bool,
 }
 
 /// Which bot a command is for, and its sequence number (bot commands from a server that
@@ -114,12 +123,45 @@ impl Journal {
 
     /// Records that `id` starts executing (before it does anything).
     pub fn started(&mut self, id: Uuid, kind: CommandKind, of: BotSeq) -> std::io::Result<()> {
-        self.write(Entry { id, kind, at: Utc::now(), outcome: None, bot: of.bot, seq: of.seq })
+        self.write(Entry { id, kind, at: Utc::now(), outcome: None, bot: of.bot, seq: of.seq, confirmed: false })
     }
 
     /// Records how `id` ended (before the result is sent).
     pub fn finished(&mut self, id: Uuid, kind: CommandKind, of: BotSeq, outcome: Recorded) -> std::io::Result<()> {
-        self.write(Entry { id, kind, at: Utc::now(), outcome: Some(outcome), bot: of.bot, seq: of.seq })
+        let entry =
+            Entry { id, kind, at: Utc::now(), outcome: Some(outcome), bot: of.bot, seq: of.seq, confirmed: false };
+        self.write(entry)
+    }
+
+    /// Records that the server received the outcomes of `ids` (ids unknown or without an
+    /// outcome, or already confirmed, are skipped).
+    pub fn confirmed(&mut self, ids: &[Uuid]) -> std::io::Result<()> {
+        for id in ids {
+            let Some(entry) = self.entries.get(id) else { continue };
+            if entry.confirmed || entry.outcome.is_none() {
+                continue;
+            }
+            let entry = Entry { confirmed: true, ..entry.clone() };
+            self.write(entry)?;
+        }
+        Ok(())
+    }
+
+    /// Commands started here whose outcome is not journalled, oldest first.
+    pub fn unfinished(&self) -> Vec<Entry> {
+        self.in_order().filter(|e| e.outcome.is_none()).cloned().collect()
+    }
+
+    /// Outcomes the server has not confirmed, oldest first.
+    pub fn unconfirmed(&self) -> Vec<(Uuid, Recorded)> {
+        self.in_order()
+            .filter(|e| !e.confirmed)
+            .filter_map(|e| e.outcome.clone().map(|outcome| (e.id, outcome)))
+            .collect()
+    }
+
+    fn in_order(&self) -> impl Iterator<Item = &Entry> {
+        self.order.iter().filter_map(|id| self.entries.get(id))
     }
 
     #[cfg(test)]
@@ -245,6 +287,32 @@ mod tests {
         let journal = Journal::open(&path)?;
         assert_eq!(journal.bot_seq(bot), Some(7), "the highest, not the last");
         assert_eq!(journal.bot_seq(other), None);
+        Ok(())
+    }
+
+    #[test]
+    fn outcomes_stay_unconfirmed_until_confirmed_across_a_reopen() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("journal.jsonl");
+        let (sent, unsent, running) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        {
+            let mut journal = Journal::open(&path)?;
+            for (n, id) in [sent, unsent].into_iter().enumerate() {
+                journal.started(id, CommandKind::BotStart, BotSeq::default())?;
+                journal.finished(id, CommandKind::BotStart, BotSeq::default(), ok(n as u64))?;
+            }
+            journal.started(running, CommandKind::BotStop, BotSeq::default())?;
+            journal.confirmed(&[sent, running, Uuid::now_v7()])?;
+            assert_eq!(journal.unconfirmed(), [(unsent, ok(1))]);
+        }
+        let mut journal = Journal::open(&path)?;
+        assert_eq!(journal.unconfirmed(), [(unsent, ok(1))], "confirmation survives a restart");
+        assert_eq!(journal.unfinished().iter().map(|e| e.id).collect::<Vec<_>>(), [running]);
+        let lines = std::fs::read_to_string(&path)?.lines().count();
+        journal.confirmed(&[sent])?;
+        assert_eq!(std::fs::read_to_string(&path)?.lines().count(), lines, "confirming twice writes nothing");
+        journal.confirmed(&[unsent])?;
+        assert!(Journal::open(&path)?.unconfirmed().is_empty());
         Ok(())
     }
 

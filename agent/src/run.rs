@@ -72,6 +72,7 @@ pub async fn run_until(
     let shared = Arc::new(Shared::new(outbox.clone(), state.clone(), dir.run_dir()));
     let bots = Bots::recover(shared);
     let commands = Commands::new(bots.clone(), outbox.clone(), journal, options.allow_exec);
+    commands.resume_journal();
     let agent_id = credentials.agent_id;
     tracing::info!(
         %agent_id, server = %credentials.server, dir = %dir.root().display(), bots = bots.ids().len(),

@@ -116,6 +116,11 @@ impl Supervisor {
         self.state
     }
 
+    /// The current state as a transition to itself: for re-reporting the truth.
+    pub fn current(&self) -> Transition {
+        Transition { state: self.state, exit: None, restart_count: self.restart_count, error: self.last_error.clone() }
+    }
+
     pub fn restart_count(&self) -> u32 {
         self.restart_count
     }

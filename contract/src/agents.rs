@@ -92,6 +92,8 @@ pub struct CreatePairingCode {
     pub name: Option<String>,
     #[serde(default)]
     pub labels: Labels,
+    /// Seconds the code stays valid (60 to 604800; default 3600).
+    #[cfg_attr(feature = "openapi", schema(minimum = 60, maximum = 604_800))]
     pub ttl_seconds: Option<u64>,
 }
 
@@ -111,6 +113,8 @@ pub struct PairingCode {
 #[serde(deny_unknown_fields)]
 pub struct PairRequest {
     pub code: String,
+    /// 1 to 253 printable characters.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 253))]
     pub hostname: String,
     pub os: String,
     pub arch: String,

@@ -16,5 +16,7 @@ pub struct SecretMeta {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PutSecret {
+    /// 1 to 65536 bytes of UTF-8.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 65_536))]
     pub value: String,
 }

@@ -141,20 +141,26 @@ pub fn is_running(pid: u32) -> bool {
 /// Live processes whose environment has `BOTMOX_BOT_ID=<bot_id>` and that lead their process
 /// group: the bot processes the agent started for that bot (children are not leaders).
 pub fn bot_leaders(bot_id: &str) -> Vec<u32> {
-    let needle = format!("BOTMOX_BOT_ID={bot_id}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut leaders = Vec::new();
+    all_bot_leaders().remove(bot_id).unwrap_or_default()
+}
+
+/// Every bot process on this machine (one pass over `/proc`), by the `BOTMOX_BOT_ID` in its
+/// environment: live processes that lead their process group.
+pub fn all_bot_leaders() -> std::collections::HashMap<String, Vec<u32>> {
+    const KEY: &[u8] = b"BOTMOX_BOT_ID=";
+    let mut leaders: std::collections::HashMap<String, Vec<u32>> = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return leaders };
     for entry in entries.filter_map(Result::ok) {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if !environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) || !is_running(pid) {
+        let Some(bot_id) = environ.split(|b| *b == 0).find_map(|var| var.strip_prefix(KEY)) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let mut fields = stat.rfind(')').map(|at| stat[at + 1..].split_whitespace()).into_iter().flatten();
+        let (state, pgrp) = (fields.next(), fields.nth(1));
+        if matches!(state, Some("Z" | "X") | None) || pgrp != Some(pid.to_string().as_str()) {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let pgrp = stat.rfind(')').and_then(|at| stat[at + 1..].split_whitespace().nth(2).map(str::to_owned));
-        if pgrp.as_deref() == Some(pid.to_string().as_str()) {
-            leaders.push(pid);
-        }
+        leaders.entry(String::from_utf8_lossy(bot_id).into_owned()).or_default().push(pid);
     }
     leaders
 }
@@ -179,10 +185,14 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 /// A TCP relay with a fixed address in front of a server whose address changes (a restarted
 /// `botmox` gets a new port): what a load balancer does in production. While no upstream is
-/// set, or it refuses, incoming connections are dropped — the server looks down.
+/// set, or it refuses, incoming connections are dropped — the server looks down. It is also
+/// the tests' faulty network: [`TcpRelay::reset`] cuts every open connection, and
+/// [`TcpRelay::stall`] makes open connections pass no bytes (a hung link) until released.
 pub struct TcpRelay {
     pub addr: std::net::SocketAddr,
     upstream: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    generation: tokio::sync::watch::Sender<u64>,
+    stalled: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -191,19 +201,36 @@ impl TcpRelay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let upstream = std::sync::Arc::new(std::sync::Mutex::new(upstream));
+        let generation = tokio::sync::watch::channel(0u64).0;
+        let stalled = tokio::sync::watch::channel(false).0;
         let target = upstream.clone();
+        let (cuts, stalls) = (generation.clone(), stalled.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let to = target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut cut = cuts.subscribe();
+                cut.borrow_and_update();
+                let stalled = stalls.subscribe();
                 tokio::spawn(async move {
                     let Some(to) = to else { return };
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&to).await else { return };
+                    let (from_client, to_client) = inbound.into_split();
+                    let (from_server, to_server) = outbound.into_split();
+                    let both = async {
+                        tokio::join!(
+                            pump(from_client, to_server, stalled.clone()),
+                            pump(from_server, to_client, stalled)
+                        )
+                    };
+                    // Dropping the halves closes both sockets.
+                    tokio::select! {
+                        _ = both => {}
+                        _ = cut.changed() => {}
                     }
                 });
             }
         });
-        Ok(Self { addr, upstream, task })
+        Ok(Self { addr, upstream, generation, stalled, task })
     }
 
     /// `http://<relay address>`.
@@ -215,11 +242,42 @@ impl TcpRelay {
     pub fn set_upstream(&self, upstream: Option<String>) {
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = upstream;
     }
+
+    /// Cuts every connection open now (new ones are relayed as before).
+    pub fn reset(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// While `true`, open connections pass no bytes in either direction.
+    pub fn stall(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+}
+
+/// Copies one direction until it ends, holding each chunk while the relay is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.task.abort();
+        self.reset();
     }
 }
 

@@ -28,13 +28,13 @@ pub struct Demo {
     pub agent_dir: PathBuf,
 }
 
-struct Api {
+pub struct Api {
     url: String,
     token: String,
 }
 
 impl Api {
-    fn login(url: &str, username: &str, password: &str) -> Result<Self> {
+    pub fn login(url: &str, username: &str, password: &str) -> Result<Self> {
         let body = json!({ "username": username, "password": password });
         let response = ureq::post(&format!("{url}/api/v1/auth/login")).send_json(body);
         let session: Value = answer(response, "logging in as the admin")?;
@@ -42,11 +42,11 @@ impl Api {
         Ok(Self { url: url.to_owned(), token: token.to_owned() })
     }
 
-    fn get(&self, path: &str) -> Result<Value> {
+    pub fn get(&self, path: &str) -> Result<Value> {
         answer(self.request("GET", path).call(), &format!("GET {path}"))
     }
 
-    fn post(&self, path: &str, body: Value) -> Result<Value> {
+    pub fn post(&self, path: &str, body: Value) -> Result<Value> {
         answer(self.request("POST", path).send_json(body), &format!("POST {path}"))
     }
 

@@ -4,7 +4,8 @@
 //! This file owns only the command-line dispatch; each command lives in its own module:
 //! `run` (start the product), `test` (every check CI runs; `tray` its tray step, `windows`
 //! its Windows-agent step under Wine, `panel` the web panel's build and browser test),
-//! `openapi` (the panel's API snapshot and types), `bench` (the benchmark).
+//! `openapi` (the panel's API snapshot and types), `bench` (the benchmark), `fuzz` (the API
+//! fuzzing step: schemathesis against a real server).
 //! Shared plumbing: `children` (a tiny process supervisor), `postgres` (make sure the test
 //! database is up), `cmd` (spawning cargo and friends with readable errors), `debian`
 //! (installing missing Debian packages).
@@ -14,6 +15,7 @@ mod children;
 mod cmd;
 mod debian;
 mod demo;
+mod fuzz;
 mod panel;
 mod postgres;
 mod run;
@@ -40,6 +42,8 @@ commands:
                             extra args go to `cargo nextest run`
   test-windows [--quick]    only the Windows step of `test` (cross-build, Wine, e2e)
   test-panel                only the web panel's steps of `test` (build, vitest, Chromium e2e)
+  fuzz-api                  only the API fuzzing step of `test`: schemathesis (PyPI) against
+                            a real server's OpenAPI document (BOTMOX_FUZZ_EXAMPLES, BOTMOX_FUZZ_SEED)
   openapi                   rewrite frontend/openapi.json from the server's code and regenerate
                             the panel's API types (after an API change)
   bench [-- args]           release build, then the benchmark (`botmox-e2e --bin bench`)
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Some("test-windows") => windows::test_only(&rest),
         Some("test-panel") => panel::test_only(),
         Some("openapi") => panel::openapi(),
+        Some("fuzz-api") => fuzz_only(),
         Some("bench") => bench::bench(&rest),
         Some(other) => {
             eprint!("xtask: unknown command `{other}`\n\n{HELP}");
@@ -90,6 +95,12 @@ fn split_passthrough(args: &[String]) -> (&[String], &[String]) {
         Some(i) => (&args[..i], &args[i + 1..]),
         None => (args, &[]),
     }
+}
+
+/// `cargo xtask fuzz-api`: the API fuzzing step alone.
+fn fuzz_only() -> anyhow::Result<ExitCode> {
+    fuzz::checks(&cmd::cargo)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every check CI runs, in the order that fails fastest and most
 //! clearly: the web panel built (it is embedded in `botmox`), Postgres up, cargo-nextest
-//! present, formatting, clippy, then the whole test suite under nextest; then the panel's
+//! present, formatting, clippy, then the whole test suite under nextest; then the API fuzzed
+//! by schemathesis against a real server (`fuzz.rs`); then the panel's
 //! unit tests and real-browser test (`panel.rs`); then the tray build and its screenshot test (`tray.rs`); then the
 //! Windows agent cross-built and tested under Wine (`windows.rs`). `--quick` skips formatting
 //! and clippy, `--no-windows` the Windows step.
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cmd, panel, postgres, split_passthrough, tray, windows};
+use crate::{cmd, fuzz, panel, postgres, split_passthrough, tray, windows};
 
 pub fn test(args: &[String]) -> Result<ExitCode> {
     let (own, nextest_args) = split_passthrough(args);
@@ -59,6 +60,8 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
     cmd::step("cargo nextest run --workspace --no-fail-fast");
     cmd::run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]).args(nextest_args))
         .context("tests failed or did not build (nextest's summary or the compiler errors are above)")?;
+
+    fuzz::checks(&cargo)?;
 
     panel::checks(&cargo)?;
 

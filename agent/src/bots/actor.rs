@@ -66,6 +66,10 @@ pub enum Startup {
     DiedWhileAway,
     /// The bot was between runs (backoff, starting) when the agent went away.
     Resume,
+    /// A stop (or the stop half of a restart) was under way when the agent went away, or a
+    /// process runs that the bot's intent says must not: finish stopping it (the process, if
+    /// adopted, is signalled again), then the desired state decides.
+    FinishStop,
 }
 
 struct Running {
@@ -178,6 +182,18 @@ impl Actor {
             Startup::Resume => {
                 let _ = self.start_fresh().await;
             }
+            Startup::FinishStop => {
+                self.logs.note("a stop was under way when the agent went away: finishing it");
+                if self.running.is_some() {
+                    self.stop_process().await;
+                } else {
+                    let transition = self.sup.stopped(None);
+                    self.report(transition);
+                }
+                if self.desired == DesiredState::Running {
+                    let _ = self.start_fresh().await;
+                }
+            }
         }
     }
 
@@ -206,7 +222,10 @@ impl Actor {
         self.set_desired(DesiredState::Running);
         if let Some(running) = &self.running {
             if running.definition_hash == self.spec.definition_hash {
-                return Ok(json!({ "pid": running.pid, "already_running": true }));
+                let pid = running.pid;
+                // The server may believe otherwise (a report it lost): say the truth again.
+                self.report(self.sup.current());
+                return Ok(json!({ "pid": pid, "already_running": true }));
             }
             self.logs.note("started with a changed definition: restarting it with the new one");
             self.stop_process().await;
@@ -232,6 +251,7 @@ impl Actor {
             return json!({ "stopped": true, "exit_code": exit.code(), "exit_signal": exit.signal() });
         }
         if matches!(self.sup.state(), BotState::Stopped | BotState::Pending) {
+            self.report(self.sup.current());
             return json!({ "stopped": true, "already_stopped": true });
         }
         let transition = self.sup.stopped(None);
@@ -323,13 +343,17 @@ impl Actor {
         }
     }
 
-    /// SIGTERM, grace, SIGKILL; reports `stopping` then `stopped`.
+    /// SIGTERM, grace, SIGKILL; reports `stopping` then `stopped`. The intent is persisted
+    /// first — `stopping` *with* the process — so an agent killed before or during the signal
+    /// finds the process at its next start and finishes the stop (`Startup::FinishStop`).
     async fn stop_process(&mut self) -> Exit {
+        if self.running.is_none() {
+            return Exit::Unknown;
+        }
+        let stopping = self.sup.stopping();
+        self.report(stopping);
         let Some(mut running) = self.running.take() else { return Exit::Unknown };
         let pid = running.pid;
-        // Still running while stopping: keep reporting its pid.
-        let stopping = self.sup.stopping();
-        self.report_with(stopping, Some((pid, running.started_at)));
         let exit = running.process.terminate(self.grace()).await;
         tracing::info!(bot_id = %self.id, pid, %exit, "bot stopped");
         self.last_exit = Some(exit);

@@ -90,16 +90,33 @@ impl Bots {
         let logs = Arc::new(LogSink::new(id, record.log_seq, self.shared.outbox.clone(), self.shared.state.clone()));
         let sup = Supervisor::resume(record.spec.restart.clone(), record.state, record.restart_count, now);
         let mut actor = Actor::new(record.spec.clone(), record.desired, sup, self.shared.clone(), logs);
+        // A stop was under way: finish it, whether or not the process is still there.
+        let stopping = record.state == BotState::Stopping;
         let Some(process) = &record.process else {
             let between_runs = matches!(record.state, BotState::Starting | BotState::Backoff | BotState::Running);
             let resume = record.desired == DesiredState::Running && between_runs;
-            return (actor, if resume { Startup::Resume } else { Startup::Nothing });
+            let startup = match () {
+                () if stopping => Startup::FinishStop,
+                () if resume => Startup::Resume,
+                () => Startup::Nothing,
+            };
+            return (actor, startup);
         };
         if let Some((adopted, outputs)) = runner::adopt(process.pid, process.start_ticks, id, &self.shared.run_dir) {
             tracing::info!(bot_id = %id, pid = process.pid, "re-adopted a running bot");
             actor.adopt(adopted, outputs, process);
+            // A live process of a bot whose intent is `stopped` is stopped.
+            if stopping || record.desired == DesiredState::Stopped {
+                return (actor, Startup::FinishStop);
+            }
             let definition_changed = process.definition_hash != record.spec.definition_hash;
             return (actor, Startup::Adopted { definition_changed });
+        }
+        if stopping {
+            if !runner::is_alive(process.pid, None) {
+                runner::kill_orphan_group(process.pid);
+            }
+            return (actor, Startup::FinishStop);
         }
         // Gone (or its pid now belongs to another process, which is left alone). Whatever
         // the dead bot left in its group goes with it — unless the pid lives on as someone

@@ -29,6 +29,9 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const CLOSE_REPLACED: u16 = 4000;
 const CLOSE_REVOKED: u16 = 4001;
 const CLOSE_SHUTDOWN: u16 = 4002;
+const CLOSE_RETRY: u16 = 4004;
+/// The error code of a frame the server could not apply just now (its database away).
+const UNAVAILABLE: &str = "unavailable";
 
 pub(super) async fn session(link: &Link, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
     let mut socket = match open(link).await {
@@ -115,9 +118,15 @@ async fn exchange(
                             continue;
                         }
                     };
-                    if !greeted {
-                        if let ServerFrame::Error { code, detail } = &frame {
+                    if let ServerFrame::Error { code, detail } = &frame {
+                        if !greeted {
                             return lost(false, format!("hello refused: {detail} ({code})"));
+                        }
+                        // Not applied, and the pong that may follow would wrongly confirm
+                        // the burst: end here, so every unconfirmed burst is sent again after
+                        // the next hello (repeats are no-ops on the server).
+                        if code == UNAVAILABLE {
+                            return lost(true, format!("the server could not apply a frame: {detail}"));
                         }
                     }
                     if link.on_server_frame(frame).is_some() && !greeted {
@@ -135,7 +144,9 @@ async fn exchange(
                     if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_ref()) {
                         let confirmed = u64::from_be_bytes(bytes);
                         while bursts.front().is_some_and(|(n, _)| *n <= confirmed) {
-                            bursts.pop_front();
+                            if let Some((_, frames)) = bursts.pop_front() {
+                                link.commands.confirmed(&frames);
+                            }
                         }
                     }
                 }
@@ -148,6 +159,7 @@ async fn exchange(
                             lost(greeted, format!("replaced by another connection (close code {code})"))
                         }
                         CLOSE_SHUTDOWN => lost(greeted, format!("the server is shutting down (close code {code}): reconnecting")),
+                        CLOSE_RETRY => lost(greeted, format!("the server could not apply a frame (close code {code}): sending it again")),
                         _ => lost(greeted, format!("the server closed the connection (close code {code}: {reason})")),
                     };
                 }

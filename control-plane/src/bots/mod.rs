@@ -145,7 +145,7 @@ async fn list_bots(
         agent_id: query.agent_id,
         tag: query.tag,
         name: query.name.filter(|n| !n.is_empty()),
-        after_name: query.cursor.as_deref().map(page::decode_cursor).transpose()?,
+        after_name: query.cursor.as_deref().filter(|c| !c.is_empty()).map(page::decode_cursor).transpose()?,
         limit,
     };
     let page = state.store.list_bots(principal.tenant_id, &filter).await?;

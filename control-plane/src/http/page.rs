@@ -27,9 +27,9 @@ pub fn decode_cursor(cursor: &str) -> ApiResult<String> {
     })
 }
 
-/// A cursor holding an id (lists ordered by id).
+/// A cursor holding an id (lists ordered by id). An empty cursor is the first page.
 pub fn decode_id_cursor(cursor: Option<&str>) -> ApiResult<Option<Uuid>> {
-    let Some(cursor) = cursor else { return Ok(None) };
+    let Some(cursor) = cursor.filter(|c| !c.is_empty()) else { return Ok(None) };
     let key = decode_cursor(cursor)?;
     Uuid::parse_str(&key)
         .map(Some)

@@ -39,7 +39,7 @@ impl Claimed {
 }
 
 /// Leases up to [`CLAIM_BATCH`] queued commands of the agent and builds their envelopes.
-pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Result<Claimed> {
+pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> Result<Claimed, StoreError> {
     let now = state.clock.now();
     let claimed = state.store.claim_commands(agent_id, CLAIM_BATCH, now).await?;
     let mut envelopes = Vec::with_capacity(claimed.len());
@@ -52,7 +52,10 @@ pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Res
                 envelopes.push(envelope);
                 dispatched.push(command);
             }
-            Err(reason) => {
+            Err(Undeliverable::Retry(e)) => {
+                tracing::warn!(command_id = %command.id, error = %e, "command not sent now: the store could not build it; its lease brings it back");
+            }
+            Err(Undeliverable::Never(reason)) => {
                 tracing::warn!(command_id = %command.id, %reason, "command cannot be delivered");
                 let outcome = CommandOutcome { ok: false, result: serde_json::Value::Null, error: Some(reason) };
                 let failed = state.store.complete_command(agent_id, command.id, outcome, state.clock.now()).await?;
@@ -63,8 +66,22 @@ pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> anyhow::Res
     Ok(Claimed { envelopes, dispatched, tenant_id })
 }
 
+/// Why a claimed command has no envelope.
+pub enum Undeliverable {
+    /// It never will have one (its bot or a secret is gone): it fails with this reason.
+    Never(String),
+    /// The store could not answer just now: try again later.
+    Retry(StoreError),
+}
+
+impl From<String> for Undeliverable {
+    fn from(reason: String) -> Self {
+        Self::Never(reason)
+    }
+}
+
 /// The envelope of a claimed command, or why it cannot be delivered.
-pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Result<CommandEnvelope, String> {
+pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Result<CommandEnvelope, Undeliverable> {
     let mut envelope = CommandEnvelope {
         id: command.id,
         kind: command.kind,
@@ -79,20 +96,22 @@ pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Res
         Ok(bot) => bot,
         // A removal still reaches the agent (it stops and forgets the bot) without a definition.
         Err(StoreError::NotFound(_)) if command.kind == CommandKind::BotRemove => return Ok(envelope),
-        Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".into()),
-        Err(e) => return Err(format!("the bot could not be read: {e}")),
+        Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".to_string().into()),
+        Err(e) => return Err(Undeliverable::Retry(e)),
     };
     if matches!(command.kind, CommandKind::BotStart | CommandKind::BotRestart) && !bot.exec.secret_env.is_empty() {
         let names: Vec<String> = bot.exec.secret_env.values().cloned().collect();
         let Some(key) = &state.master_key else {
-            return Err("the bot needs secrets but this server has no master key".into());
+            return Err("the bot needs secrets but this server has no master key".to_string().into());
         };
-        let sealed = state.store.sealed_secrets(tenant_id, &names).await.map_err(|e| e.to_string())?;
+        let sealed = state.store.sealed_secrets(tenant_id, &names).await.map_err(Undeliverable::Retry)?;
         for (variable, name) in &bot.exec.secret_env {
             let Some(secret) = sealed.iter().find(|s| &s.name == name) else {
-                return Err(format!("secret `{name}` (for {variable}) does not exist: create it, then start again"));
+                return Err(
+                    format!("secret `{name}` (for {variable}) does not exist: create it, then start again").into()
+                );
             };
-            let value = vault::open(key, secret).map_err(|e| e.to_string())?;
+            let value = vault::open(key, secret).map_err(|e| Undeliverable::Never(e.to_string()))?;
             envelope.secrets.insert(name.clone(), value);
         }
     }

@@ -20,6 +20,9 @@ pub const CLOSE_SHUTDOWN: u16 = 4002;
 /// The supervisor marked the agent offline (missed heartbeats): reconnect and say hello, so
 /// the snapshot restores the truth.
 pub const CLOSE_STALE: u16 = 4003;
+/// The store could not apply a frame just now: nothing after the refused frame was confirmed;
+/// reconnect with backoff and send it again (the agent also sees the `unavailable` error frame).
+pub const CLOSE_RETRY: u16 = 4004;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {

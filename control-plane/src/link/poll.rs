@@ -85,7 +85,7 @@ pub async fn next(
     let outcome = loop {
         let mut claimed = match dispatch::claim(&state, principal.tenant_id, agent_id).await {
             Ok(claimed) => claimed,
-            Err(e) => break Err(ApiError::Internal(e)),
+            Err(e) => break Err(ApiError::from(e)),
         };
         let commands = std::mem::take(&mut claimed.envelopes);
         claimed.announce(&state).await;
@@ -128,7 +128,13 @@ pub async fn frames(
                 .map_err(|e| super::session::FrameError::new("malformed_frame", format!("not an agent frame: {e}")))
         })
         .collect();
-    for (index, result) in session.handle_batch(frames).await.into_iter().enumerate() {
+    let answers = session.handle_batch(frames).await;
+    // A frame the store could not take now: the whole request is refused as retryable (the
+    // agent sends every frame again; what did apply is a no-op the second time).
+    if let Some(refusal) = answers.iter().find_map(|a| a.as_ref().err().filter(|r| r.is_retryable())) {
+        return Err(ApiError::Unavailable(refusal.detail.clone()));
+    }
+    for (index, result) in answers.into_iter().enumerate() {
         match result {
             Ok(()) => outcome.accepted += 1,
             Err(refusal) => outcome.refused.push(RefusedFrame {

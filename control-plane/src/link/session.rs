@@ -26,9 +26,17 @@ pub struct FrameError {
     pub detail: String,
 }
 
+/// The code of a refusal that says "not now": the frame was fine, the store could not take it.
+pub const UNAVAILABLE: &str = "unavailable";
+
 impl FrameError {
     pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
         Self { code, detail: detail.into() }
+    }
+
+    /// The agent must send this frame again (after reconnecting), not drop it.
+    pub fn is_retryable(&self) -> bool {
+        self.code == UNAVAILABLE
     }
 }
 
@@ -37,6 +45,12 @@ impl From<StoreError> for FrameError {
         match err {
             StoreError::NotFound(what) => FrameError::new("not_found", format!("{what} not found (or not yours)")),
             StoreError::InvalidTransition { .. } => FrameError::new("invalid_transition", err.to_string()),
+            // A lost connection, a restart, a full pool: the transaction rolled back, and the
+            // same frame will apply once the database answers again.
+            StoreError::Unavailable(_) | StoreError::Db(_) => {
+                tracing::warn!(error = %err, "the store could not apply an agent frame: the agent sends it again");
+                FrameError::new(UNAVAILABLE, "the server's database is unavailable just now: send this frame again")
+            }
             other => {
                 tracing::error!(error = %other, "applying an agent frame failed");
                 FrameError::new("internal", "the server could not apply this frame; send it again")

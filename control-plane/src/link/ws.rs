@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::{
     dispatch,
-    hub::{Control, CLOSE_SHUTDOWN},
+    hub::{Control, CLOSE_RETRY, CLOSE_SHUTDOWN},
     session::{AgentSession, FrameError},
 };
 use crate::{
@@ -158,8 +158,16 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
                         state.clone(), tenant_id, agent_id, registration.wake.clone(), out.clone(),
                     )));
                 }
+                // A frame the store could not take now: say so (the agent then treats every
+                // unconfirmed burst as unsent, even if the pong that follows would confirm
+                // it), and close, so the agent reconnects with backoff and sends it again.
+                let retry = refusals.iter().any(FrameError::is_retryable);
                 for refusal in refusals {
                     let _ = out.send(error_frame(refusal)).await;
+                }
+                if retry {
+                    let _ = out.send(Outbound::Close(CLOSE_RETRY, "the server's database is unavailable: reconnect and send again")).await;
+                    break;
                 }
                 match after {
                     None | Some(Some(Ok(Message::Text(_)))) => {}

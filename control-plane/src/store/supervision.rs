@@ -6,7 +6,7 @@ use botmox_contract::{
 };
 use sqlx::{pool::PoolConnection, Postgres};
 
-use super::{parse_id, to_ms, with_pool, Backend, Result, Store, StoreError};
+use super::{from_ms, parse_id, to_ms, with_pool, Backend, Result, Store, StoreError};
 
 /// A bot whose observed state disagrees with what the operator wants, on an online agent,
 /// with no command for it pending or recent.
@@ -18,6 +18,18 @@ pub struct Drift {
     pub desired: DesiredState,
     pub state: BotState,
     pub stop_timeout_seconds: u64,
+    /// When the bot's row last changed (for a bot in a passing state, when it entered it).
+    pub changed_at: Timestamp,
+}
+
+impl Drift {
+    /// For a bot in a passing state (`starting`, `stopping`): when it counts as stuck — its
+    /// stop timeout plus a margin after it entered the state. `None` for settled states.
+    pub fn stuck_since(&self) -> Option<Timestamp> {
+        let passing = matches!(self.state, BotState::Starting | BotState::Stopping);
+        let margin = chrono::Duration::seconds(self.stop_timeout_seconds.min(86_400) as i64 + 30);
+        passing.then(|| self.changed_at + margin)
+    }
 }
 
 /// How much retention removed.
@@ -67,17 +79,20 @@ impl Store {
     }
 
     /// Bots to reconcile: desired `running` but `pending`/`stopped`, or desired `stopped` but
-    /// `starting`/`running`/`backoff`; on an online agent; with no command pending and none
+    /// `starting`/`running`/`backoff`; on an online, undrained agent; with no command pending and none
     /// created since `quiet_since` (so a failing start is not retried in a tight loop).
     /// `exited`, `crashed` and `failed` are the agent's own restart policy at work: left alone.
+    /// A bot in `starting` or `stopping` is a candidate too (a report lost, an agent killed
+    /// mid-stop); the caller keeps only those stuck there past their stop timeout
+    /// ([`Drift::stuck_since`]).
     pub async fn drifting_bots(&self, quiet_since: Timestamp, limit: u32) -> Result<Vec<Drift>> {
-        let rows: Vec<(String, String, String, String, String, String)> = with_pool!(self, read, |pool| {
+        let rows: Vec<(String, String, String, String, String, String, i64)> = with_pool!(self, read, |pool| {
             sqlx::query_as(
-                "SELECT b.tenant_id, b.id, b.agent_id, b.desired_state, b.state, b.stop FROM bots b \
+                "SELECT b.tenant_id, b.id, b.agent_id, b.desired_state, b.state, b.stop, b.updated_at FROM bots b \
                  JOIN agents a ON a.id = b.agent_id \
                  WHERE a.status = 'online' AND a.drained_at IS NULL \
-                 AND ((b.desired_state = 'running' AND b.state IN ('pending', 'stopped')) \
-                   OR (b.desired_state = 'stopped' AND b.state IN ('starting', 'running', 'backoff'))) \
+                 AND ((b.desired_state = 'running' AND b.state IN ('pending', 'stopped', 'starting', 'stopping')) \
+                   OR (b.desired_state = 'stopped' AND b.state IN ('starting', 'running', 'backoff', 'stopping'))) \
                  AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.bot_id = b.id \
                    AND (c.status IN ('queued', 'dispatched', 'running') OR c.created_at > $1)) \
                  ORDER BY b.id LIMIT $2",
@@ -88,7 +103,7 @@ impl Store {
             .await?
         });
         rows.into_iter()
-            .map(|(tenant, bot, agent, desired, state, stop)| {
+            .map(|(tenant, bot, agent, desired, state, stop, updated_at)| {
                 Ok(Drift {
                     tenant_id: parse_id(&tenant)?,
                     bot_id: parse_id(&bot)?,
@@ -99,6 +114,7 @@ impl Store {
                     stop_timeout_seconds: serde_json::from_str::<botmox_contract::bots::StopSpec>(&stop)
                         .map(|s| s.timeout_seconds)
                         .unwrap_or(10),
+                    changed_at: from_ms(updated_at)?,
                 })
             })
             .collect()

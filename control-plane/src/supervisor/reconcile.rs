@@ -1,5 +1,7 @@
 //! Reconciliation: a bot that should run on an online agent and does not (or should not and
 //! does), with no command for it pending or recent, gets the command that closes the gap.
+//! A bot stuck in `starting` or `stopping` past its stop timeout (a lost report, an agent
+//! killed mid-stop) gets one too: the agent answers it and re-reports the bot's true state.
 
 use std::time::Duration;
 
@@ -21,6 +23,9 @@ pub async fn run(state: &AppState) -> anyhow::Result<()> {
     let now = state.clock.now();
     let drifting = state.store.drifting_bots(now - chrono::Duration::from_std(QUIET_PERIOD)?, BATCH).await?;
     for drift in drifting {
+        if drift.stuck_since().is_some_and(|stuck| now < stuck) {
+            continue;
+        }
         let kind = match drift.desired {
             DesiredState::Running => CommandKind::BotStart,
             DesiredState::Stopped => CommandKind::BotStop,

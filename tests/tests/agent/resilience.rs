@@ -4,7 +4,7 @@
 //! (bots stopped, exit code 3 with the reason), token rotation.
 
 use botmox_e2e::{
-    agent::{bot_leaders, is_running, AgentProcess, TcpRelay},
+    agent::{agent_cli, bot_leaders, is_running, AgentProcess, TcpRelay},
     server::ServerProcess,
 };
 
@@ -73,6 +73,81 @@ async fn a_killed_agent_readopts_the_same_bots_when_it_returns() -> anyhow::Resu
     for pid in pids {
         wait_local("the re-adopted bot to stop", || !is_running(pid)).await?;
     }
+    assert_eq!(agent.terminate().await?, Some(0));
+    app.stop().await
+}
+
+/// The agent is killed while it waits out a stubborn bot's stop: the intent (`stopping`, with
+/// the pid) was persisted before the signal, so the next agent finds the process, finishes the
+/// stop, and answers the interrupted command instead of leaving it `running` until it times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_stop_finishes_it_when_it_returns() -> anyhow::Result<()> {
+    let app = spawn_app().await?;
+    let host = Host::pair(&app, &app.base_url).await?;
+    let agent = host.run(&[]).await?;
+    let bots = tempfile::tempdir()?;
+    let stubborn =
+        script(bots.path(), "stubborn.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do echo alive; sleep 1; done\n")?;
+    let mut spec = bot_spec("stubborn-stop", host.agent_id, &stubborn, &[]);
+    spec["stop"]["timeout_seconds"] = json!(4);
+    let bot = create_bot(&app, &spec).await?;
+    control(&app, bot, "start").await?;
+    let pid = wait_running(&app, bot).await?;
+
+    let stop = control(&app, bot, "stop").await?;
+    wait_bot(&app, bot, "stopping", |b| b["state"] == "stopping").await?;
+    agent.kill().await?;
+    assert!(is_running(pid), "SIGTERM is ignored: the bot outlives its killed agent");
+
+    let agent = host.run(&[]).await?;
+    let stopped = wait_bot(&app, bot, "stopped after the agent returned", |b| b["state"] == "stopped").await?;
+    assert_eq!(stopped["desired_state"], "stopped");
+    wait_local("the bot's process to be gone", || !is_running(pid)).await?;
+    assert!(bot_leaders(&bot.to_string()).is_empty(), "no process left for the bot");
+    // The interrupted command is answered by the returning agent, not left to time out.
+    let answered = wait_command(&app, stop, "failed").await?;
+    assert!(answered["error"].as_str().is_some_and(|e| e.contains("interrupted")), "{answered}");
+    assert_eq!(agent.terminate().await?, Some(0));
+    app.stop().await
+}
+
+/// The store cannot take the bot's state reports for a while (an injected fault): the server
+/// says `unavailable` instead of a generic error and closes; the agent keeps every frame it
+/// was not sure of, reconnects with backoff, and once the store is back the server shows the
+/// truth — nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_the_store_refused_are_sent_again_until_applied() -> anyhow::Result<()> {
+    let app = spawn_app().await?;
+    let host = Host::pair(&app, &app.base_url).await?;
+    let agent = host.run(&[]).await?;
+    let bots = tempfile::tempdir()?;
+    let chatty = script(bots.path(), "chatty.sh", CHATTY)?;
+    let bot = create_bot(&app, &bot_spec("refused-news", host.agent_id, &chatty, &[])).await?;
+    app.db()
+        .execute(&["CREATE TRIGGER inject_fault BEFORE UPDATE OF state ON bots \
+                    BEGIN SELECT RAISE(ABORT, 'injected fault'); END"])
+        .await?;
+
+    let start = control(&app, bot, "start").await?;
+    // The agent runs the bot, but the server cannot record its state: the agent is told so.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, status, _) = agent_cli(host.path(), &["status"]).await?;
+        if status.contains("database is unavailable") {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the agent never heard of the refusal: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leaders = bot_leaders(&bot.to_string());
+    assert_eq!(leaders.len(), 1, "the bot runs on its host meanwhile");
+    assert_ne!(get(&app, &format!("/api/v1/bots/{bot}")).await?["state"], "running", "not recorded yet");
+
+    app.db().execute(&["DROP TRIGGER inject_fault"]).await?;
+    let running = wait_bot(&app, bot, "running once the store is back", |b| b["state"] == "running").await?;
+    assert_eq!(running["pid"].as_u64(), Some(u64::from(leaders[0])), "{running}");
+    wait_command(&app, start, "succeeded").await?;
+    wait_log(&app, bot, "tick 3").await?;
     assert_eq!(agent.terminate().await?, Some(0));
     app.stop().await
 }

@@ -143,6 +143,13 @@ async fn bad_requests_get_problem_json(backend: Backend) -> anyhow::Result<()> {
     }
     let (_, list) = send(app.get(bots)).await?;
     assert_eq!(list["total"], 0, "nothing was created");
+    // An empty cursor is no cursor: the first page, on every list.
+    for path in
+        ["/api/v1/bots?cursor=", "/api/v1/commands?cursor=", "/api/v1/incidents?cursor=", "/api/v1/audit?cursor="]
+    {
+        let (status, page) = send(app.get(path)).await?;
+        assert_eq!(status, 200, "{path}: {page}");
+    }
 
     // Query parameter errors name the parameter.
     let (_, problem) = send(app.get("/api/v1/bots?sort=name")).await?;

@@ -14,6 +14,7 @@ both_backends!(silent_agents_go_offline_and_come_back, desired_running_is_starte
 both_backends!(crash_loops_open_one_incident_and_resolve_when_stable, dead_letters_open_an_incident);
 both_backends!(recommendations_name_what_to_do, metrics_follow_the_fleet);
 both_backends!(a_drained_agent_is_not_reconciled_and_stays_drained_across_reconnects);
+both_backends!(a_bot_stuck_stopping_is_repaired_after_its_stop_timeout);
 
 fn quick(settings: &mut botmox_control_plane::state::Settings) {
     settings.heartbeat_interval = Duration::from_secs(5);
@@ -120,6 +121,55 @@ async fn desired_running_is_started_exactly_once(backend: Backend) -> anyhow::Re
     app.clock.advance(Span::minutes(5));
     app.tick(0).await?;
     assert_eq!(starts(&app).await?.len(), 2, "a running bot is left alone");
+    app.stop().await
+}
+
+/// An agent killed in the middle of a restart left the bot `stopping` (its next report never
+/// came): once the bot's stop timeout and the margin have passed, and not before, the
+/// supervisor sends the command that closes the gap.
+async fn a_bot_stuck_stopping_is_repaired_after_its_stop_timeout(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_manual(backend, quick).await?;
+    let (agent_id, token) = app.pair_agent("vm-stuck").await?;
+    let body = json!({"name": "stuck", "agent_id": agent_id, "exec": {"program": "true"}, "desired_state": "running",
+                      "stop": {"timeout_seconds": 120}});
+    let (status, bot) = send(app.post("/api/v1/bots", &body)).await?;
+    anyhow::ensure!(status == 201, "{bot}");
+    let bot_id = bot["id"].as_str().unwrap_or_default().to_owned();
+    frames(&app, &token, json!([hello(json!([]))])).await?;
+    let leased = poll(&app, &token).await?;
+    assert_eq!(leased.len(), 1, "the creation's start");
+    let id = leased[0]["id"].clone();
+    frames(
+        &app,
+        &token,
+        json!([{"type": "ack", "command_id": id}, state_report(&bot_id, "running", 0, app.clock.now()),
+        {"type": "result", "command_id": id, "ok": true, "result": {}, "error": null},
+        state_report(&bot_id, "stopping", 0, app.clock.now())]),
+    )
+    .await?;
+    let commands = |app: &TestApp| {
+        let request = app.get(&format!("/api/v1/commands?bot_id={bot_id}"));
+        async move {
+            let (_, list) = send(request).await?;
+            Ok::<Vec<Value>, anyhow::Error>(list["items"].as_array().cloned().unwrap_or_default())
+        }
+    };
+
+    // Past the quiet period but within its stop timeout (120 s + 30 s margin): left alone.
+    app.clock.advance(Span::seconds(149));
+    frames(&app, &token, json!([heartbeat()])).await?;
+    app.tick(0).await?;
+    assert_eq!(commands(&app).await?.len(), 1, "a bot still within its stop timeout is left alone");
+
+    // Past it: one start, by the supervisor.
+    app.clock.advance(Span::seconds(2));
+    frames(&app, &token, json!([heartbeat()])).await?;
+    app.tick(0).await?;
+    app.tick(4).await?;
+    let commands = commands(&app).await?;
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    assert_eq!((commands[0]["kind"].as_str(), commands[0]["status"].as_str()), (Some("bot.start"), Some("queued")));
+    assert_eq!(commands[0]["created_by"]["kind"], "supervisor");
     app.stop().await
 }
 

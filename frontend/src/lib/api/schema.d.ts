@@ -1259,7 +1259,10 @@ export interface components {
         CreatePairingCode: {
             labels?: components["schemas"]["BTreeMap"];
             name?: string | null;
-            /** Format: int64 */
+            /**
+             * Format: int64
+             * @description Seconds the code stays valid (60 to 604800; default 3600).
+             */
             ttl_seconds?: number | null;
         };
         /** @description `POST /users`. */
@@ -1429,6 +1432,7 @@ export interface components {
         PairRequest: {
             arch: string;
             code: string;
+            /** @description 1 to 253 printable characters. */
             hostname: string;
             labels?: components["schemas"]["BTreeMap"];
             os: string;
@@ -1488,6 +1492,7 @@ export interface components {
             type: string;
         };
         PutSecret: {
+            /** @description 1 to 65536 bytes of UTF-8. */
             value: string;
         };
         /** @description A concrete next action. */
