@@ -15,7 +15,9 @@ pub enum AgentStatus {
     Pending,
     Online,
     Offline,
-    /// Online, takes no new starts.
+    /// Drained by an operator (`POST /agents/{id}/drain`): its bots were stopped (their desired
+    /// state kept) and it takes no new starts until undrained, connected or not
+    /// (`connected_replica` says whether it is connected).
     Draining,
     /// Its token is revoked; it can do nothing any more.
     Revoked,
@@ -70,6 +72,16 @@ pub struct Agent {
     pub metrics: Option<AgentMetrics>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// `POST /agents/{id}/drain` and `/undrain`: the agent as it is now, and the commands this
+/// queued — a drain stops the bots that run (their desired state is kept), an undrain starts
+/// the bots whose desired state is `running` again. Empty when there was nothing to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentDrain {
+    pub agent: Agent,
+    pub commands: Vec<crate::commands::Command>,
 }
 
 /// `POST /agents/pairing-codes`.

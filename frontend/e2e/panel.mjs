@@ -204,6 +204,31 @@ try {
     await page.locator('[data-bot="bulk-b"][data-state="stopped"]').waitFor();
   });
 
+  await step("drain the agent from its page: its running bot stops and stays wanted; undrain starts it again", async () => {
+    const agent = (await api("GET", "/api/v1/agents")).find((a) => a.name === "e2e-host");
+    const bot = botUrl.split("/").pop();
+    await api("POST", `/api/v1/bots/${bot}/start`);
+    await page.goto(botUrl);
+    await botState("running");
+    await page.goto(`${BASE}/agents/${agent.id}`);
+    await heading("e2e-host");
+    await page.getByRole("button", { name: "Drain", exact: true }).click();
+    await page.getByRole("dialog").getByRole("button", { name: "Drain agent" }).click();
+    await page.locator('.page-head [data-status="draining"]').waitFor();
+    await page.getByRole("status").filter({ hasText: "Draining" }).waitFor();
+    await page.goto(botUrl);
+    await botState("stopped");
+    check((await api("GET", `/api/v1/bots/${bot}`)).desired_state === "running", "a drain keeps the desired state");
+    await page.goto(`${BASE}/agents/${agent.id}`);
+    await heading("e2e-host");
+    await page.getByRole("button", { name: "Undrain" }).click();
+    await page.locator('.page-head [data-status="online"]').waitFor();
+    await page.goto(botUrl);
+    await botState("running");
+    await api("POST", `/api/v1/bots/${bot}/stop`);
+    await botState("stopped");
+  });
+
   await step("acknowledge the crash incident", async () => {
     await nav("Incidents");
     const row = page.locator('[data-incident="bot_crashed"]').first();
@@ -271,6 +296,10 @@ try {
     await v.locator('[data-agent="e2e-host"]').waitFor();
     check(await v.getByRole("button", { name: "Pair agent" }).isDisabled(), "Pair agent is disabled for a viewer");
     check((await v.getByRole("button", { name: "Revoke" }).count()) === 0, "no Revoke for a viewer");
+    const host = (await api("GET", "/api/v1/agents")).find((a) => a.name === "e2e-host");
+    await v.goto(`${BASE}/agents/${host.id}`);
+    await v.getByRole("heading", { level: 1, name: "e2e-host" }).waitFor();
+    check((await v.getByRole("button", { name: /Drain|Undrain|Revoke/ }).count()) === 0, "no Drain or Revoke for a viewer");
     await viewerContext.close();
   });
 

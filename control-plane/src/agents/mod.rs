@@ -1,6 +1,7 @@
-//! Agents API: the registry of hosts (list, get, rename/relabel, delete, revoke), pairing codes,
+//! Agents API: the registry of hosts (list, get, rename/relabel, delete, revoke, drain), pairing codes,
 //! pairing itself, and the agent-token endpoints an agent uses about itself.
 
+mod drain;
 mod pairing;
 
 use axum::{extract::State, http::StatusCode};
@@ -27,6 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_agents))
         .routes(routes!(get_agent, update_agent, delete_agent))
         .routes(routes!(revoke_agent))
+        .routes(routes!(drain::drain_agent))
+        .routes(routes!(drain::undrain_agent))
         .routes(routes!(pairing::create_pairing_code))
         .routes(routes!(pairing::pair))
         .routes(routes!(agent_self))

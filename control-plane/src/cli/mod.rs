@@ -1,5 +1,8 @@
-//! The `botmox` command line: `serve` and `migrate` (admin, token and client commands follow
-//! with the identity work). Errors end the process with one line on stderr and exit code 1.
+//! The `botmox` command line: `serve` and `migrate`, the offline administration straight on
+//! the database (`admin`, `token`, `secrets`), and the operator client of the REST API
+//! (`bots`, `agents`, `pair-code`, `incidents`, `commands`: [`remote`]). Errors end the
+//! process with one line on stderr and a non-zero exit code (1, or the client's documented
+//! codes: [`remote::Exit`]).
 
 use std::process::ExitCode;
 
@@ -13,6 +16,7 @@ use crate::{
 };
 
 mod admin;
+pub mod remote;
 
 #[derive(Debug, Parser)]
 #[command(name = "botmox", version, about = "botmox control plane: registry, command queue, supervisor, panel")]
@@ -39,6 +43,8 @@ enum Command {
     /// The secrets vault's master key.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,10 +125,19 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<remote::Failure>() {
+            Some(failure) => {
+                // An empty message: the command already printed what went wrong.
+                if !failure.message.is_empty() {
+                    eprintln!("error: {failure}");
+                }
+                ExitCode::from(failure.exit as u8)
+            }
+            None => {
+                eprintln!("error: {}", one_line(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -168,5 +183,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init(LogFormat::Text);
             admin::secrets(command).await
         }
+        Command::Remote(command) => Ok(remote::run(command).await?),
     }
 }

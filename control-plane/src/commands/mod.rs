@@ -58,13 +58,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
 /// The answer to a control request, from what the command service placed.
 pub fn accepted(submitted: Submitted) -> CommandAccepted {
     let agent_online = submitted.agent_online();
-    let Submitted { command, created, agent_name, agent_status } = submitted;
+    let Submitted { command, created, agent_name, agent_status, .. } = submitted;
     let message = match (created, agent_online) {
         (false, _) => "a command with this Idempotency-Key exists: this is it (nothing changed)".to_owned(),
         (true, true) => format!("sent to agent `{agent_name}`"),
         (true, false) => format!(
             "agent `{agent_name}` is {}: the command waits for it until {}",
-            agent_status.as_str(),
+            match agent_status {
+                botmox_contract::agents::AgentStatus::Draining => "draining and not connected",
+                other => other.as_str(),
+            },
             command.expires_at.format("%Y-%m-%d %H:%M:%S UTC")
         ),
     };

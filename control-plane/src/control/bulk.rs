@@ -4,6 +4,7 @@
 //! counts. A repeat with the same Idempotency-Key returns the first batch and changes nothing.
 
 use botmox_contract::{
+    agents::AgentStatus,
     audit::Actor,
     commands::{BotAction, BulkAccepted, SkippedBots},
     Id,
@@ -39,7 +40,7 @@ pub struct BulkRequest {
 pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkAccepted, ControlError> {
     let BulkRequest { tenant_id, action, selection, dry_run, idempotency_key, created_by } = request;
     // Ids listed twice count once; ids that are no bot of the tenant are skipped as not found.
-    let (matched, bot_ids): (u64, Vec<(Id, bool)>) = match selection {
+    let (matched, bot_ids): (u64, Vec<Id>) = match selection {
         Selection::Ids(mut ids) => {
             ids.sort_unstable();
             ids.dedup();
@@ -48,14 +49,14 @@ pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkAccepted
                 let missing = ids.len() - found.len();
                 return Ok(dry(action, ids.len() as u64, &found, missing as u64));
             }
-            (ids.len() as u64, ids.into_iter().map(|id| (id, false)).collect())
+            (ids.len() as u64, ids)
         }
         Selection::Filter(filter) => {
             let found = state.store.bots_matching(tenant_id, &filter).await?;
             if dry_run {
                 return Ok(dry(action, found.len() as u64, &found, 0));
             }
-            (found.len() as u64, found)
+            (found.len() as u64, found.into_iter().map(|(id, _)| id).collect())
         }
     };
     let batch = NewBatch {
@@ -69,7 +70,7 @@ pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkAccepted
     let (kind, desired) = action_order(action);
     let orders: Vec<Order> = bot_ids
         .iter()
-        .map(|(bot_id, _)| Order {
+        .map(|bot_id| Order {
             tenant_id,
             target: Target::Bot(*bot_id),
             kind,
@@ -103,9 +104,18 @@ pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkAccepted
     })
 }
 
-/// A dry run's counts: `found` bots (with whether their agent is revoked), `missing` ids.
-fn dry(action: BotAction, matched: u64, found: &[(Id, bool)], missing: u64) -> BulkAccepted {
-    let revoked: Vec<Id> = found.iter().filter(|(_, revoked)| *revoked).map(|(id, _)| *id).collect();
+/// A dry run's counts: `found` bots (with their agent's status), `missing` ids. The same
+/// refusals as the real action's (`store::place_batch`): a revoked agent takes nothing, a
+/// draining one no start.
+fn dry(action: BotAction, matched: u64, found: &[(Id, AgentStatus)], missing: u64) -> BulkAccepted {
+    let starts = matches!(action, BotAction::Start | BotAction::Restart);
+    let refused = |status: AgentStatus| match status {
+        AgentStatus::Revoked => Some(("agent_revoked", "the bot's agent is revoked")),
+        AgentStatus::Draining if starts => {
+            Some(("agent_draining", "the bot's agent is draining: it takes no new starts"))
+        }
+        _ => None,
+    };
     let mut skipped = Vec::new();
     if missing > 0 {
         skipped.push(SkippedBots {
@@ -115,20 +125,36 @@ fn dry(action: BotAction, matched: u64, found: &[(Id, bool)], missing: u64) -> B
             bot_ids: Vec::new(),
         });
     }
-    if !revoked.is_empty() {
-        skipped.push(SkippedBots {
-            reason: "agent_revoked".into(),
-            count: revoked.len() as u64,
-            detail: "the bot's agent is revoked".into(),
-            bot_ids: revoked.iter().take(100).copied().collect(),
-        });
+    let mut accepted = 0;
+    for (id, status) in found {
+        let Some((reason, detail)) = refused(*status) else {
+            accepted += 1;
+            continue;
+        };
+        let index = match skipped.iter().position(|s: &SkippedBots| s.reason == reason) {
+            Some(index) => index,
+            None => {
+                skipped.push(SkippedBots {
+                    reason: reason.into(),
+                    count: 0,
+                    detail: detail.into(),
+                    bot_ids: Vec::new(),
+                });
+                skipped.len() - 1
+            }
+        };
+        let group = &mut skipped[index];
+        group.count += 1;
+        if group.bot_ids.len() < 100 {
+            group.bot_ids.push(*id);
+        }
     }
     BulkAccepted {
         batch_id: None,
         action,
         dry_run: true,
         matched,
-        accepted: (found.len() - revoked.len()) as u64,
+        accepted,
         skipped,
         commands: Vec::new(),
         more_commands: false,

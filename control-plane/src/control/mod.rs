@@ -41,6 +41,9 @@ pub enum ControlError {
     /// The agent exists but takes no commands (revoked).
     #[error("{0}")]
     AgentRevoked(String),
+    /// A start or restart for a bot on a draining agent.
+    #[error("{0}")]
+    AgentDraining(String),
     /// The order names an agent the tenant does not have.
     #[error("{0}")]
     NoSuchAgent(String),
@@ -58,6 +61,7 @@ impl From<StoreError> for ControlError {
             StoreError::Conflict(detail) if detail.contains("revoked") => ControlError::AgentRevoked(detail),
             StoreError::Conflict(detail) => ControlError::Busy(detail),
             StoreError::Reference(detail) => ControlError::NoSuchAgent(detail),
+            StoreError::AgentDraining(detail) => ControlError::AgentDraining(detail),
             other => ControlError::Store(other),
         }
     }
@@ -71,12 +75,14 @@ pub struct Submitted {
     pub created: bool,
     pub agent_name: String,
     pub agent_status: AgentStatus,
+    /// Whether the agent is connected (a draining agent may or may not be).
+    pub agent_present: bool,
 }
 
 impl Submitted {
     /// Whether the agent takes commands now (they reach it at once).
     pub fn agent_online(&self) -> bool {
-        matches!(self.agent_status, AgentStatus::Online | AgentStatus::Draining)
+        self.agent_present
     }
 }
 
@@ -159,7 +165,13 @@ pub(crate) async fn announce(
                     tracing::debug!(command_id = %older.id, by = %command.id, "command superseded");
                     events.push((tenant_id, EventPayload::CommandStatus(older.into())));
                 }
-                Ok(Submitted { command, created, agent_name: agent.name, agent_status: agent.status })
+                Ok(Submitted {
+                    command,
+                    created,
+                    agent_name: agent.name,
+                    agent_status: agent.status,
+                    agent_present: agent.present,
+                })
             }
             Err(e) => Err(e.into()),
         });

@@ -209,6 +209,17 @@ impl FleetView {
                 panel: Some(format!("/agents/{}", agent.id)),
             });
         }
+        for agent in self.agents.iter().filter(|a| a.status == AgentStatus::Draining).take(LISTED as usize) {
+            out.push(Recommendation {
+                severity: Severity::Info,
+                title: format!("agent `{}` is draining — undrain it when its host is ready", agent.name),
+                detail:
+                    "Its bots were stopped and it takes no new starts; undraining starts again those that should run."
+                        .into(),
+                api: Some(format!("POST /api/v1/agents/{}/undrain", agent.id)),
+                panel: Some(format!("/agents/{}", agent.id)),
+            });
+        }
         for agent in self.agents.iter().filter(|a| a.status == AgentStatus::Pending).take(LISTED as usize) {
             out.push(Recommendation {
                 severity: Severity::Info,

@@ -73,6 +73,12 @@ impl ApiError {
         }
     }
 
+    /// 409 `agent_draining`: a start for a bot whose agent is draining.
+    pub fn agent_draining(detail: String) -> Self {
+        Self::Request { status: StatusCode::CONFLICT, code: "agent_draining", detail, field: None, hint: None }
+            .with_hint("undrain the agent (POST /api/v1/agents/{id}/undrain) or move the bot to another agent")
+    }
+
     pub fn with_hint(mut self, text: impl Into<String>) -> Self {
         if let Self::Request { hint, .. } = &mut self {
             *hint = Some(text.into());
@@ -170,6 +176,7 @@ impl From<StoreError> for ApiError {
                 Self::Conflict { code: "invalid_transition", detail: err.to_string() }
             }
             StoreError::Reference(detail) => Self::unknown_reference(detail, None),
+            StoreError::AgentDraining(detail) => Self::agent_draining(detail),
             StoreError::Unavailable(detail) => Self::Unavailable(detail),
             // A database error rolled the request's transaction back: nothing changed, and
             // a retry may well succeed (a restart, a lost connection, a full pool). Logged at
@@ -189,6 +196,7 @@ impl From<crate::control::ControlError> for ApiError {
         match err {
             ControlError::NotFound(what) => Self::NotFound(what),
             ControlError::AgentRevoked(detail) => Self::Conflict { code: "agent_revoked", detail },
+            ControlError::AgentDraining(detail) => Self::agent_draining(detail),
             ControlError::NoSuchAgent(detail) => Self::unknown_reference(detail, Some("agent_id")),
             ControlError::Busy(detail) => Self::Conflict { code: "idempotency_key_in_use", detail },
             ControlError::Store(e) => e.into(),

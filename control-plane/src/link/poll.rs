@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use botmox_contract::{
-    agents::AgentStatus,
     problem::Problem,
     protocol::{FramesOutcome, PolledCommands, RefusedFrame},
 };
@@ -41,9 +40,9 @@ fn agent_of(principal: &Principal) -> ApiResult<uuid::Uuid> {
 /// A long-polling agent must have said `hello` (through `POST /agent/frames`) first.
 async fn greeted_session(state: &AppState, principal: &Principal) -> ApiResult<AgentSession> {
     let agent_id = agent_of(principal)?;
-    let agent = state.store.get_agent(principal.tenant_id, agent_id).await?;
+    let present = state.store.agent_present(principal.tenant_id, agent_id).await?;
     let mut session = AgentSession::new(state.clone(), principal.tenant_id, agent_id);
-    if matches!(agent.status, AgentStatus::Online | AgentStatus::Draining) {
+    if present {
         session.mark_greeted();
     }
     Ok(session)

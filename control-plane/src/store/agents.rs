@@ -39,8 +39,24 @@ struct AgentRow {
     updated_at: i64,
 }
 
-const AGENT_COLUMNS: &str = "id, name, hostname, os, arch, version, labels, status, last_seen_at, \
-                             connected_replica, metrics, created_at, updated_at";
+/// The status an agent shows: `draining` while drained (the operator's decision, kept in
+/// `drained_at` apart from presence so it survives disconnections), unless revoked; otherwise
+/// its presence. Every status that is shown or acted on (the API's `Agent`, the counts, the
+/// control transaction, a bulk action's dry run) goes through this expression; only presence
+/// itself (connect, silence, `agent_present`) reads the raw column. A macro, so that
+/// `concat!` can build the statements that use it at compile time.
+macro_rules! agent_status_sql {
+    () => {
+        "CASE WHEN drained_at IS NOT NULL AND status <> 'revoked' THEN 'draining' ELSE status END"
+    };
+}
+pub(crate) use agent_status_sql;
+
+const AGENT_COLUMNS: &str = concat!(
+    "id, name, hostname, os, arch, version, labels, ",
+    agent_status_sql!(),
+    " AS status, last_seen_at, connected_replica, metrics, created_at, updated_at"
+);
 
 impl TryFrom<AgentRow> for Agent {
     type Error = StoreError;
@@ -103,6 +119,18 @@ impl Store {
         let rows: Vec<AgentRow> =
             with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(tenant_id.to_string()).fetch_all(pool).await? });
         rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Whether the agent is present (said `hello` and has not gone silent since), drained or not.
+    pub async fn agent_present(&self, tenant_id: Id, id: Id) -> Result<bool> {
+        let status: Option<String> = with_pool!(self, read, |pool| {
+            sqlx::query_scalar("SELECT status FROM agents WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant_id.to_string())
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(matches!(status.ok_or(StoreError::NotFound("agent"))?.as_str(), "online" | "draining"))
     }
 
     /// Records a presence change (connect, disconnect, drain, revoke).
@@ -219,6 +247,30 @@ impl Store {
         self.get_agent(tenant_id, id).await
     }
 
+    /// Drains an agent (`drain = true`: it takes no new starts from now on, whatever its
+    /// presence) or ends its drain. Idempotent: draining a drained agent keeps the first time.
+    /// `Conflict` for a revoked agent (nothing changes), `NotFound` for no agent of the tenant.
+    pub async fn set_agent_drained(&self, tenant_id: Id, id: Id, drain: bool, now: Timestamp) -> Result<Agent> {
+        let changed = with_pool!(self, write, |pool| {
+            sqlx::query(
+                "UPDATE agents SET drained_at = CASE WHEN $1 THEN COALESCE(drained_at, $2) ELSE NULL END, \
+                 updated_at = $2 WHERE tenant_id = $3 AND id = $4 AND status <> 'revoked'",
+            )
+            .bind(drain)
+            .bind(to_ms(now))
+            .bind(tenant_id.to_string())
+            .bind(id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        let agent = self.get_agent(tenant_id, id).await?;
+        if changed == 0 && agent.status == AgentStatus::Revoked {
+            return Err(StoreError::Conflict(format!("agent `{}` is revoked", agent.name)));
+        }
+        Ok(agent)
+    }
+
     /// Renames an agent and/or replaces its labels.
     pub async fn update_agent(
         &self,
@@ -298,8 +350,8 @@ pub struct Heartbeat {
 }
 
 impl Store {
-    /// An agent connected to `replica`: it is online (a draining agent stays draining) and its
-    /// host facts are refreshed.
+    /// An agent connected to `replica`: it is online (a drained one shows `draining`: the drain
+    /// is kept apart from presence) and its host facts are refreshed.
     pub async fn agent_connected(
         &self,
         agent_id: Id,
@@ -309,8 +361,8 @@ impl Store {
     ) -> Result<Agent> {
         let tenant: Option<String> = with_pool!(self, write, |pool| {
             sqlx::query_scalar(
-                "UPDATE agents SET status = CASE WHEN status = 'draining' THEN 'draining' ELSE 'online' END, \
-                 connected_replica = $1, last_seen_at = $2, hostname = $3, os = $4, arch = $5, version = $6, \
+                "UPDATE agents SET status = 'online', connected_replica = $1, last_seen_at = $2, hostname = $3, \
+                 os = $4, arch = $5, version = $6, \
                  updated_at = $2 WHERE id = $7 AND status <> 'revoked' RETURNING tenant_id",
             )
             .bind(replica)

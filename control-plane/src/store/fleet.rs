@@ -24,10 +24,14 @@ impl Store {
     /// Agents by status; `None` = every tenant (for `/metrics`).
     pub async fn agent_counts(&self, tenant_id: Option<Id>) -> Result<BTreeMap<AgentStatus, u64>> {
         let rows: Vec<(String, i64)> = with_pool!(self, read, |pool| {
-            sqlx::query_as("SELECT status, COUNT(*) FROM agents WHERE ($1 IS NULL OR tenant_id = $1) GROUP BY status")
-                .bind(tenant_id.map(|t| t.to_string()))
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(concat!(
+                "SELECT ",
+                super::agents::agent_status_sql!(),
+                " AS shown, COUNT(*) FROM agents WHERE ($1 IS NULL OR tenant_id = $1) GROUP BY shown"
+            ))
+            .bind(tenant_id.map(|t| t.to_string()))
+            .fetch_all(pool)
+            .await?
         });
         tally(rows, &AgentStatus::ALL, AgentStatus::parse)
     }

@@ -106,6 +106,9 @@ pub enum StoreError {
     VersionMismatch { current: u64 },
     #[error("command {id} cannot go from {from} to {to}")]
     InvalidTransition { id: Id, from: &'static str, to: &'static str },
+    /// A start or restart for a bot whose agent is draining (it takes no new starts).
+    #[error("{0}")]
+    AgentDraining(String),
     /// A foreign key points nowhere the caller may see (e.g. a bot's agent).
     #[error("{0}")]
     Reference(String),

@@ -79,7 +79,7 @@ impl Store {
     }
 
     /// Bots to reconcile: desired `running` but `pending`/`stopped`, or desired `stopped` but
-    /// `starting`/`running`/`backoff`; on an online agent; with no command pending and none
+    /// `starting`/`running`/`backoff`; on an online, undrained agent; with no command pending and none
     /// created since `quiet_since` (so a failing start is not retried in a tight loop).
     /// `exited`, `crashed` and `failed` are the agent's own restart policy at work: left alone.
     /// A bot in `starting` or `stopping` is a candidate too (a report lost, an agent killed
@@ -90,7 +90,7 @@ impl Store {
             sqlx::query_as(
                 "SELECT b.tenant_id, b.id, b.agent_id, b.desired_state, b.state, b.stop, b.updated_at FROM bots b \
                  JOIN agents a ON a.id = b.agent_id \
-                 WHERE a.status = 'online' \
+                 WHERE a.status = 'online' AND a.drained_at IS NULL \
                  AND ((b.desired_state = 'running' AND b.state IN ('pending', 'stopped', 'starting', 'stopping')) \
                    OR (b.desired_state = 'stopped' AND b.state IN ('starting', 'running', 'backoff', 'stopping'))) \
                  AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.bot_id = b.id \

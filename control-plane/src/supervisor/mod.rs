@@ -9,7 +9,7 @@ mod reconcile;
 
 use std::time::Duration;
 
-use botmox_contract::{agents::AgentStatus, commands::CommandStatus, events::EventPayload};
+use botmox_contract::{commands::CommandStatus, events::EventPayload};
 
 use crate::state::AppState;
 
@@ -58,7 +58,7 @@ async fn sweep_presence(state: &AppState) -> anyhow::Result<()> {
         state.close_agent(agent.id, crate::link::hub::CLOSE_STALE, "missed heartbeats: reconnect").await;
         let tenant = state.store.agent_tenant(agent.id).await?;
         let presence =
-            EventPayload::AgentPresence { agent_id: agent.id, name: agent.name.clone(), status: AgentStatus::Offline };
+            EventPayload::AgentPresence { agent_id: agent.id, name: agent.name.clone(), status: agent.status };
         state.publish(tenant, presence).await;
         for bot in state.store.bots_of_agent(agent.id).await? {
             state.publish(tenant, EventPayload::BotState((&bot).into())).await;

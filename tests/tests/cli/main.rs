@@ -2,6 +2,7 @@
 //! configuration can be wrong (one clear line, non-zero exit, never a panic).
 
 mod admin;
+mod client;
 mod vault;
 
 use std::time::Duration;

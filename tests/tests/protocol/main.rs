@@ -5,6 +5,7 @@
 //! presence take about a second.
 
 mod delivery;
+mod drain;
 mod events;
 mod fleet;
 mod flow;

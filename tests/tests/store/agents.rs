@@ -1,11 +1,12 @@
 //! The agent registry.
 
 use botmox_contract::agents::{AgentMetrics, AgentStatus};
-use botmox_control_plane::store::{Heartbeat, StoreError};
+use botmox_control_plane::store::{AgentHello, Heartbeat, StoreError};
 
 use crate::{new_agent, Ctx};
 
 conformance!(agents_round_trip, agents_list_by_name, agent_status_changes, heartbeats_are_written_in_one_batch);
+conformance!(a_drain_outlives_presence_changes_and_yields_to_revocation);
 
 async fn agents_round_trip(t: Ctx) -> anyhow::Result<()> {
     let mut new = new_agent(t.tenant, "host-1");
@@ -104,5 +105,41 @@ async fn heartbeats_are_written_in_one_batch(t: Ctx) -> anyhow::Result<()> {
     let seen = t.store.get_agent(t.tenant, b.id).await?;
     assert_eq!((seen.last_seen_at, seen.metrics), (Some(t.at(20.0)), Some(metrics(6))));
     t.store.record_heartbeats(&[]).await?;
+    Ok(())
+}
+
+/// A drain is kept apart from presence: it shows as `draining` whether the agent is connected
+/// or silent, survives a reconnect, counts as draining, is idempotent, and a revoked agent can
+/// neither be drained nor show as draining.
+async fn a_drain_outlives_presence_changes_and_yields_to_revocation(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let agent = t.agent("host-1").await?;
+    let hello = AgentHello { hostname: "h".into(), os: "linux".into(), arch: "x86_64".into(), version: "t".into() };
+    t.store.agent_connected(agent.id, "r1", &hello, t.at(1.0)).await?;
+    let drained = t.store.set_agent_drained(t.tenant, agent.id, true, t.at(2.0)).await?;
+    assert_eq!((drained.status, drained.updated_at), (AgentStatus::Draining, t.at(2.0)));
+    assert_eq!(t.store.set_agent_drained(t.tenant, agent.id, true, t.at(3.0)).await?.status, AgentStatus::Draining);
+    assert!(t.store.agent_present(t.tenant, agent.id).await?);
+    assert_eq!(t.store.agent_counts(Some(t.tenant)).await?[&AgentStatus::Draining], 1);
+
+    let silent = t.store.mark_silent_agents_offline(t.at(50.0), t.at(60.0)).await?;
+    assert_eq!(silent.iter().map(|a| (a.id, a.status)).collect::<Vec<_>>(), [(agent.id, AgentStatus::Draining)]);
+    let away = t.store.get_agent(t.tenant, agent.id).await?;
+    assert_eq!((away.status, away.connected_replica), (AgentStatus::Draining, None), "drained while away");
+    assert!(!t.store.agent_present(t.tenant, agent.id).await?);
+    assert_eq!(t.store.agent_connected(agent.id, "r2", &hello, t.at(70.0)).await?.status, AgentStatus::Draining);
+
+    assert_err!(t.store.set_agent_drained(other, agent.id, false, t.at(71.0)).await, StoreError::NotFound(_));
+    assert_err!(
+        t.store.set_agent_drained(t.tenant, uuid::Uuid::now_v7(), true, t.at(71.0)).await,
+        StoreError::NotFound(_)
+    );
+    assert_eq!(t.store.set_agent_drained(t.tenant, agent.id, false, t.at(72.0)).await?.status, AgentStatus::Online);
+    assert_eq!(t.store.set_agent_drained(t.tenant, agent.id, false, t.at(73.0)).await?.status, AgentStatus::Online);
+
+    t.store.set_agent_drained(t.tenant, agent.id, true, t.at(74.0)).await?;
+    assert_eq!(t.store.revoke_agent(t.tenant, agent.id, t.at(75.0)).await?.status, AgentStatus::Revoked);
+    assert_err!(t.store.set_agent_drained(t.tenant, agent.id, false, t.at(76.0)).await, StoreError::Conflict(_));
+    assert_eq!(t.store.get_agent(t.tenant, agent.id).await?.status, AgentStatus::Revoked, "revocation wins");
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::{bot, frames, heartbeat, hello, incidents, poll, state_report};
 both_backends!(silent_agents_go_offline_and_come_back, desired_running_is_started_exactly_once);
 both_backends!(crash_loops_open_one_incident_and_resolve_when_stable, dead_letters_open_an_incident);
 both_backends!(recommendations_name_what_to_do, metrics_follow_the_fleet);
+both_backends!(a_drained_agent_is_not_reconciled_and_stays_drained_across_reconnects);
 both_backends!(a_bot_stuck_stopping_is_repaired_after_its_stop_timeout);
 
 fn quick(settings: &mut botmox_control_plane::state::Settings) {
@@ -373,5 +374,69 @@ async fn metrics_follow_the_fleet(backend: Backend) -> anyhow::Result<()> {
     let viewer = app.login_as(botmox_contract::auth::Role::Viewer).await?;
     let (status, _) = send(app.request_as(reqwest::Method::GET, "/metrics", Some(&viewer))).await?;
     assert_eq!(status, 403);
+    app.stop().await
+}
+
+/// A drained agent: reconciliation leaves its stopped bots alone (their desired state is still
+/// `running`), the drain outlives a silence (offline) and a reconnect, and the undrain queues
+/// the start at once.
+async fn a_drained_agent_is_not_reconciled_and_stays_drained_across_reconnects(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn_manual(backend, quick).await?;
+    let (agent_id, token) = app.pair_agent("vm-maintenance").await?;
+    let bot_id = bot(&app, "paused-bot", agent_id, "running").await?;
+    frames(&app, &token, json!([hello(json!([]))])).await?;
+    let answer = |app: &TestApp, id: Value, state: &str| {
+        let now = app.clock.now();
+        json!([{"type": "ack", "command_id": id}, state_report(&bot_id, state, 0, now),
+               {"type": "result", "command_id": id, "ok": true, "result": {}, "error": null}])
+    };
+    let leased = poll(&app, &token).await?;
+    assert_eq!(leased[0]["kind"], "bot.start");
+    frames(&app, &token, answer(&app, leased[0]["id"].clone(), "running")).await?;
+
+    let (status, drained) = send(app.post(&format!("/api/v1/agents/{agent_id}/drain"), &json!({}))).await?;
+    assert_eq!(status, 200, "{drained}");
+    let leased = poll(&app, &token).await?;
+    assert_eq!((leased.len(), leased[0]["kind"].as_str()), (1, Some("bot.stop")), "{leased:?}");
+    frames(&app, &token, answer(&app, leased[0]["id"].clone(), "stopped")).await?;
+    let commands = |app: &TestApp| {
+        let request = app.get(&format!("/api/v1/commands?bot_id={bot_id}"));
+        async move { Ok::<usize, anyhow::Error>(send(request).await?.1["items"].as_array().map_or(0, Vec::len)) }
+    };
+    assert_eq!(commands(&app).await?, 2);
+
+    // Long past the quiet period, heartbeating: reconciliation does not start it.
+    app.clock.advance(Span::minutes(5));
+    frames(&app, &token, json!([heartbeat()])).await?;
+    app.tick(0).await?;
+    assert_eq!(commands(&app).await?, 2, "no start for a bot on a drained agent");
+    let bot_now = send(app.get(&format!("/api/v1/bots/{bot_id}"))).await?.1;
+    assert_eq!((bot_now["state"].as_str(), bot_now["desired_state"].as_str()), (Some("stopped"), Some("running")));
+
+    // Silent, then back: still draining.
+    app.clock.advance(Span::seconds(16));
+    app.tick(1).await?;
+    let agent = send(app.get(&format!("/api/v1/agents/{agent_id}"))).await?.1;
+    assert_eq!(agent["status"], "draining", "the drain outlives the silence: {agent}");
+    assert!(agent["connected_replica"].is_null(), "{agent}");
+    assert_eq!(incidents(&app, "open=true&kind=agent_offline").await?.len(), 1, "its silence is still noticed");
+    frames(&app, &token, json!([hello(json!([]))])).await?;
+    assert_eq!(send(app.get(&format!("/api/v1/agents/{agent_id}"))).await?.1["status"], "draining");
+    let (_, advice) = send(app.get("/api/v1/guide/recommendations")).await?;
+    assert!(advice.to_string().contains("agent `vm-maintenance` is draining"), "{advice}");
+
+    let (status, undrained) = send(app.post(&format!("/api/v1/agents/{agent_id}/undrain"), &json!({}))).await?;
+    assert_eq!((status, undrained["agent"]["status"].as_str()), (200, Some("online")), "{undrained}");
+    let leased = poll(&app, &token).await?;
+    assert_eq!((leased.len(), leased[0]["kind"].as_str()), (1, Some("bot.start")), "{leased:?}");
+
+    // Drained while away: a command for it says it waits (draining is not connected).
+    app.clock.advance(Span::seconds(16));
+    app.tick(1).await?;
+    send(app.post(&format!("/api/v1/agents/{agent_id}/drain"), &json!({}))).await?;
+    let sync = json!({"agent_id": agent_id, "kind": "bot.sync", "bot_id": bot_id});
+    let (status, accepted) = send(app.post("/api/v1/commands", &sync)).await?;
+    assert_eq!((status, accepted["agent_online"].as_bool()), (202, Some(false)), "{accepted}");
+    assert!(accepted["message"].as_str().unwrap_or_default().contains("draining and not connected"), "{accepted}");
     app.stop().await
 }

@@ -8,6 +8,7 @@ pub use create::{Refusal, Refusals};
 use std::collections::BTreeMap;
 
 use botmox_contract::{
+    agents::AgentStatus,
     bots::{Bot, BotSpec, BotState, DesiredState, ExecSpec, RestartSpec, StopSpec},
     protocol::{BotSnapshot, BotStateReport},
     Id, Timestamp,
@@ -18,6 +19,15 @@ use super::{
     from_ms, is_unique_violation, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store,
     StoreError,
 };
+
+/// A bot's agent's status, as a column of a query on `bots`.
+const AGENT_OF_BOT: &str =
+    concat!("(SELECT ", super::agents::agent_status_sql!(), " FROM agents WHERE agents.id = bots.agent_id)");
+
+fn with_agent_status((id, status): (String, String)) -> Result<(Id, AgentStatus)> {
+    let status = AgentStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("agent status `{status}`")))?;
+    Ok((parse_id(&id)?, status))
+}
 
 /// A bot to create (`POST /bots`): its definition, in a tenant.
 pub struct NewBot {
@@ -235,9 +245,9 @@ impl Store {
     }
 
     /// Every bot of the tenant the filter matches (`state`, `agent_id`, `tag`, `name`; no
-    /// paging), by name: what a bulk action applies to, whatever its size. With each, whether
-    /// its agent is revoked.
-    pub async fn bots_matching(&self, tenant_id: Id, filter: &BotFilter) -> Result<Vec<(Id, bool)>> {
+    /// paging), by name: what a bulk action applies to, whatever its size. With each, its
+    /// agent's status (a revoked agent takes no command, a draining one no start).
+    pub async fn bots_matching(&self, tenant_id: Id, filter: &BotFilter) -> Result<Vec<(Id, AgentStatus)>> {
         let mut cond = Where::new(tenant_id);
         if let Some(agent_id) = filter.agent_id {
             cond.and("agent_id = ?", Arg::Text(agent_id.to_string()));
@@ -251,28 +261,23 @@ impl Store {
         if let Some(state) = filter.state {
             cond.and("state = ?", Arg::Text(state.as_str().into()));
         }
-        let sql = format!(
-            "SELECT id, EXISTS (SELECT 1 FROM agents WHERE agents.id = bots.agent_id AND agents.status = 'revoked') \
-             FROM bots WHERE {} ORDER BY name",
-            cond.sql
-        );
-        let rows: Vec<(String, bool)> =
+        let sql = format!("SELECT id, {AGENT_OF_BOT} FROM bots WHERE {} ORDER BY name", cond.sql);
+        let rows: Vec<(String, String)> =
             with_pool!(self, read, |pool| { bind_all!(sqlx::query_as(&sql), &cond.args).fetch_all(pool).await? });
-        rows.into_iter().map(|(id, revoked)| Ok((parse_id(&id)?, revoked))).collect()
+        rows.into_iter().map(with_agent_status).collect()
     }
 
-    /// Which of `ids` are bots of the tenant, with whether each one's agent is revoked.
-    pub async fn bots_among(&self, tenant_id: Id, ids: &[Id]) -> Result<Vec<(Id, bool)>> {
+    /// Which of `ids` are bots of the tenant, with each one's agent's status.
+    pub async fn bots_among(&self, tenant_id: Id, ids: &[Id]) -> Result<Vec<(Id, AgentStatus)>> {
         let sql = format!(
-            "SELECT id, EXISTS (SELECT 1 FROM agents WHERE agents.id = bots.agent_id AND agents.status = 'revoked') \
-             FROM bots WHERE tenant_id = $1 AND id IN (SELECT value FROM {})",
+            "SELECT id, {AGENT_OF_BOT} FROM bots WHERE tenant_id = $1 AND id IN (SELECT value FROM {})",
             self.json_array_rows("$2", crate::store::Elements::Text)
         );
         let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
-        let rows: Vec<(String, bool)> = with_pool!(self, read, |pool| {
+        let rows: Vec<(String, String)> = with_pool!(self, read, |pool| {
             sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(&ids).fetch_all(pool).await?
         });
-        rows.into_iter().map(|(id, revoked)| Ok((parse_id(&id)?, revoked))).collect()
+        rows.into_iter().map(with_agent_status).collect()
     }
 
     /// Replaces a bot's definition if its version is still `expected_version`.

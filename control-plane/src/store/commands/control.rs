@@ -4,7 +4,8 @@
 //!
 //! 1. an `Idempotency-Key` already used in the tenant answers with the first command and
 //!    changes nothing (not the desired state, not the sequence, not the queue);
-//! 2. the bot is locked and checked (it exists in the tenant, its agent is not revoked);
+//! 2. the bot is locked and checked (it exists in the tenant, its agent is not revoked, and
+//!    not draining if the order is a start or restart);
 //! 3. a start, stop or restart takes the bot's next **command sequence number** and sets its
 //!    desired state; a sync carries the current number (it orders nothing, it only delivers
 //!    the definition);
@@ -79,6 +80,8 @@ pub struct AgentBrief {
     pub id: Id,
     pub name: String,
     pub status: AgentStatus,
+    /// Connected (said hello and not silent since), drained or not.
+    pub present: bool,
 }
 
 /// What became of one order.
@@ -138,6 +141,11 @@ enum Attempt {
 /// Orders per statement: keeps each bound JSON array a few MB at most.
 const CHUNK: usize = 2000;
 
+/// Kinds a draining agent refuses.
+fn is_start(kind: CommandKind) -> bool {
+    matches!(kind, CommandKind::BotStart | CommandKind::BotRestart)
+}
+
 /// Kinds that take a new sequence number and set the desired state.
 fn is_control(kind: CommandKind) -> bool {
     matches!(kind, CommandKind::BotStart | CommandKind::BotStop | CommandKind::BotRestart)
@@ -191,6 +199,7 @@ struct AgentRow {
     tenant_id: String,
     name: String,
     status: String,
+    present: bool,
 }
 
 /// The statements, built once per call (they differ between the backends only in the JSON
@@ -307,7 +316,9 @@ impl Store {
                 text("$1")
             ),
             agents: format!(
-                "SELECT id, tenant_id, name, status FROM agents WHERE id IN (SELECT value FROM {})",
+                "SELECT id, tenant_id, name, {} AS status, status IN ('online', 'draining') AS present FROM agents \
+                 WHERE id IN (SELECT value FROM {})",
+                crate::store::agents::agent_status_sql!(),
                 text("$1")
             ),
             update_bots: format!(
@@ -536,7 +547,10 @@ impl Plan {
             let status = AgentStatus::parse(&row.status)
                 .ok_or_else(|| StoreError::Corrupt(format!("agent status `{}`", row.status)))?;
             let id = parse_id(&row.id)?;
-            agents.insert(id, (parse_id(&row.tenant_id)?, AgentBrief { id, name: row.name, status }));
+            agents.insert(
+                id,
+                (parse_id(&row.tenant_id)?, AgentBrief { id, name: row.name, status, present: row.present }),
+            );
         }
         // The locked bots, with the sequence number as it grows through these orders.
         let mut bots: HashMap<Id, (Id, i64, Bot)> = HashMap::new();
@@ -574,6 +588,10 @@ impl Plan {
                     match agents.get(&bot.agent_id) {
                         Some((_, agent)) if agent.status == AgentStatus::Revoked => {
                             slots.push(Slot::Refused(revoked(&agent.name)));
+                            continue;
+                        }
+                        Some((_, agent)) if agent.status == AgentStatus::Draining && is_start(order.kind) => {
+                            slots.push(Slot::Refused(draining(&agent.name)));
                             continue;
                         }
                         Some(_) => {}
@@ -681,6 +699,9 @@ impl Plan {
                 }
                 Slot::Refused(StoreError::NotFound(_)) => ("not_found", "no such bot (deleted, or never existed)"),
                 Slot::Refused(StoreError::Conflict(_)) => ("agent_revoked", "the bot's agent is revoked"),
+                Slot::Refused(StoreError::AgentDraining(_)) => {
+                    ("agent_draining", "the bot's agent is draining: it takes no new starts")
+                }
                 Slot::Refused(_) => ("refused", "the command could not be queued"),
             };
             let group = skipped.entry(reason).or_insert_with(|| SkippedBots {
@@ -772,4 +793,8 @@ impl Plan {
 
 fn revoked(name: &str) -> StoreError {
     StoreError::Conflict(format!("agent `{name}` is revoked"))
+}
+
+fn draining(name: &str) -> StoreError {
+    StoreError::AgentDraining(format!("agent `{name}` is draining: it takes no new starts until it is undrained"))
 }

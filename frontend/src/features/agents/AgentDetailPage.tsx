@@ -10,7 +10,7 @@ import { absoluteTime, bytes, percent, relativeTime } from "../../lib/format";
 import { keys } from "../../lib/live";
 import { useBotPages } from "../bots/api";
 import { useRevokeAgent } from "./AgentsPage";
-import { METRICS_REFRESH_MS } from "./api";
+import { METRICS_REFRESH_MS, useDrainAgent } from "./api";
 
 export default function AgentDetailPage() {
   const { id = "" } = useParams();
@@ -19,6 +19,8 @@ export default function AgentDetailPage() {
   const admin = useCan("admin");
   const [revoking, setRevoking] = useState(false);
   const revoke = useRevokeAgent();
+  const [draining, setDraining] = useState(false);
+  const drain = useDrainAgent();
 
   if (agent.isPending) return <Loading what="the agent" />;
   if (agent.isError) return <ErrorNote error={agent.error} prefix="The agent could not be loaded" />;
@@ -34,12 +36,29 @@ export default function AgentDetailPage() {
         <Link className="btn" to={`/bots?agent=${a.id}`}>
           Its bots in the table
         </Link>
+        {admin && a.status === "draining" ? (
+          <button className="btn" disabled={drain.isPending} onClick={() => drain.mutate({ id: a.id, drain: false })}>
+            Undrain
+          </button>
+        ) : null}
+        {admin && a.status !== "revoked" && a.status !== "draining" ? (
+          <button className="btn" onClick={() => setDraining(true)}>
+            Drain
+          </button>
+        ) : null}
         {admin && a.status !== "revoked" ? (
           <button className="btn danger" onClick={() => setRevoking(true)}>
             Revoke
           </button>
         ) : null}
       </div>
+      {a.status === "draining" ? (
+        <p className="card muted" role="status">
+          Draining: its bots were stopped and it takes no new starts{a.connected_replica ? "" : " (it is not connected)"}. Undrain
+          it to start again the bots that should run.
+        </p>
+      ) : null}
+      {!draining && drain.error ? <ErrorNote error={drain.error} /> : null}
       <div className="grid">
         <div className="card stat">
           <div className="value">{m ? `${m.cpu_percent.toFixed(0)} %` : "—"}</div>
@@ -95,6 +114,16 @@ export default function AgentDetailPage() {
           <EmptyState title="No bots on this agent">Create a bot and choose this agent.</EmptyState>
         )}
       </section>
+      <ConfirmDialog
+        open={draining}
+        onOpenChange={setDraining}
+        title={`Drain ${a.name}?`}
+        body="Its running bots are stopped gracefully (their desired state is kept) and it takes no new starts until you undrain it."
+        confirmLabel="Drain agent"
+        busy={drain.isPending}
+        error={<ErrorNote error={drain.error} />}
+        onConfirm={() => drain.mutate({ id: a.id, drain: true }, { onSuccess: () => setDraining(false) })}
+      />
       <ConfirmDialog
         open={revoking}
         onOpenChange={setRevoking}

@@ -1,4 +1,4 @@
-import { useQuery } from "@tanstack/react-query";
+import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useMemo } from "react";
 import { api, unwrap } from "../../lib/api/client";
 import { keys } from "../../lib/live";
@@ -15,4 +15,21 @@ export function useAgentNames(): Map<string, string> {
   const { data } = useAgents();
   // Stable between renders: tables memoise their columns on it.
   return useMemo(() => new Map((data ?? []).map((a) => [a.id, a.name])), [data]);
+}
+
+/** Drain (`drain: true`: stop its bots, refuse new starts) or undrain an agent. */
+export function useDrainAgent() {
+  const qc = useQueryClient();
+  return useMutation({
+    mutationFn: ({ id, drain }: { id: string; drain: boolean }) =>
+      unwrap(
+        drain
+          ? api.POST("/api/v1/agents/{id}/drain", { params: { path: { id } } })
+          : api.POST("/api/v1/agents/{id}/undrain", { params: { path: { id } } }),
+      ),
+    onSuccess: ({ agent }) => {
+      qc.setQueryData(keys.agent(agent.id), agent);
+      void qc.invalidateQueries({ queryKey: keys.agents });
+    },
+  });
 }
