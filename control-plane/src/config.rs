@@ -92,7 +92,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
 
-    /// Believe `X-Forwarded-For` for client addresses (only behind a proxy that sets it).
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks, comma-separated,
+    /// e.g. `10.0.0.0/8,127.0.0.1`): a request from one of them is taken to come from the
+    /// rightmost hop in the header that is not itself a trusted proxy.
+    #[arg(long = "trusted-proxies", env = "BOTMOX_TRUSTED_PROXIES", value_delimiter = ',', value_parser = trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Shorthand for a proxy on this machine: `--trusted-proxies 127.0.0.0/8,::1`.
     #[arg(long, env = "BOTMOX_TRUST_PROXY_HEADERS")]
     pub trust_proxy_headers: bool,
 
@@ -131,6 +137,27 @@ fn admin_password(value: &str) -> Result<String, String> {
     } else {
         Err(format!("the admin password must be {MIN_LENGTH} to {MAX_LENGTH} characters long"))
     }
+}
+
+impl ServeArgs {
+    /// The proxies to believe: those listed, plus loopback with `--trust-proxy-headers`.
+    pub fn trusted_proxies(&self) -> crate::http::TrustedProxies {
+        let mut trusted = crate::http::TrustedProxies::new(self.trusted_proxies.iter().copied());
+        if self.trust_proxy_headers {
+            trusted.extend(crate::http::TrustedProxies::loopback());
+        }
+        trusted
+    }
+}
+
+/// An address (`10.0.0.7`, `::1`) or a CIDR block (`10.0.0.0/8`).
+fn trusted_proxy(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{value}` is not an address or a CIDR block such as 10.0.0.0/8"))
 }
 
 fn cors_origin(value: &str) -> Result<axum::http::HeaderValue, String> {

@@ -64,7 +64,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let settings = Settings {
-        trust_proxy_headers: args.trust_proxy_headers,
+        trusted_proxies: args.trusted_proxies(),
         cors_origins: args.cors_origins.clone(),
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
         command_lease: Duration::from_secs(args.command_lease),

@@ -131,8 +131,8 @@ impl AppState {
 pub struct Settings {
     /// How people and agents reach this server (used in generated command lines and links).
     pub public_url: String,
-    /// Believe `X-Forwarded-For` (only behind a proxy that sets it).
-    pub trust_proxy_headers: bool,
+    /// Proxies whose `X-Forwarded-For` is believed; empty = the socket peer is the client.
+    pub trusted_proxies: crate::http::TrustedProxies,
     pub limits: crate::auth::rate_limit::Limits,
     /// Origins allowed to call the API from a browser; empty = CORS off.
     pub cors_origins: Vec<axum::http::HeaderValue>,
@@ -160,7 +160,7 @@ impl Settings {
     pub fn new(public_url: impl Into<String>) -> Self {
         Self {
             public_url: public_url.into(),
-            trust_proxy_headers: false,
+            trusted_proxies: Default::default(),
             limits: Default::default(),
             cors_origins: Vec::new(),
             replica_id: format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple()),
