@@ -118,6 +118,12 @@ pub struct ServeArgs {
     #[arg(long, env = "BOTMOX_COMMAND_TTL", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub command_ttl: u64,
 
+    /// Seconds between SIGTERM and closing the listener, serving on while `/readyz` answers
+    /// 503, so a load balancer's health checks move new requests to other replicas first
+    /// (behind one: a little more than its check interval; alone: 0).
+    #[arg(long, env = "BOTMOX_SHUTDOWN_GRACE", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_grace: u64,
+
     #[arg(long, env = "BOTMOX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 

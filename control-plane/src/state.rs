@@ -46,6 +46,10 @@ pub struct AppState {
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
     /// follows, long polls) end so the graceful drain can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when a shutdown begins: `/readyz` answers 503 from then on, so a load
+    /// balancer's health check moves new requests away during the grace period (`--shutdown-grace`)
+    /// while everything here still works.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -73,6 +77,7 @@ impl AppState {
             log_bus: Arc::default(),
             presence: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            draining: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
