@@ -156,6 +156,12 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the exit (bounded); returns the exit code.
     pub async fn terminate(mut self) -> anyhow::Result<Option<i32>> {
+        self.sigterm()?;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM and returns at once, so a test can watch the drain.
+    pub fn sigterm(&mut self) -> anyhow::Result<()> {
         #[cfg(unix)]
         if let Some(pid) = self.child.id() {
             use nix::{sys::signal, unistd::Pid};
@@ -163,6 +169,11 @@ impl ServerProcess {
         }
         #[cfg(not(unix))]
         self.child.start_kill()?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for the exit after [`ServerProcess::sigterm`]; returns the exit code.
+    pub async fn wait_exit(mut self) -> anyhow::Result<Option<i32>> {
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .context("botmox did not exit within 20 s of SIGTERM")??;

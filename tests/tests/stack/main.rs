@@ -6,12 +6,14 @@
 //!
 //! `scenario.rs` is the proof (proxy paths, cross-replica delivery, a replica killed, a rolling
 //! restart, supervisor failover); `compose.rs` checks that the compose file describes the same
-//! topology as [`TOPOLOGY`], which is what this test starts. The scenario needs Debian's
+//! topology as [`TOPOLOGY`], which is what this test starts; `drain.rs` checks the replica's
+//! side of a restart without a load balancer (`--shutdown-grace`). The scenario needs Debian's
 //! `caddy`, so, like the panel's browser test, it is left out of the plain `cargo nextest run`
 //! and run by `cargo xtask test` (`--run-ignored only`), which installs it.
 
 mod caddy;
 mod compose;
+mod drain;
 mod scenario;
 
 use std::{path::PathBuf, time::Duration};
@@ -140,12 +142,20 @@ impl Stack {
         let env = [
             ("BOTMOX_ADMIN_PASSWORD", PASSWORD),
             ("HOSTNAME", replica.name),
-            ("RUST_LOG", "botmox_control_plane=info"),
+            // Requests logged with their path and status: how the test sees Caddy's checks.
+            ("RUST_LOG", "botmox_control_plane=info,botmox_control_plane::http::request_id=debug"),
         ];
         let process = ServerProcess::start_on(&replica.addr, &args, &env).await?;
-        let ready = self.api.client.get(process.url(TOPOLOGY.health_path));
-        let (status, body) = send(ready).await?;
-        anyhow::ensure!(status == 200, "{} not ready: {status} {body}", replica.name);
+        // Nobody but Caddy's health checker asks a replica for /readyz: once one answered
+        // 200, Caddy sends it requests again. (An operator waits for "healthy" likewise
+        // before restarting the next replica; with none healthy, Caddy 2.6 answers a POST
+        // 503 at once instead of waiting for one.)
+        let checked = format!("path={} status=200", TOPOLOGY.health_path);
+        process
+            .stderr
+            .wait_for(&checked, WAIT)
+            .await
+            .with_context(|| format!("Caddy never found {} ready", replica.name))?;
         replica.process = Some(process);
         Ok(())
     }
