@@ -115,6 +115,10 @@ impl Stack {
             "127.0.0.1,::1".into(),
             "--heartbeat-interval".into(),
             "1".into(),
+            // A command sent on a connection that closed before the agent read it comes back
+            // when its lease ends: 5 s instead of 30 keeps the test short.
+            "--command-lease".into(),
+            "5".into(),
             // As in compose: SIGTERM → /readyz 503 for longer than Caddy's check interval.
             "--shutdown-grace".into(),
             SHUTDOWN_GRACE.into(),
