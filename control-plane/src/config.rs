@@ -92,7 +92,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub keys: KeyArgs,
 
-    /// Believe `X-Forwarded-For` for client addresses (only behind a proxy that sets it).
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or CIDR blocks, comma-separated,
+    /// e.g. `10.0.0.0/8,127.0.0.1`): a request from one of them is taken to come from the
+    /// rightmost hop in the header that is not itself a trusted proxy.
+    #[arg(long = "trusted-proxies", env = "BOTMOX_TRUSTED_PROXIES", value_delimiter = ',', value_parser = trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Shorthand for a proxy on this machine: `--trusted-proxies 127.0.0.0/8,::1`.
     #[arg(long, env = "BOTMOX_TRUST_PROXY_HEADERS")]
     pub trust_proxy_headers: bool,
 
@@ -118,6 +124,12 @@ pub struct ServeArgs {
     #[arg(long, env = "BOTMOX_METRICS_TOKEN", hide_env_values = true, value_parser = metrics_token)]
     pub metrics_token: Option<String>,
 
+    /// Seconds between SIGTERM and closing the listener, serving on while `/readyz` answers
+    /// 503, so a load balancer's health checks move new requests to other replicas first
+    /// (behind one: a little more than its check interval; alone: 0).
+    #[arg(long, env = "BOTMOX_SHUTDOWN_GRACE", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_grace: u64,
+
     #[arg(long, env = "BOTMOX_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
@@ -137,6 +149,27 @@ fn admin_password(value: &str) -> Result<String, String> {
     } else {
         Err(format!("the admin password must be {MIN_LENGTH} to {MAX_LENGTH} characters long"))
     }
+}
+
+impl ServeArgs {
+    /// The proxies to believe: those listed, plus loopback with `--trust-proxy-headers`.
+    pub fn trusted_proxies(&self) -> crate::http::TrustedProxies {
+        let mut trusted = crate::http::TrustedProxies::new(self.trusted_proxies.iter().copied());
+        if self.trust_proxy_headers {
+            trusted.extend(crate::http::TrustedProxies::loopback());
+        }
+        trusted
+    }
+}
+
+/// An address (`10.0.0.7`, `::1`) or a CIDR block (`10.0.0.0/8`).
+fn trusted_proxy(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{value}` is not an address or a CIDR block such as 10.0.0.0/8"))
 }
 
 fn cors_origin(value: &str) -> Result<axum::http::HeaderValue, String> {

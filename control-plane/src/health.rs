@@ -36,6 +36,10 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let backend = state.store.backend_name();
+    if state.draining.is_cancelled() {
+        let health = Health { status: "shutting_down", store: Some(backend), version: env!("CARGO_PKG_VERSION") };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(health));
+    }
     let (code, status) = match state.store.is_ready().await {
         Ok(true) => (StatusCode::OK, "ready"),
         Ok(false) => (StatusCode::SERVICE_UNAVAILABLE, "migrations_pending"),

@@ -64,7 +64,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let settings = Settings {
-        trust_proxy_headers: args.trust_proxy_headers,
+        trusted_proxies: args.trusted_proxies(),
         cors_origins: args.cors_origins.clone(),
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
         command_lease: Duration::from_secs(args.command_lease),
@@ -88,8 +88,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let background = spawn_background(&state);
     let closing = state.clone();
+    let grace = Duration::from_secs(args.shutdown_grace);
     let shutdown = async move {
         shutdown.await;
+        closing.draining.cancel();
+        if !grace.is_zero() {
+            tracing::info!(?grace, "shutting down: /readyz answers 503 while load balancers move away");
+            tokio::time::sleep(grace).await;
+        }
         begin_shutdown(&closing);
     };
     http::serve(listener, http::app(state), shutdown).await.context("the HTTP server failed")?;
@@ -104,6 +110,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Ends what would keep the graceful drain waiting: agents are asked to reconnect (to another
 /// replica, or to us after a restart), and event streams, log follows and long polls end.
 pub fn begin_shutdown(state: &AppState) {
+    state.draining.cancel();
     state.shutdown.cancel();
     link::ws::close_all(state);
 }

@@ -48,6 +48,10 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Attempts of revoked agents already recorded (one incident write per agent per minute).
     pub revoked_attempts: Arc<crate::auth::Cooldown>,
+    /// Cancelled when a shutdown begins: `/readyz` answers 503 from then on, so a load
+    /// balancer's health check moves new requests away during the grace period (`--shutdown-grace`)
+    /// while everything here still works.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
             presence: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             revoked_attempts: Arc::default(),
+            draining: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
@@ -134,8 +139,8 @@ impl AppState {
 pub struct Settings {
     /// How people and agents reach this server (used in generated command lines and links).
     pub public_url: String,
-    /// Believe `X-Forwarded-For` (only behind a proxy that sets it).
-    pub trust_proxy_headers: bool,
+    /// Proxies whose `X-Forwarded-For` is believed; empty = the socket peer is the client.
+    pub trusted_proxies: crate::http::TrustedProxies,
     pub limits: crate::auth::rate_limit::Limits,
     /// Origins allowed to call the API from a browser; empty = CORS off.
     pub cors_origins: Vec<axum::http::HeaderValue>,
@@ -167,7 +172,7 @@ impl Settings {
     pub fn new(public_url: impl Into<String>) -> Self {
         Self {
             public_url: public_url.into(),
-            trust_proxy_headers: false,
+            trusted_proxies: Default::default(),
             limits: Default::default(),
             cors_origins: Vec::new(),
             replica_id: format!("{}-{}", hostname(), uuid::Uuid::now_v7().simple()),

@@ -53,6 +53,29 @@ pub async fn pair(dir: &Path, server: &str, code: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A host's agent dir once `pair` has written its credentials, and the agent id it got.
+/// Dropping it kills whatever bots its agent left running.
+pub struct PairedHost {
+    pub dir: tempfile::TempDir,
+    pub agent_id: uuid::Uuid,
+}
+
+impl PairedHost {
+    /// Reads the agent id from the credentials `pair` wrote into `dir`.
+    pub fn from_dir(dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        let credentials: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("agent.json"))?)?;
+        let agent_id = credentials["agent_id"].as_str().unwrap_or_default().parse()?;
+        Ok(Self { dir, agent_id })
+    }
+}
+
+impl Drop for PairedHost {
+    fn drop(&mut self) {
+        reap_bots(self.dir.path());
+    }
+}
+
 /// A running `botmox-agent run`.
 pub struct AgentProcess {
     child: Child,

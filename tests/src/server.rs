@@ -70,10 +70,20 @@ impl Lines {
 
     /// Waits (bounded) for the first line that contains `needle` and returns it.
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_for_nth(needle, 1, timeout).await
+    }
+
+    /// Lines so far that contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.snapshot().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits (bounded) for the `n`th line that contains `needle` (1 = the first) and returns it.
+    pub async fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> anyhow::Result<String> {
         let mut changed = self.changed.subscribe();
         let found = tokio::time::timeout(timeout, async {
             loop {
-                if let Some(line) = self.snapshot().into_iter().find(|l| l.contains(needle)) {
+                if let Some(line) = self.snapshot().into_iter().filter(|l| l.contains(needle)).nth(n.max(1) - 1) {
                     return Some(line);
                 }
                 if changed.changed().await.is_err() {
@@ -84,7 +94,7 @@ impl Lines {
         .await;
         match found {
             Ok(Some(line)) => Ok(line),
-            _ => anyhow::bail!("no line containing `{needle}` within {timeout:?}; got: {:?}", self.snapshot()),
+            _ => anyhow::bail!("no line #{n} containing `{needle}` within {timeout:?}; got: {:?}", self.snapshot()),
         }
     }
 
@@ -109,8 +119,14 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `botmox serve --listen 127.0.0.1:0 <args>` and waits until it listens.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0", args, env).await
+    }
+
+    /// Starts `botmox serve --listen <listen> <args>` and waits until it listens: a fixed
+    /// address (from [`free_port`]) for a replica a load balancer knows and that restarts.
+    pub async fn start_on(listen: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut command = Command::new(botmox_bin()?);
-        command.arg("serve").args(["--listen", "127.0.0.1:0"]).args(args);
+        command.arg("serve").args(["--listen", listen]).args(args);
         command.env_remove("DATABASE_URL").env_remove("BOTMOX_ADMIN_PASSWORD").env_remove("BOTMOX_DATA_DIR");
         command.envs(env.iter().copied());
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
@@ -140,6 +156,12 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the exit (bounded); returns the exit code.
     pub async fn terminate(mut self) -> anyhow::Result<Option<i32>> {
+        self.sigterm()?;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM and returns at once, so a test can watch the drain.
+    pub fn sigterm(&mut self) -> anyhow::Result<()> {
         #[cfg(unix)]
         if let Some(pid) = self.child.id() {
             use nix::{sys::signal, unistd::Pid};
@@ -147,6 +169,11 @@ impl ServerProcess {
         }
         #[cfg(not(unix))]
         self.child.start_kill()?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for the exit after [`ServerProcess::sigterm`]; returns the exit code.
+    pub async fn wait_exit(mut self) -> anyhow::Result<Option<i32>> {
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .context("botmox did not exit within 20 s of SIGTERM")??;
@@ -158,6 +185,12 @@ impl ServerProcess {
         self.child.kill().await?;
         Ok(())
     }
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (the OS picked it for a listener that is
+/// closed again), for a child that must listen on a port known before it starts.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Runs `botmox <args>` to completion (bounded) and returns (exit code, stdout, stderr).

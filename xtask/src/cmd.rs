@@ -77,3 +77,11 @@ pub fn display(cmd: &Command) -> String {
     let program = program.file_stem().unwrap_or(program.as_os_str());
     std::iter::once(program).chain(cmd.get_args()).map(OsStr::to_string_lossy).collect::<Vec<_>>().join(" ")
 }
+
+/// `cargo nextest run -p botmox-e2e --test <test> --run-ignored only --no-capture`: an
+/// end-to-end test left out of the plain run because it needs something installed first.
+pub fn ignored_e2e(cargo: &impl Fn() -> Command, test: &str) -> Command {
+    let mut command = cargo();
+    command.args(["nextest", "run", "-p", "botmox-e2e", "--test", test, "--run-ignored", "only", "--no-capture"]);
+    command
+}

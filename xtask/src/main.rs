@@ -34,7 +34,8 @@ commands:
                             extra args go to `botmox serve`, e.g. `-- --listen 127.0.0.1:9000`
   test  [--quick] [--no-windows] [-- args]
                             every check CI runs: the panel built (npm ci, vite), Postgres up,
-                            fmt, clippy, nextest, then the panel's vitest and Chromium test
+                            fmt, clippy, nextest, then the Caddy stack test (installs
+                            Debian's caddy if missing), then the panel's vitest and Chromium test
                             (installs Debian's chromium if missing), then the tray build and its Xvfb screenshot test (Linux; installs missing
                             Debian packages), then the Windows agent cross-built and tested
                             under Wine (Linux x86_64; installs mingw-w64 and Wine if missing);

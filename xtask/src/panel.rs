@@ -59,18 +59,7 @@ pub fn checks(cargo: &impl Fn() -> Command) -> Result<()> {
     // Fonts are only recommended by chromium; without one, pages render as boxes.
     debian::ensure(&["chromium", "fonts-liberation"], "the panel's browser test")?;
     cmd::step("cargo nextest run -p botmox-e2e --test panel --run-ignored only (Chromium)");
-    cmd::run(cargo().args([
-        "nextest",
-        "run",
-        "-p",
-        "botmox-e2e",
-        "--test",
-        "panel",
-        "--run-ignored",
-        "only",
-        "--no-capture",
-    ]))
-    .with_context(|| {
+    cmd::run(&mut cmd::ignored_e2e(cargo, "panel")).with_context(|| {
         format!(
             "the panel's browser test failed (screenshots in {})",
             cmd::target_dir().join("artifacts/panel").display()

@@ -1,8 +1,9 @@
 //! `cargo xtask test`: every check CI runs, in the order that fails fastest and most
 //! clearly: the web panel built (it is embedded in `botmox`), Postgres up, cargo-nextest
 //! present, formatting, clippy, then the whole test suite under nextest; then the API fuzzed
-//! by schemathesis against a real server (`fuzz.rs`); then the panel's
-//! unit tests and real-browser test (`panel.rs`); then the tray build and its screenshot test (`tray.rs`); then the
+//! by schemathesis against a real server (`fuzz.rs`); then the production stack natively
+//! (Debian's `caddy` in front of two replicas, `tests/tests/stack`); then the
+//! panel's unit tests and real-browser test (`panel.rs`); then the tray build and its screenshot test (`tray.rs`); then the
 //! Windows agent cross-built and tested under Wine (`windows.rs`). `--quick` skips formatting
 //! and clippy, `--no-windows` the Windows step.
 
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cmd, fuzz, panel, postgres, split_passthrough, tray, windows};
+use crate::{cmd, debian, fuzz, panel, postgres, split_passthrough, tray, windows};
 
 pub fn test(args: &[String]) -> Result<ExitCode> {
     let (own, nextest_args) = split_passthrough(args);
@@ -63,6 +64,8 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
 
     fuzz::checks(&cargo)?;
 
+    stack(&cargo)?;
+
     panel::checks(&cargo)?;
 
     tray::checks(&cargo, quick)?;
@@ -75,6 +78,21 @@ pub fn test(args: &[String]) -> Result<ExitCode> {
 
     println!("==> all checks passed in {:.0?}", started.elapsed());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The production stack run natively: Caddy with `deploy/Caddyfile.stack` in front of two
+/// `botmox` replicas on Postgres, real agents through it. Left out of the plain nextest run
+/// (it needs Caddy), so run here, alone, with its figures printed.
+fn stack(cargo: &impl Fn() -> Command) -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        println!("==> stack: the Caddy stack test runs on Linux (Debian's caddy) only");
+        return Ok(());
+    }
+    cmd::step("stack: Debian packages");
+    debian::ensure(&["caddy"], "the stack test")?;
+    cmd::step("cargo nextest run -p botmox-e2e --test stack --run-ignored only (Caddy, two replicas)");
+    cmd::run(&mut cmd::ignored_e2e(cargo, "stack"))
+        .context("the stack test failed (Caddy in front of two replicas; its output is above)")
 }
 
 /// Installs cargo-nextest when `cargo nextest` is missing, so a fresh machine needs nothing

@@ -20,7 +20,7 @@ use axum::{
     Router,
 };
 
-pub use self::client::client_ip;
+pub use self::client::{client_ip, TrustedProxies};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},

@@ -30,7 +30,7 @@ use super::{
     Report, Samples,
 };
 use crate::{
-    agent::{agent_bin, pair, reap_bots, script, AgentProcess},
+    agent::{agent_bin, pair, script, AgentProcess},
     db::Backend,
     sse::SseStream,
 };
@@ -59,16 +59,7 @@ const SERVER_HEARTBEAT: Duration = Duration::from_secs(5);
 const QUIET_BOT: &str = "#!/bin/sh\nexec sleep 100000\n";
 
 /// One paired host: its agent dir and agent id.
-struct Host {
-    dir: tempfile::TempDir,
-    agent_id: Uuid,
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        reap_bots(self.dir.path());
-    }
-}
+type Host = crate::agent::PairedHost;
 
 impl Served {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -92,9 +83,7 @@ impl Served {
         let code = code["code"].as_str().context("no pairing code")?;
         let dir = tempfile::tempdir()?;
         pair(dir.path(), &self.server.url(""), code).await?;
-        let credentials: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("agent.json"))?)?;
-        let agent_id = credentials["agent_id"].as_str().unwrap_or_default().parse()?;
-        Ok(Host { dir, agent_id })
+        Host::from_dir(dir)
     }
 
     async fn bot(&self, name: &str, agent_id: Uuid, program: &Path, backoff_ms: u64) -> anyhow::Result<Uuid> {

@@ -9,6 +9,7 @@ mod matrix;
 mod openapi;
 mod pairing;
 mod panel;
+mod proxies;
 mod secrets;
 mod security;
 mod sessions;
