@@ -152,16 +152,10 @@ impl AgentSession {
             // check that as they write (nothing is remembered per connection, so a bot moved
             // away is refused to its old agent at once).
             AgentFrame::BotState(report) => {
-                let before = state.store.get_bot(self.tenant_id, report.bot_id).await?.state;
-                let bot = state
-                    .store
-                    .report_bot_state(self.agent_id, &report)
-                    .await?
-                    .ok_or_else(|| FrameError::new("not_found", "bot not found (or not yours)"))?;
-                state.publish(self.tenant_id, EventPayload::BotState((&bot).into())).await;
-                if let Err(e) = crate::incidents::rules::bot_reported(&state, self.tenant_id, before, &bot).await {
-                    tracing::error!(error = %e, "could not update the bot's incidents");
-                }
+                let mut answer = [None];
+                self.apply_states(&mut answer, vec![(0, report)]).await;
+                let [answer] = answer;
+                answer.unwrap_or(Ok(()))?;
             }
             AgentFrame::Logs { bot_id, lines } => {
                 if lines.len() > MAX_LOG_LINES {
@@ -195,10 +189,11 @@ impl AgentSession {
             return answers;
         }
         let mut answers: Vec<Option<Result<(), FrameError>>> = (0..frames.len()).map(|_| None).collect();
-        let (mut acks, mut results, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut acks, mut states, mut results, mut others) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (index, frame) in frames.into_iter().enumerate() {
             match frame {
                 Ok(AgentFrame::Ack { command_id }) => acks.push((index, command_id)),
+                Ok(AgentFrame::BotState(report)) => states.push((index, report)),
                 Ok(AgentFrame::Result(outcome)) if !outcome.superseded => results.push((index, outcome)),
                 Ok(frame) => others.push((index, frame)),
                 Err(refusal) => answers[index] = Some(Err(refusal)),
@@ -213,6 +208,9 @@ impl AgentSession {
         for (index, frame) in others {
             answers[index] = Some(self.handle(frame).await);
         }
+        if !states.is_empty() {
+            self.apply_states(&mut answers, states).await;
+        }
         if !results.is_empty() {
             let outcomes: Vec<(Id, CommandOutcome)> = results
                 .iter()
@@ -225,6 +223,72 @@ impl AgentSession {
             self.answer_batch(&mut answers, results.iter().map(|(i, _)| *i), applied).await;
         }
         answers.into_iter().map(|a| a.unwrap_or(Ok(()))).collect()
+    }
+
+    /// Bot state reports, in the order sent: one statement writes each bot's newest report;
+    /// the events and incident rules then follow every transition in order (a `crashed`
+    /// between two reports of a batch still opens its incident), replayed in memory from the
+    /// row as it was before, exactly as the statement changes it.
+    async fn apply_states(
+        &self,
+        answers: &mut [Option<Result<(), FrameError>>],
+        reports: Vec<(usize, botmox_contract::protocol::BotStateReport)>,
+    ) {
+        let state = self.state.clone();
+        // Per bot, the index of its newest report in the batch.
+        let last: std::collections::HashMap<Id, usize> = reports.iter().map(|(i, r)| (r.bot_id, *i)).collect();
+        // What the row holds after all of a bot's reports: the newest, with the newest exit
+        // status any of them carried (the statement keeps a stored one a report leaves out).
+        let folded: Vec<botmox_contract::protocol::BotStateReport> = reports
+            .iter()
+            .filter(|(i, r)| last.get(&r.bot_id) == Some(i))
+            .map(|(_, newest)| {
+                let mine = || reports.iter().map(|(_, r)| r).filter(|r| r.bot_id == newest.bot_id);
+                botmox_contract::protocol::BotStateReport {
+                    exit_code: mine().filter_map(|r| r.exit_code).last(),
+                    exit_signal: mine().filter_map(|r| r.exit_signal).last(),
+                    ..newest.clone()
+                }
+            })
+            .collect();
+        let newest: Vec<&botmox_contract::protocol::BotStateReport> = folded.iter().collect();
+        let (before, after) = match state.store.report_bot_states(self.agent_id, &newest).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                let refusal = FrameError::from(e);
+                for (index, _) in &reports {
+                    answers[*index] = Some(Err(refusal.clone()));
+                }
+                return;
+            }
+        };
+        let mut current: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
+            before.into_iter().map(|b| (b.id, b)).collect();
+        let after: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
+            after.into_iter().map(|b| (b.id, b)).collect();
+        let mut events = Vec::with_capacity(reports.len());
+        let mut transitions = Vec::new();
+        for (index, report) in &reports {
+            let (Some(bot), Some(stored)) = (current.get_mut(&report.bot_id), after.get(&report.bot_id)) else {
+                answers[*index] = Some(Err(FrameError::new("not_found", "bot not found (or not yours)")));
+                continue;
+            };
+            let previous = bot.state;
+            apply_report(bot, report);
+            // After its newest report the bot is the row as stored (other columns as they are now).
+            if last.get(&report.bot_id) == Some(index) {
+                *bot = stored.clone();
+            }
+            events.push((self.tenant_id, EventPayload::BotState((&*bot).into())));
+            transitions.push((previous, bot.clone()));
+            answers[*index] = Some(Ok(()));
+        }
+        state.publish_many(events).await;
+        for (previous, bot) in transitions {
+            if let Err(e) = crate::incidents::rules::bot_reported(&state, self.tenant_id, previous, &bot).await {
+                tracing::error!(error = %e, "could not update the bot's incidents");
+            }
+        }
     }
 
     /// Records the answers of a coalesced statement and publishes what it changed.
@@ -276,6 +340,18 @@ const MAX_BYTES: u64 = 1 << 62;
 
 /// A heartbeat's numbers must be what a host can measure: finite, in range. Anything else is
 /// refused at the door, never stored (a non-finite number would be unreadable afterwards).
+/// What `report_bot_states` writes for one report, applied to a bot in memory.
+fn apply_report(bot: &mut botmox_contract::bots::Bot, report: &botmox_contract::protocol::BotStateReport) {
+    bot.state = report.state;
+    bot.pid = report.pid;
+    bot.started_at = report.started_at;
+    bot.last_exit_code = report.exit_code.or(bot.last_exit_code);
+    bot.last_exit_signal = report.exit_signal.or(bot.last_exit_signal);
+    bot.restart_count = report.restart_count;
+    bot.last_error = report.error.clone();
+    bot.updated_at = report.at;
+}
+
 fn check_metrics(m: &botmox_contract::agents::AgentMetrics) -> Result<(), FrameError> {
     let refuse = |field: &str, what: &str| {
         Err(FrameError::new("invalid_frame", format!("heartbeat `metrics.{field}` must be {what}")))

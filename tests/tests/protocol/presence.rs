@@ -151,9 +151,10 @@ async fn a_revoked_agent_is_cut_off(backend: Backend) -> anyhow::Result<()> {
         Err(other) => anyhow::bail!("long-poll should be refused with 401, got {other}"),
         Ok(_) => anyhow::bail!("a revoked agent long-polled"),
     }
-    // Both attempts are one critical incident on the agent, counted twice.
-    wait_event(&mut events, "the revoked agent's incident counted twice", |p| {
-        matches!(p, EventPayload::Incident(i) if i.kind == IncidentKind::TokenRevokedAgentConnected && i.count == 2)
+    // Both attempts are one critical incident on the agent, written once: a revoked token's
+    // attempts cost at most one incident write per agent per minute (issue 12, row 12).
+    wait_event(&mut events, "the revoked agent's incident", |p| {
+        matches!(p, EventPayload::Incident(i) if i.kind == IncidentKind::TokenRevokedAgentConnected && i.count == 1)
     })
     .await?;
     let (status, incidents) = send(app.get("/api/v1/incidents?kind=token_revoked_agent_connected")).await?;
@@ -161,7 +162,7 @@ async fn a_revoked_agent_is_cut_off(backend: Backend) -> anyhow::Result<()> {
     let items = incidents["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(items.len(), 1, "one open incident per agent: {incidents}");
     assert_eq!(items[0]["subject"], format!("agent:{agent_id}"));
-    assert_eq!((items[0]["severity"].as_str(), items[0]["count"].as_u64()), (Some("critical"), Some(2)));
+    assert_eq!((items[0]["severity"].as_str(), items[0]["count"].as_u64()), (Some("critical"), Some(1)));
     assert!(items[0]["message"].as_str().is_some_and(|m| m.contains("vm-stolen")), "{incidents}");
     let (status, problem) = send(app.post(&format!("/api/v1/bots/{bot_id}/start"), &json!({}))).await?;
     assert_eq!((status, problem["code"].as_str()), (409, Some("agent_revoked")), "{problem}");

@@ -18,6 +18,7 @@ conformance!(
     update_bot_refusals_change_nothing,
     delete_bot_checks_the_version,
     kept_counts_follow_every_change,
+    state_reports_in_one_statement_touch_only_the_agents_bots,
 );
 
 fn update_of(bot: &Bot) -> UpdateBot {
@@ -385,5 +386,43 @@ async fn kept_counts_follow_every_change(t: Ctx) -> anyhow::Result<()> {
         .await?;
     assert_eq!(check("another tenant's bot").await?.values().sum::<u64>(), 4);
     assert_eq!(t.store.bot_counts(None, None).await?.values().sum::<u64>(), 5, "every tenant: /metrics");
+    Ok(())
+}
+
+/// A read batch of reports is one statement: each bot of the agent takes its report (an exit
+/// code not repeated is kept), a bot of another agent is left alone, and the answer has each
+/// bot before and after.
+async fn state_reports_in_one_statement_touch_only_the_agents_bots(t: Ctx) -> anyhow::Result<()> {
+    let (a1, a2) = (t.agent("host-1").await?, t.agent("host-2").await?);
+    let (mine, also_mine, theirs) =
+        (t.bot("m1", a1.id, &[]).await?, t.bot("m2", a1.id, &[]).await?, t.bot("t1", a2.id, &[]).await?);
+    let report = |bot: &Bot, state: BotState, exit_code: Option<i32>, at: f64| BotStateReport {
+        bot_id: bot.id,
+        state,
+        pid: (state == BotState::Running).then_some(7),
+        started_at: None,
+        exit_code,
+        exit_signal: None,
+        restart_count: 2,
+        error: Some("why".into()),
+        at: t.at(at),
+    };
+    t.store.report_bot_state(a1.id, &report(&mine, BotState::Crashed, Some(3), 1.0)).await?;
+    let batch = [
+        report(&mine, BotState::Running, None, 2.0),
+        report(&also_mine, BotState::Stopped, Some(0), 2.0),
+        report(&theirs, BotState::Running, None, 2.0),
+    ];
+    let (before, after) = t.store.report_bot_states(a1.id, &batch.iter().collect::<Vec<_>>()).await?;
+    let mut before_states: Vec<(String, BotState)> = before.iter().map(|b| (b.name.clone(), b.state)).collect();
+    before_states.sort();
+    assert_eq!(before_states, [("m1".to_owned(), BotState::Crashed), ("m2".to_owned(), BotState::Pending)]);
+    let now = t.store.get_bot(t.tenant, mine.id).await?;
+    assert_eq!((now.state, now.pid, now.last_exit_code, now.restart_count), (BotState::Running, Some(7), Some(3), 2));
+    assert_eq!(now.last_error.as_deref(), Some("why"));
+    assert_eq!(after.iter().find(|b| b.id == mine.id), Some(&now), "the answer is the stored row");
+    assert_eq!(t.store.get_bot(t.tenant, also_mine.id).await?.last_exit_code, Some(0));
+    assert_eq!(t.store.get_bot(t.tenant, theirs.id).await?.state, BotState::Pending, "not host-1's bot");
+    assert_eq!(after.len(), 2);
     Ok(())
 }

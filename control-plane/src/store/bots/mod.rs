@@ -397,30 +397,55 @@ impl Store {
     /// transitions in order, also when it flushes what it buffered while disconnected).
     /// `None` when the bot is unknown or not this agent's.
     pub async fn report_bot_state(&self, agent_id: Id, report: &BotStateReport) -> Result<Option<Bot>> {
-        let tenant: Option<String> = with_pool!(self, write, |pool| {
-            sqlx::query_scalar(
-                "UPDATE bots SET state = $1, pid = $2, started_at = $3, \
-                 last_exit_code = COALESCE($4, last_exit_code), last_exit_signal = COALESCE($5, last_exit_signal), \
-                 restart_count = $6, last_error = $7, state_at = $8, updated_at = $8 \
-                 WHERE id = $9 AND agent_id = $10 RETURNING tenant_id",
-            )
-            .bind(report.state.as_str())
-            .bind(report.pid.map(i64::from))
-            .bind(report.started_at.map(to_ms))
-            .bind(report.exit_code.map(i64::from))
-            .bind(report.exit_signal.map(i64::from))
-            .bind(i64::from(report.restart_count))
-            .bind(&report.error)
-            .bind(to_ms(report.at))
-            .bind(report.bot_id.to_string())
-            .bind(agent_id.to_string())
-            .fetch_optional(pool)
-            .await?
-        });
-        match tenant {
-            Some(tenant) => Ok(Some(self.get_bot(parse_id(&tenant)?, report.bot_id).await?)),
-            None => Ok(None),
+        Ok(self.report_bot_states(agent_id, &[report]).await?.1.pop())
+    }
+
+    /// Several state reports of one agent in one statement (a WebSocket read batch): each bot
+    /// named takes its report — one per bot, the caller passes the newest of each — if it is
+    /// placed on the agent *now*. Returns the bots as they were before (read first) and as
+    /// they are after, both only for the bots of the agent.
+    pub async fn report_bot_states(&self, agent_id: Id, reports: &[&BotStateReport]) -> Result<(Vec<Bot>, Vec<Bot>)> {
+        if reports.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
+        let ids: Vec<String> = reports.iter().map(|r| r.bot_id.to_string()).collect();
+        let before_sql = format!(
+            "SELECT {BOT_COLUMNS} FROM bots WHERE agent_id = $1 AND id IN (SELECT value FROM {})",
+            self.json_array_rows("$2", crate::store::Elements::Text)
+        );
+        let before: Vec<BotRow> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&before_sql).bind(agent_id.to_string()).bind(to_json(&ids)).fetch_all(pool).await?
+        });
+        let values: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "id": r.bot_id.to_string(), "state": r.state.as_str(), "pid": r.pid.map(i64::from),
+                    "started_at": r.started_at.map(to_ms), "exit_code": r.exit_code.map(i64::from),
+                    "exit_signal": r.exit_signal.map(i64::from), "restart_count": i64::from(r.restart_count),
+                    "error": r.error, "at": to_ms(r.at),
+                })
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE bots SET state = v_state, pid = CAST(v_pid AS BIGINT), started_at = CAST(v_started AS BIGINT), \
+             last_exit_code = COALESCE(CAST(v_code AS BIGINT), last_exit_code), \
+             last_exit_signal = COALESCE(CAST(v_signal AS BIGINT), last_exit_signal), \
+             restart_count = CAST(v_restarts AS BIGINT), last_error = v_error, \
+             state_at = CAST(v_at AS BIGINT), updated_at = CAST(v_at AS BIGINT) \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'state' AS v_state, value ->> 'pid' AS v_pid, \
+                          value ->> 'started_at' AS v_started, value ->> 'exit_code' AS v_code, \
+                          value ->> 'exit_signal' AS v_signal, value ->> 'restart_count' AS v_restarts, \
+                          value ->> 'error' AS v_error, value ->> 'at' AS v_at FROM {}) AS v \
+             WHERE id = v_id AND agent_id = $1 \
+             RETURNING {BOT_COLUMNS}",
+            self.json_array_rows("$2", crate::store::Elements::Json)
+        );
+        let after: Vec<BotRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql).bind(agent_id.to_string()).bind(to_json(&values)).fetch_all(pool).await?
+        });
+        let convert = |rows: Vec<BotRow>| rows.into_iter().map(Bot::try_from).collect::<Result<Vec<Bot>>>();
+        Ok((convert(before)?, convert(after)?))
     }
 
     /// Applies the full snapshot an agent sends on connect: the bots it names take the state it
