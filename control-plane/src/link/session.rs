@@ -245,8 +245,8 @@ impl AgentSession {
             .map(|(_, newest)| {
                 let mine = || reports.iter().map(|(_, r)| r).filter(|r| r.bot_id == newest.bot_id);
                 botmox_contract::protocol::BotStateReport {
-                    exit_code: mine().filter_map(|r| r.exit_code).last(),
-                    exit_signal: mine().filter_map(|r| r.exit_signal).last(),
+                    exit_code: mine().filter_map(|r| r.exit_code).next_back(),
+                    exit_signal: mine().filter_map(|r| r.exit_signal).next_back(),
                     ..newest.clone()
                 }
             })
