@@ -59,7 +59,9 @@ async fn users_round_trip(t: Ctx) -> anyhow::Result<()> {
     let carol = t.store.find_user_by_username("carol").await?.expect("carol exists");
     assert_eq!(carol.tenant_id, other);
     assert!(t.store.find_user_by_username("nobody").await?.is_none());
-    assert!(t.store.find_user_by_username("ALICE").await?.is_none(), "usernames match exactly");
+    // Usernames are one case-blind namespace (no look-alike logins): any case finds the user.
+    let shouted = t.store.find_user_by_username("ALICE").await?.expect("alice, whatever the case");
+    assert_eq!(shouted.user, alice.user);
 
     assert_eq!(t.store.count_users(t.tenant).await?, 2);
     assert_eq!(t.store.count_users(other).await?, 1);
