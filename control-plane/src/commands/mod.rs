@@ -153,6 +153,8 @@ async fn readable_command(state: &AppState, principal: &Principal, id: Uuid) -> 
     params(("Idempotency-Key" = Option<String>, Header, description = "A repeat returns the first command")),
     responses(
         (status = 202, description = "Queued", body = CommandAccepted),
+        (status = 404, description = "The agent or the bot does not exist (or is another tenant's)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The agent is revoked or draining", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid", body = Problem, content_type = "application/problem+json"),
     )
 )]
