@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod group;
 pub mod guide;
 pub mod health;
 pub mod http;

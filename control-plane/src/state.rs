@@ -7,7 +7,7 @@ use botmox_contract::Id;
 use crate::{
     auth::{rate_limit::RateLimits, session::SessionKeys},
     clock::Clock,
-    control::group::GroupCommit,
+    group::GroupCommit,
     events::EventBus,
     link::{
         cluster::{Cluster, Message},
@@ -16,7 +16,7 @@ use crate::{
         presence::Presence,
     },
     secrets::vault::MasterKey,
-    store::Store,
+    store::{NewAuditEntry, Order, Placed, Store},
 };
 
 /// Events kept for `Last-Event-ID` resumption.
@@ -41,8 +41,10 @@ pub struct AppState {
     pub presence: Arc<Presence>,
     /// Signals to the other replicas (Postgres `NOTIFY`).
     pub cluster: Arc<Cluster>,
-    /// Single control orders, committed in groups (see `control::group`).
-    pub group_commit: Arc<GroupCommit>,
+    /// Single control orders, committed in groups (see `group`).
+    pub orders: Arc<GroupCommit<Order, Placed>>,
+    /// The audit entries of requests, committed in groups (each with its time).
+    pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
     /// follows, long polls) end so the graceful drain can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -67,7 +69,8 @@ impl AppState {
         let cluster = Arc::new(Cluster::start(settings.replica_id.clone(), &store));
         Ok(Self {
             cluster,
-            group_commit: Arc::new(GroupCommit::start(store.clone(), clock.clone(), times)),
+            orders: Arc::new(order_group(store.clone(), clock.clone(), times)),
+            audit_log: Arc::new(audit_group(store.clone())),
             store,
             clock,
             sessions: Arc::new(sessions),
@@ -83,6 +86,25 @@ impl AppState {
             draining: tokio_util::sync::CancellationToken::new(),
         })
     }
+}
+
+/// Orders placed together at most (a bound on one transaction's size).
+const MAX_ORDER_GROUP: usize = 512;
+/// Audit entries written together at most.
+const MAX_AUDIT_GROUP: usize = 1024;
+
+fn order_group(store: Store, clock: Clock, times: crate::store::QueueTimes) -> GroupCommit<Order, Placed> {
+    GroupCommit::start("orders", MAX_ORDER_GROUP, move |orders: Vec<Order>| {
+        let (store, now) = (store.clone(), clock.now());
+        async move { store.place_orders(&orders, times, now).await }
+    })
+}
+
+fn audit_group(store: Store) -> GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id> {
+    GroupCommit::start("audit", MAX_AUDIT_GROUP, move |entries| {
+        let store = store.clone();
+        async move { Ok(store.append_audits(entries).await?.into_iter().map(Ok).collect()) }
+    })
 }
 
 /// Telling whoever must know — here and, through `link::cluster`, on the other replicas.

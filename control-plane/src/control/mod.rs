@@ -8,14 +8,13 @@
 //!                         ◀──Submitted── wake each agent once ◀── publish events ◀──┘
 //! ```
 //!
-//! Single orders go through [`group::GroupCommit`]: orders that arrive while a transaction is
+//! Single orders go through [`crate::group::GroupCommit`]: orders that arrive while a transaction is
 //! committing share the next one (one statement set, one durable commit), so concurrent
 //! clicks cost one commit between them, never a weaker one. A bulk action ([`bulk`]) is one
 //! transaction of its own, and so are many orders given at once ([`submit_many`]: the starts
 //! of an import).
 
 pub mod bulk;
-pub mod group;
 
 use std::collections::BTreeSet;
 
@@ -124,7 +123,7 @@ pub fn queue_times(s: &crate::state::Settings) -> QueueTimes {
 /// publishes what changed.
 pub async fn submit(state: &AppState, order: Order) -> Result<Submitted, ControlError> {
     let tenant_id = order.tenant_id;
-    let placed = state.group_commit.place(order).await;
+    let placed = state.orders.submit(order).await;
     let mut submitted = announce(state, vec![(tenant_id, placed)]).await;
     submitted.pop().unwrap_or(Err(ControlError::Store(StoreError::Corrupt("no answer for an order".into()))))
 }

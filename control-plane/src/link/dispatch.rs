@@ -4,9 +4,10 @@
 //! or the bot is no longer on the command's agent) fails here with the reason, instead of
 //! reaching the agent half-formed — or reaching the wrong agent with another host's bot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use botmox_contract::{
+    bots::Bot,
     commands::{Command, CommandKind},
     events::EventPayload,
     protocol::{BotRuntimeSpec, CommandEnvelope},
@@ -25,6 +26,8 @@ pub const CLAIM_BATCH: u32 = 32;
 /// What a claim produced: envelopes to send, then dispatched commands to announce.
 pub struct Claimed {
     pub envelopes: Vec<CommandEnvelope>,
+    /// The claim took a whole batch: more may be queued.
+    pub full: bool,
     dispatched: Vec<Command>,
     tenant_id: Id,
 }
@@ -33,22 +36,34 @@ impl Claimed {
     /// Publishes the `dispatched` events — after the envelopes are on their way, so announcing
     /// (a `NOTIFY` round trip on Postgres) never delays delivery.
     pub async fn announce(self, state: &AppState) {
-        for command in &self.dispatched {
-            state.publish(self.tenant_id, EventPayload::CommandStatus(command.into())).await;
-        }
+        let events =
+            self.dispatched.iter().map(|command| (self.tenant_id, EventPayload::CommandStatus(command.into()))).collect();
+        state.publish_many(events).await;
     }
 }
 
-/// Leases up to [`CLAIM_BATCH`] queued commands of the agent and builds their envelopes.
+/// Leases up to [`CLAIM_BATCH`] queued commands of the agent and builds their envelopes from
+/// one read of their bots.
 pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> Result<Claimed, StoreError> {
     let now = state.clock.now();
     let claimed = state.store.claim_commands(agent_id, CLAIM_BATCH, now).await?;
+    let full = claimed.len() as u32 == CLAIM_BATCH;
     let mut envelopes = Vec::with_capacity(claimed.len());
     let mut dispatched = Vec::with_capacity(claimed.len());
+    let bot_ids: Vec<Id> = claimed.iter().filter_map(|c| c.bot_id).collect::<BTreeSet<_>>().into_iter().collect();
+    // A failed read leaves every claimed command to its lease (it comes back, nothing lost).
+    let bots: HashMap<Id, Bot> = match state.store.get_bots(tenant_id, &bot_ids).await {
+        Ok(bots) => bots.into_iter().map(|bot| (bot.id, bot)).collect(),
+        Err(e) => {
+            tracing::warn!(%agent_id, error = %e, commands = claimed.len(), "commands not sent now: their bots could not be read; their leases bring them back");
+            return Ok(Claimed { envelopes, full, dispatched, tenant_id });
+        }
+    };
     for command in claimed {
         let waited = (now - command.created_at).to_std().unwrap_or_default();
         metrics::histogram!("botmox_command_dispatch_latency_seconds").record(waited.as_secs_f64());
-        match envelope(state, tenant_id, &command).await {
+        let bot = command.bot_id.and_then(|id| bots.get(&id)).cloned();
+        match envelope(state, tenant_id, &command, bot).await {
             Ok(envelope) => {
                 envelopes.push(envelope);
                 dispatched.push(command);
@@ -64,7 +79,7 @@ pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> Result<Clai
             }
         }
     }
-    Ok(Claimed { envelopes, dispatched, tenant_id })
+    Ok(Claimed { envelopes, full, dispatched, tenant_id })
 }
 
 /// Why a claimed command has no envelope.
@@ -87,8 +102,14 @@ impl From<&str> for Undeliverable {
     }
 }
 
-/// The envelope of a claimed command, or why it cannot be delivered.
-pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Result<CommandEnvelope, Undeliverable> {
+/// The envelope of a claimed command, given its bot as read at claim time (`None`: the command
+/// names no bot, or its bot no longer exists), or why it cannot be delivered.
+pub async fn envelope(
+    state: &AppState,
+    tenant_id: Id,
+    command: &Command,
+    bot: Option<Bot>,
+) -> Result<CommandEnvelope, Undeliverable> {
     let mut envelope = CommandEnvelope {
         id: command.id,
         kind: command.kind,
@@ -98,13 +119,14 @@ pub async fn envelope(state: &AppState, tenant_id: Id, command: &Command) -> Res
         bot: None,
         secrets: BTreeMap::new(),
     };
-    let Some(bot_id) = command.bot_id else { return Ok(envelope) };
-    let bot = match state.store.get_bot(tenant_id, bot_id).await {
-        Ok(bot) => bot,
+    if command.bot_id.is_none() {
+        return Ok(envelope);
+    }
+    let bot = match bot {
+        Some(bot) => bot,
         // A removal still reaches the agent (it stops and forgets the bot) without a definition.
-        Err(StoreError::NotFound(_)) if command.kind == CommandKind::BotRemove => return Ok(envelope),
-        Err(StoreError::NotFound(_)) => return Err("the bot no longer exists".into()),
-        Err(e) => return Err(Undeliverable::Retry(e)),
+        None if command.kind == CommandKind::BotRemove => return Ok(envelope),
+        None => return Err("the bot no longer exists".into()),
     };
     // Checked at claim time, for every kind: the bot may have moved since the command was
     // queued, and only its current agent may learn its definition and secrets. A removal

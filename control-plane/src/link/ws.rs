@@ -244,7 +244,7 @@ async fn dispatch_loop(
         match dispatch::claim(&state, tenant_id, agent_id).await {
             Ok(mut claimed) => {
                 retry = RETRY_FIRST;
-                let full = claimed.envelopes.len() as u32 == dispatch::CLAIM_BATCH;
+                let full = claimed.full;
                 for envelope in std::mem::take(&mut claimed.envelopes) {
                     if out.send(Outbound::Frame(ServerFrame::Command(Box::new(envelope)))).await.is_err() {
                         // The connection is gone: the lease brings the command back to the queue.

@@ -6,7 +6,7 @@ use botmox_contract::{
     Id, Timestamp,
 };
 
-use super::{from_ms, new_id, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store, StoreError};
+use super::{from_ms, new_id, Elements, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct NewAuditEntry {
@@ -77,28 +77,45 @@ impl TryFrom<AuditRow> for AuditEntry {
 
 impl Store {
     pub async fn append_audit(&self, entry: NewAuditEntry, now: Timestamp) -> Result<Id> {
-        let id = new_id();
+        let ids = self.append_audits(vec![(entry, now)]).await?;
+        ids.into_iter().next().ok_or_else(|| StoreError::Corrupt("no id for an audit entry".into()))
+    }
+
+    /// Appends entries (each with its own time) in one statement; their ids, in order.
+    pub async fn append_audits(&self, entries: Vec<(NewAuditEntry, Timestamp)>) -> Result<Vec<Id>> {
+        let ids: Vec<Id> = entries.iter().map(|_| new_id()).collect();
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .zip(&ids)
+            .map(|((entry, at), id)| {
+                serde_json::json!({
+                    "id": id.to_string(),
+                    "tenant": entry.tenant_id.to_string(),
+                    "actor_kind": entry.actor.kind.as_str(),
+                    "actor_id": entry.actor.id.map(|a| a.to_string()),
+                    "action": entry.action,
+                    "target": entry.target,
+                    "request_id": entry.request_id,
+                    "source_ip": entry.source_ip,
+                    "outcome": outcome_str(entry.outcome),
+                    "data": to_json(&entry.data),
+                    "at": to_ms(*at),
+                })
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_log (id, tenant_id, actor_kind, actor_id, action, target, request_id, source_ip, \
+             outcome, data, at) \
+             SELECT value ->> 'id', value ->> 'tenant', value ->> 'actor_kind', value ->> 'actor_id', \
+                    value ->> 'action', value ->> 'target', value ->> 'request_id', value ->> 'source_ip', \
+                    value ->> 'outcome', value ->> 'data', CAST(value ->> 'at' AS BIGINT) \
+             FROM {}",
+            self.json_array_rows("$1", Elements::Json)
+        );
         with_pool!(self, write, |pool| {
-            sqlx::query(
-                "INSERT INTO audit_log (id, tenant_id, actor_kind, actor_id, action, target, request_id, source_ip, \
-                 outcome, data, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(id.to_string())
-            .bind(entry.tenant_id.to_string())
-            .bind(entry.actor.kind.as_str())
-            .bind(entry.actor.id.map(|a| a.to_string()))
-            .bind(&entry.action)
-            .bind(&entry.target)
-            .bind(&entry.request_id)
-            .bind(&entry.source_ip)
-            .bind(outcome_str(entry.outcome))
-            .bind(to_json(&entry.data))
-            .bind(to_ms(now))
-            .execute(pool)
-            .await?
-            .rows_affected()
+            sqlx::query(&sql).bind(to_json(&rows)).execute(pool).await?.rows_affected()
         });
-        Ok(id)
+        Ok(ids)
     }
 
     /// One page of the tenant's audit log, newest first; `has_more` when older entries follow.

@@ -189,6 +189,23 @@ impl Store {
         row.ok_or(StoreError::NotFound("bot"))?.try_into()
     }
 
+    /// The tenant's bots among `ids`, in one read (ids that are not bots of the tenant are
+    /// left out): what dispatch builds a claim's envelopes from.
+    pub async fn get_bots(&self, tenant_id: Id, ids: &[Id]) -> Result<Vec<Bot>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {BOT_COLUMNS} FROM bots WHERE tenant_id = $1 AND id IN (SELECT value FROM {})",
+            self.json_array_rows("$2", crate::store::Elements::Text)
+        );
+        let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
+        let rows: Vec<BotRow> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(&ids).fetch_all(pool).await?
+        });
+        rows.into_iter().map(Bot::try_from).collect()
+    }
+
     /// One page of bots ordered by name, the counts by state of everything the filter matches
     /// (ignoring its `state`), and the total the whole filter matches.
     pub async fn list_bots(&self, tenant_id: Id, filter: &BotFilter) -> Result<BotPage> {
