@@ -1,8 +1,8 @@
 //! One bot's task: it owns the bot's [`Supervisor`], its process and its in-memory secrets,
 //! executes the requests sent to it one at a time in arrival order (start, stop, restart,
 //! sync, remove), watches the process, restarts it when the supervisor says so, and reports
-//! every transition (outbox → `bot_state`), keeping the state file and the shared view
-//! (snapshots, `status`) current.
+//! every transition (written to the durable [`crate::transitions`], then queued in the outbox
+//! as `bot_state`), keeping the state file and the shared view (snapshots, `status`) current.
 //!
 //! Bots run independently: a stop waiting out one bot's grace period never delays another.
 
@@ -427,6 +427,8 @@ impl Actor {
             at: Utc::now(),
         };
         tracing::debug!(bot_id = %self.id, state = transition.state.as_str(), "bot state");
+        // On disk first: a transition queued but lost with the agent would never reach the server.
+        self.shared.transitions.record(&report);
         self.shared.outbox.push(AgentFrame::BotState(report));
         if let Some(exit) = exit {
             self.last_exit = Some(exit);

@@ -31,6 +31,7 @@ use crate::{
     runner,
     state_file::{BotRecord, StateFile},
     supervise::Supervisor,
+    transitions::Transitions,
 };
 
 /// What the rest of the agent may know about a bot without asking its task.
@@ -49,14 +50,16 @@ pub struct BotView {
 /// What every bot task shares.
 pub struct Shared {
     pub outbox: Arc<Outbox>,
+    /// The durable half of the outbox for state reports: written before each is queued.
+    pub transitions: Arc<Transitions>,
     pub state: Arc<StateFile>,
     pub run_dir: PathBuf,
     views: Mutex<HashMap<Uuid, BotView>>,
 }
 
 impl Shared {
-    pub fn new(outbox: Arc<Outbox>, state: Arc<StateFile>, run_dir: PathBuf) -> Self {
-        Self { outbox, state, run_dir, views: Mutex::default() }
+    pub fn new(outbox: Arc<Outbox>, transitions: Arc<Transitions>, state: Arc<StateFile>, run_dir: PathBuf) -> Self {
+        Self { outbox, transitions, state, run_dir, views: Mutex::default() }
     }
 
     pub fn views(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, BotView>> {
@@ -182,6 +185,11 @@ impl Bots {
         let _ = tx.send(msg);
         inboxes.insert(bot_id, tx);
         Ok(answer)
+    }
+
+    /// The durable transitions the bots' reports go through.
+    pub fn transitions(&self) -> &Transitions {
+        &self.shared.transitions
     }
 
     /// Whether the bot is known here.
