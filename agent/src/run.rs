@@ -1,6 +1,7 @@
 //! `botmox-agent run`: the life of the headless agent. Lock the agent dir (one agent per dir:
 //! two would start every bot twice), queue the bot-state transitions the previous run still
-//! owed the server, recover the bots from the state file (re-adopting those still running) *before* connecting, open the local status
+//! owed the server, stop bot processes no record tracks (Unix), recover the bots from the
+//! state file (re-adopting those still running) *before* connecting, open the local status
 //! endpoint, then stay connected until SIGTERM/SIGINT (bots keep running, to be re-adopted by
 //! the next start; on Windows they end with the agent and the next start starts them again)
 //! or revocation (bots are stopped — nobody may control them any more — and the exit code is
@@ -82,6 +83,10 @@ pub async fn run_until(
     for report in owed {
         outbox.push(AgentFrame::BotState(report));
     }
+    // A bot the previous run started but never wrote down must not run beside the one
+    // recovery may start for it.
+    #[cfg(unix)]
+    crate::bots::orphans::sweep(&state.snapshot(), &dir.run_dir()).await;
     let shared = Arc::new(Shared::new(outbox.clone(), transitions, state.clone(), dir.run_dir()));
     let bots = Bots::recover(shared);
     let commands = Commands::new(bots.clone(), outbox.clone(), journal, options.allow_exec);

@@ -2,10 +2,13 @@
 //! rebuilds them from the state file when the agent starts — re-adopting processes that still
 //! run (same pid *and* same start time), cleaning up what a dead bot left in its process
 //! group, restarting bots whose definition changed — before any command is taken, so that
-//! no bot is ever started twice. [`Bots::snapshot`] is the truth sent in every `hello`.
+//! no bot is ever started twice (on Unix, [`orphans::sweep`] first stops bot processes no
+//! record tracks). [`Bots::snapshot`] is the truth sent in every `hello`.
 
 pub mod actor;
 pub mod logs;
+#[cfg(unix)]
+pub mod orphans;
 
 use std::{
     collections::HashMap,
