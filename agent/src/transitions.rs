@@ -5,7 +5,10 @@
 //! long-poll POST). At start-up the agent queues what is still here, in order, before anything
 //! new, so a transition is not lost to an agent kill: a `crashed` → `backoff` → `running` that
 //! happened while the server was unreachable still reaches it (incident rules, restart count,
-//! exit code, the bot's event history), not just the final state in the next `hello`.
+//! exit code, the bot's event history), not just the final state in the next `hello`. The
+//! server applies reports in arrival order, so these older ones land after the `hello`: each
+//! bot that had some owed reports its state once more after its start-up
+//! (`Actor::reaffirm_after_startup`), and the last word the server gets is the state now.
 //!
 //! **Why not the journal.** The journal is the durable outbox of *results* because it must
 //! remember every command's outcome anyway (a redelivered command is answered from it, and its
