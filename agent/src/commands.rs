@@ -293,6 +293,7 @@ mod tests {
         bots::Shared,
         connection::buffer::Limits,
         state_file::{tests_support::spec, StateFile},
+        transitions::Transitions,
     };
 
     struct Fixture {
@@ -308,7 +309,8 @@ mod tests {
         /// A fresh agent over the same files (what a restarted agent sees).
         fn commands(&self, allow_exec: bool) -> anyhow::Result<Arc<Commands>> {
             let state = Arc::new(StateFile::open(&self.dir.path().join("state.json"))?);
-            let shared = Arc::new(Shared::new(self.outbox.clone(), state, self.dir.path().join("run")));
+            let transitions = Arc::new(Transitions::open(&self.dir.path().join("transitions.jsonl")));
+            let shared = Arc::new(Shared::new(self.outbox.clone(), transitions, state, self.dir.path().join("run")));
             let journal = Journal::open(&self.dir.path().join("journal.jsonl"))?;
             Ok(Commands::new(Bots::recover(shared), self.outbox.clone(), journal, allow_exec))
         }

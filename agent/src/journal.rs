@@ -18,7 +18,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    io::{BufRead as _, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
 };
 
@@ -88,7 +88,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Reads the journal (a missing file is an empty journal; a torn last line is skipped).
+    /// Reads the journal (a missing file is an empty journal; a torn last line, or any line
+    /// that does not parse, is skipped — and then the file is rewritten without it, so the
+    /// next line appended is not glued to a torn one and lost at the next start).
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let mut journal = Self {
             path: path.to_path_buf(),
@@ -97,17 +99,21 @@ impl Journal {
             lines_in_file: 0,
             bot_seqs: HashMap::new(),
         };
-        let file = match std::fs::File::open(path) {
-            Ok(file) => file,
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(journal),
             Err(e) => return Err(e),
         };
-        for line in std::io::BufReader::new(file).lines() {
-            let line = line?;
+        let mut skipped = !bytes.is_empty() && !bytes.ends_with(b"\n");
+        for line in bytes.split(|b| *b == b'\n').filter(|line| !line.is_empty()) {
             journal.lines_in_file += 1;
-            if let Ok(entry) = serde_json::from_str::<Entry>(&line) {
-                journal.remember(entry);
+            match serde_json::from_slice::<Entry>(line) {
+                Ok(entry) => journal.remember(entry),
+                Err(_) => skipped = true,
             }
+        }
+        if skipped {
+            journal.compact()?;
         }
         Ok(journal)
     }
@@ -317,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_line_is_skipped() -> std::io::Result<()> {
+    fn a_torn_last_line_is_skipped_and_not_joined_by_the_next_write() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("journal.jsonl");
         let id = Uuid::now_v7();
@@ -328,8 +334,13 @@ mod tests {
         }
         let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
         file.write_all(b"{\"id\":\"0190")?;
-        let journal = Journal::open(&path)?;
+        let mut journal = Journal::open(&path)?;
         assert_eq!(journal.get(id).and_then(|e| e.outcome.clone()), Some(ok(7)));
+        // The next line is not glued to the torn one (it would be unreadable at the next start:
+        // a result lost, or a command run twice).
+        let next = Uuid::now_v7();
+        journal.started(next, CommandKind::BotStop, BotSeq::default())?;
+        assert!(Journal::open(&path)?.get(next).is_some(), "the line written after a torn one is read back");
         Ok(())
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! Module map: [`paths`] (the agent dir), [`config`] (credentials, private atomic writes),
 //! [`pair`], [`run`] (the life of `run`), [`connection`] (WebSocket, long-poll, the outbox),
-//! [`commands`] (ack/execute/result with the [`journal`]), [`bots`] (one task per bot),
+//! [`commands`] (ack/execute/result with the [`journal`]), [`bots`] (one task per bot;
+//! [`transitions`], the durable outbox of their state reports),
 //! [`supervise`] (the restart state machine), [`runner`] (processes, groups, output capture),
 //! [`state_file`], [`status`], [`metrics`], [`logging`], [`tls`], [`exec`], [`host`],
 //! [`service`] (systemd unit / Windows logon task), `tray` (feature `tray`: the desktop icon).
@@ -34,6 +35,7 @@ mod state_file;
 mod status;
 mod supervise;
 mod tls;
+mod transitions;
 #[cfg(feature = "tray")]
 mod tray;
 #[cfg(windows)]

@@ -129,7 +129,7 @@ pub struct Unpaired {
 }
 
 /// Forgets the credentials; bots left running are stopped (nobody could control them any
-/// more), the state and journal are cleared. Refused while an agent runs with this dir.
+/// more), the state, journal and transitions are cleared. Refused while an agent runs with this dir.
 pub async fn unpair(dir: &AgentDir) -> Result<Unpaired, String> {
     if crate::status::fetch(dir).await.is_some() {
         return Err("a botmox-agent is running with this agent dir: stop it first, then unpair".into());
@@ -144,7 +144,7 @@ pub async fn unpair(dir: &AgentDir) -> Result<Unpaired, String> {
             bots_stopped += 1;
         }
     }
-    for path in [dir.credentials(), dir.state(), dir.journal(), dir.status_addr()] {
+    for path in [dir.credentials(), dir.state(), dir.journal(), dir.transitions(), dir.status_addr()] {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(format!("cannot remove {}: {e}", path.display()));

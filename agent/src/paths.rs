@@ -1,6 +1,7 @@
 //! Where the agent keeps its files: one directory (the *agent dir*) holding the credentials
-//! (`agent.json`), the state file, the command journal, the agent's own logs, the FIFOs that
-//! carry bot output, the lock of the running instance and the port of its status endpoint.
+//! (`agent.json`), the state file, the command journal, the bot-state transitions owed to the
+//! server, the agent's own logs, the FIFOs that carry bot output, the lock of the running
+//! instance and the port of its status endpoint.
 //!
 //! The directory is `--config-dir` / `BOTMOX_AGENT_DIR` when given, else
 //! `%APPDATA%\botmox` on Windows and `$XDG_CONFIG_HOME/botmox` or `~/.config/botmox`
@@ -51,6 +52,11 @@ impl AgentDir {
     /// Command ids executed and their results.
     pub fn journal(&self) -> PathBuf {
         self.root.join("journal.jsonl")
+    }
+
+    /// Bot-state transitions not yet confirmed by the server.
+    pub fn transitions(&self) -> PathBuf {
+        self.root.join("transitions.jsonl")
     }
 
     /// The agent's own rotating JSON log files.

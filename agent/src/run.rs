@@ -1,14 +1,17 @@
 //! `botmox-agent run`: the life of the headless agent. Lock the agent dir (one agent per dir:
-//! two would start every bot twice), recover the bots from the state file (re-adopting those
-//! still running) *before* connecting, open the local status endpoint, then stay connected
-//! until SIGTERM/SIGINT (bots keep running, to be re-adopted by the next start; on Windows
-//! they end with the agent and the next start starts them again) or revocation (bots are
-//! stopped — nobody may control them any more — and the exit code is 3). [`run_until`] is
-//! the same life ended by the caller's stop signal instead of SIGTERM: the tray runs it.
+//! two would start every bot twice), queue the bot-state transitions the previous run still
+//! owed the server, stop bot processes no record tracks (Unix), recover the bots from the
+//! state file (re-adopting those still running) *before* connecting, open the local status
+//! endpoint, then stay connected until SIGTERM/SIGINT (bots keep running, to be re-adopted by
+//! the next start; on Windows they end with the agent and the next start starts them again)
+//! or revocation (bots are stopped — nobody may control them any more — and the exit code is
+//! 3). [`run_until`] is the same life ended by the caller's stop signal instead of SIGTERM:
+//! the tray runs it.
 
 use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
+use botmox_contract::protocol::AgentFrame;
 use tokio::sync::watch;
 
 use crate::{
@@ -24,6 +27,7 @@ use crate::{
     paths::AgentDir,
     state_file::StateFile,
     status::{self, Reporter},
+    transitions::Transitions,
 };
 
 /// Exit code when the server revoked this agent (a service manager should not restart it).
@@ -69,7 +73,21 @@ pub async fn run_until(
     let state = Arc::new(StateFile::open(&dir.state())?);
     let journal = Journal::open(&dir.journal()).with_context(|| format!("cannot read {}", dir.journal().display()))?;
     let outbox = Arc::new(Outbox::new(Limits::default()));
-    let shared = Arc::new(Shared::new(outbox.clone(), state.clone(), dir.run_dir()));
+    // What the previous run reported but the server never confirmed goes first, in order:
+    // the transitions recovery reports next are newer.
+    let transitions = Arc::new(Transitions::open(&dir.transitions()));
+    let owed = transitions.pending();
+    if !owed.is_empty() {
+        tracing::info!(transitions = owed.len(), "sending again bot-state transitions the server had not confirmed");
+    }
+    for report in owed {
+        outbox.push(AgentFrame::BotState(report));
+    }
+    // A bot the previous run started but never wrote down must not run beside the one
+    // recovery may start for it.
+    #[cfg(unix)]
+    crate::bots::orphans::sweep(&state.snapshot(), &dir.run_dir()).await;
+    let shared = Arc::new(Shared::new(outbox.clone(), transitions, state.clone(), dir.run_dir()));
     let bots = Bots::recover(shared);
     let commands = Commands::new(bots.clone(), outbox.clone(), journal, options.allow_exec);
     commands.resume_journal();

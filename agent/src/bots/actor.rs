@@ -1,8 +1,8 @@
 //! One bot's task: it owns the bot's [`Supervisor`], its process and its in-memory secrets,
 //! executes the requests sent to it one at a time in arrival order (start, stop, restart,
 //! sync, remove), watches the process, restarts it when the supervisor says so, and reports
-//! every transition (outbox → `bot_state`), keeping the state file and the shared view
-//! (snapshots, `status`) current.
+//! every transition (written to the durable [`crate::transitions`], then queued in the outbox
+//! as `bot_state`), keeping the state file and the shared view (snapshots, `status`) current.
 //!
 //! Bots run independently: a stop waiting out one bot's grace period never delays another.
 
@@ -91,6 +91,8 @@ pub struct Actor {
     last_exit: Option<Exit>,
     shared: Arc<Shared>,
     logs: Arc<LogSink>,
+    /// Report the state once more after the start-up (see [`Actor::reaffirm_after_startup`]).
+    reaffirm: bool,
 }
 
 impl Actor {
@@ -111,7 +113,17 @@ impl Actor {
             last_exit: None,
             shared,
             logs,
+            reaffirm: false,
         }
+    }
+
+    /// The previous run left transitions of this bot that the server never confirmed; they are
+    /// sent before anything this run reports. If the last of them is not the state the bot is
+    /// recovered in and the start-up reports nothing new (an agent killed after writing a
+    /// transition down but before the state file), the server would be left on it: so, once
+    /// started up, the bot reports its state once more, and the last word is the truth.
+    pub fn reaffirm_after_startup(&mut self) {
+        self.reaffirm = true;
     }
 
     /// Takes over a process a previous agent left running (already checked to be ours).
@@ -144,6 +156,9 @@ impl Actor {
 
     pub async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Msg>, startup: Startup) {
         self.startup(startup).await;
+        if std::mem::take(&mut self.reaffirm) {
+            self.report(self.sup.current());
+        }
         loop {
             let deadline = self.sup.deadline();
             tokio::select! {
@@ -427,6 +442,8 @@ impl Actor {
             at: Utc::now(),
         };
         tracing::debug!(bot_id = %self.id, state = transition.state.as_str(), "bot state");
+        // On disk first: a transition queued but lost with the agent would never reach the server.
+        self.shared.transitions.record(&report);
         self.shared.outbox.push(AgentFrame::BotState(report));
         if let Some(exit) = exit {
             self.last_exit = Some(exit);

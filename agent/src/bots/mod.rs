@@ -2,13 +2,16 @@
 //! rebuilds them from the state file when the agent starts — re-adopting processes that still
 //! run (same pid *and* same start time), cleaning up what a dead bot left in its process
 //! group, restarting bots whose definition changed — before any command is taken, so that
-//! no bot is ever started twice. [`Bots::snapshot`] is the truth sent in every `hello`.
+//! no bot is ever started twice (on Unix, [`orphans::sweep`] first stops bot processes no
+//! record tracks). [`Bots::snapshot`] is the truth sent in every `hello`.
 
 pub mod actor;
 pub mod logs;
+#[cfg(unix)]
+pub mod orphans;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -31,6 +34,7 @@ use crate::{
     runner,
     state_file::{BotRecord, StateFile},
     supervise::Supervisor,
+    transitions::Transitions,
 };
 
 /// What the rest of the agent may know about a bot without asking its task.
@@ -49,14 +53,16 @@ pub struct BotView {
 /// What every bot task shares.
 pub struct Shared {
     pub outbox: Arc<Outbox>,
+    /// The durable half of the outbox for state reports: written before each is queued.
+    pub transitions: Arc<Transitions>,
     pub state: Arc<StateFile>,
     pub run_dir: PathBuf,
     views: Mutex<HashMap<Uuid, BotView>>,
 }
 
 impl Shared {
-    pub fn new(outbox: Arc<Outbox>, state: Arc<StateFile>, run_dir: PathBuf) -> Self {
-        Self { outbox, state, run_dir, views: Mutex::default() }
+    pub fn new(outbox: Arc<Outbox>, transitions: Arc<Transitions>, state: Arc<StateFile>, run_dir: PathBuf) -> Self {
+        Self { outbox, transitions, state, run_dir, views: Mutex::default() }
     }
 
     pub fn views(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, BotView>> {
@@ -73,8 +79,13 @@ impl Bots {
     /// Rebuilds the bots from the state file and starts their tasks.
     pub fn recover(shared: Arc<Shared>) -> Arc<Self> {
         let bots = Arc::new(Self { shared: shared.clone(), inboxes: Mutex::default() });
+        // Nothing has reported yet: what is owed is what the previous run left.
+        let owed: HashSet<Uuid> = shared.transitions.pending().iter().map(|report| report.bot_id).collect();
         for (id, record) in shared.state.snapshot().bots {
-            let (actor, startup) = bots.recover_one(&record);
+            let (mut actor, startup) = bots.recover_one(&record);
+            if owed.contains(&id) {
+                actor.reaffirm_after_startup();
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             bots.inboxes().insert(id, tx);
             // The view exists before the task runs, so the first `hello` has this bot.
@@ -184,6 +195,11 @@ impl Bots {
         Ok(answer)
     }
 
+    /// The durable transitions the bots' reports go through.
+    pub fn transitions(&self) -> &Transitions {
+        &self.shared.transitions
+    }
+
     /// Whether the bot is known here.
     pub fn contains(&self, bot_id: Uuid) -> bool {
         self.inboxes().get(&bot_id).is_some_and(|inbox| !inbox.is_closed())
@@ -231,5 +247,78 @@ impl Bots {
             let _ = answer.await;
         }
         count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use botmox_contract::protocol::{AgentFrame, BotStateReport};
+    use chrono::Utc;
+
+    use super::*;
+    use crate::{connection::buffer::Limits, state_file::tests_support::spec};
+
+    /// A bot left `crashed` with nothing to do at start-up (its state file says so).
+    fn crashed(id: Uuid) -> BotRecord {
+        BotRecord {
+            spec: spec(id),
+            desired: DesiredState::Running,
+            state: BotState::Crashed,
+            process: None,
+            restart_count: 1,
+            last_error: None,
+            exit_code: Some(3),
+            exit_signal: None,
+            log_seq: 1,
+        }
+    }
+
+    /// The previous run wrote `backoff` down and died before its state file said so: the bot is
+    /// recovered `crashed`, and says so after the replayed `backoff`, so the server does not
+    /// stay on it. A bot with nothing owed reports nothing.
+    #[tokio::test]
+    async fn a_bot_with_owed_transitions_reports_its_state_after_them() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (owing, quiet) = (Uuid::now_v7(), Uuid::now_v7());
+        let state = Arc::new(StateFile::open(&dir.path().join("state.json"))?);
+        state.update(|doc| {
+            doc.bots.extend([(owing, crashed(owing)), (quiet, crashed(quiet))]);
+        });
+        let transitions = Arc::new(Transitions::open(&dir.path().join("transitions.jsonl")));
+        let backoff = BotStateReport {
+            bot_id: owing,
+            state: BotState::Backoff,
+            pid: None,
+            started_at: None,
+            exit_code: None,
+            exit_signal: None,
+            restart_count: 1,
+            error: None,
+            at: Utc::now(),
+        };
+        transitions.record(&backoff);
+        let outbox = Arc::new(Outbox::new(Limits::default()));
+        let shared = Arc::new(Shared::new(outbox.clone(), transitions.clone(), state, dir.path().join("run")));
+        let bots = Bots::recover(shared);
+        // A request is taken after the start-up: once answered, both bots have started up.
+        for id in [owing, quiet] {
+            let answer =
+                bots.request(id, None, Request::Sync { spec: Box::new(spec(id)) }, None).map_err(anyhow::Error::msg)?;
+            tokio::time::timeout(Duration::from_secs(10), answer).await??.map_err(anyhow::Error::msg)?;
+        }
+        let reported: Vec<(Uuid, BotState)> = outbox
+            .take(100, 100, 1 << 20)
+            .into_iter()
+            .filter_map(|frame| match frame {
+                AgentFrame::BotState(report) => Some((report.bot_id, report.state)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported, [(owing, BotState::Crashed)]);
+        let owed: Vec<BotState> = transitions.pending().iter().map(|r| r.state).collect();
+        assert_eq!(owed, [BotState::Backoff, BotState::Crashed], "written down like any transition");
+        Ok(())
     }
 }

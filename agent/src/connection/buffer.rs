@@ -6,7 +6,9 @@
 //! go first when the cap is hit; acks, results and state transitions are never dropped (they
 //! are few: a crash loop ends in `failed`). Frames a transport could not confirm come back to
 //! the front with [`Outbox::requeue`], so nothing is lost on a broken connection (the server
-//! treats repeats as no-ops: logs by sequence number, results and states by value).
+//! treats repeats as no-ops: logs by sequence number, results and states by value). This
+//! queue lives in memory; results and state transitions also have a durable half that
+//! survives an agent restart (`journal`, `transitions`), log lines do not.
 
 use std::{
     collections::VecDeque,

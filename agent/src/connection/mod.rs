@@ -214,6 +214,18 @@ impl Link {
         self.outbox.take(BURST, max_lines, max_bytes)
     }
 
+    /// The server confirmed it applied (or refused for good) these frames: the results they
+    /// carried are marked confirmed in the journal and their state reports leave the durable
+    /// transitions, so neither is sent again after an agent restart. The one confirmation path
+    /// of both transports (a pong after a WebSocket burst, the answer to a long-poll POST).
+    fn confirmed(&self, frames: &[AgentFrame]) {
+        self.commands.confirmed(frames);
+        self.bots.transitions().confirmed(frames.iter().filter_map(|frame| match frame {
+            AgentFrame::BotState(report) => Some(report),
+            _ => None,
+        }));
+    }
+
     /// Applies one server frame. Returns the settings when it was a `settings` frame.
     fn on_server_frame(&self, frame: ServerFrame) -> Option<ServerSettings> {
         match frame {

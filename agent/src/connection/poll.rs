@@ -80,7 +80,7 @@ async fn flush(link: &Link, extra: Vec<AgentFrame>) -> Result<(), SessionEnd> {
         }
         match post(link, &frames).await {
             Ok(outcome) => {
-                link.commands.confirmed(&frames);
+                link.confirmed(&frames);
                 for refusal in outcome.refused {
                     tracing::warn!(code = %refusal.code, detail = %refusal.detail, "the server refused a frame");
                 }

@@ -145,7 +145,7 @@ async fn exchange(
                         let confirmed = u64::from_be_bytes(bytes);
                         while bursts.front().is_some_and(|(n, _)| *n <= confirmed) {
                             if let Some((_, frames)) = bursts.pop_front() {
-                                link.commands.confirmed(&frames);
+                                link.confirmed(&frames);
                             }
                         }
                     }

@@ -6,9 +6,13 @@
 //!
 //! The platform code lives in `unix.rs` and `windows.rs` behind one API: [`spawn`], [`adopt`]
 //! (a process left running by a previous agent), [`Process`] (`wait`, `terminate`,
-//! `kill_remains`).
+//! `kill_remains`). Every bot process carries [`BOT_ID_ENV`] and [`AGENT_DIR_ENV`] in its
+//! environment (its children inherit them): on Unix `strays.rs` finds by them the processes a
+//! killed agent started but never recorded.
 
 pub mod capture;
+#[cfg(unix)]
+mod strays;
 #[cfg(unix)]
 mod unix;
 #[cfg(windows)]
@@ -22,7 +26,9 @@ use uuid::Uuid;
 
 use self::capture::Output;
 #[cfg(unix)]
-pub use self::unix::{adopt, is_alive, kill_orphan_group, remove_outputs, spawn, Process};
+pub use self::strays::{bot_processes, BotProcess};
+#[cfg(unix)]
+pub use self::unix::{adopt, is_alive, kill_orphan_group, remove_outputs, spawn, stray, Process};
 #[cfg(windows)]
 pub use self::windows::{adopt, is_alive, kill_orphan_group, remove_outputs, spawn, Process};
 
@@ -69,6 +75,24 @@ pub struct Spawned {
     pub started_at: DateTime<Utc>,
     /// Its output streams, to be pumped into the bot's log.
     pub outputs: Vec<(LogStream, Output)>,
+}
+
+/// Which bot a process is (or descends from).
+pub const BOT_ID_ENV: &str = "BOTMOX_BOT_ID";
+/// The agent dir of the agent that started the bot. Two agents on one host have two dirs, so
+/// the start-up sweep of one never touches the other's bots. Not `BOTMOX_AGENT_DIR`: that one
+/// tells a `botmox-agent` which dir to use, and a bot that runs `botmox-agent status` must not
+/// be pointed at ours by it.
+pub const AGENT_DIR_ENV: &str = "BOTMOX_BOT_AGENT_DIR";
+
+/// Marks the process `command` starts as bot `bot_id` of the agent whose run dir is `run_dir`.
+fn mark(command: &mut tokio::process::Command, bot_id: Uuid, run_dir: &Path) {
+    command.env(BOT_ID_ENV, bot_id.to_string()).env(AGENT_DIR_ENV, agent_dir_of(run_dir));
+}
+
+/// The agent dir a run dir belongs to: it is `<agent dir>/run` (`paths.rs`).
+pub fn agent_dir_of(run_dir: &Path) -> &Path {
+    run_dir.parent().unwrap_or(run_dir)
 }
 
 /// The child's extra environment: the definition's `env`, then each `secret_env` variable

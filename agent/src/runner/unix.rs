@@ -165,7 +165,8 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
         outputs.push((stream, reader));
     }
     let mut command = tokio::process::Command::new(&exec.program);
-    command.args(&exec.args).envs(env).env("BOTMOX_BOT_ID", request.bot_id.to_string());
+    command.args(&exec.args).envs(env);
+    super::mark(&mut command, request.bot_id, request.run_dir);
     if let Some(cwd) = &exec.cwd {
         command.current_dir(cwd);
     }
@@ -206,6 +207,13 @@ pub fn adopt(
     Some((Process { pid, kind: Kind::Adopted { start_ticks } }, outputs))
 }
 
+/// A bot process no record tracks (found by [`super::bot_processes`]: a previous agent
+/// started it and died before it wrote the pid down), to be stopped as an adopted one is:
+/// [`Process::terminate`] signals its group, waits out the grace, then kills the group.
+pub fn stray(pid: u32, start_ticks: Option<u64>) -> Process {
+    Process { pid, kind: Kind::Adopted { start_ticks } }
+}
+
 /// Removes a bot's output FIFOs (after it is gone for good).
 pub fn remove_outputs(run_dir: &Path, bot_id: Uuid) {
     for stream in [LogStream::Stdout, LogStream::Stderr] {
@@ -241,13 +249,20 @@ fn make_fifo(path: &Path) -> std::io::Result<(Stdio, Output)> {
 }
 
 /// `/proc/<pid>/stat` fields after the command name: state (field 3), pgrp (5), start time (22).
-struct Stat {
-    state: char,
-    pgrp: i64,
-    start_ticks: u64,
+pub(super) struct Stat {
+    pub(super) state: char,
+    pub(super) pgrp: i64,
+    pub(super) start_ticks: u64,
 }
 
-fn read_stat(pid: u32) -> Option<Stat> {
+impl Stat {
+    /// Exited: a zombie (not reaped yet) or dead.
+    pub(super) fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+pub(super) fn read_stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text)
 }
@@ -276,9 +291,7 @@ fn proc_available() -> bool {
 pub fn is_alive(pid: u32, expected_ticks: Option<u64>) -> bool {
     if proc_available() {
         return match read_stat(pid) {
-            Some(stat) => {
-                !matches!(stat.state, 'Z' | 'X' | 'x') && expected_ticks.is_none_or(|t| t == stat.start_ticks)
-            }
+            Some(stat) => !stat.is_dead() && expected_ticks.is_none_or(|t| t == stat.start_ticks),
             None => false,
         };
     }
@@ -293,7 +306,7 @@ pub fn group_has_members(pgid: u32) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else { return false };
     entries.filter_map(Result::ok).any(|entry| {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else { return false };
-        read_stat(pid).is_some_and(|stat| stat.pgrp == i64::from(pgid) && !matches!(stat.state, 'Z' | 'X' | 'x'))
+        read_stat(pid).is_some_and(|stat| stat.pgrp == i64::from(pgid) && !stat.is_dead())
     })
 }
 

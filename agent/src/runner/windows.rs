@@ -142,10 +142,11 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
     let exec = request.exec;
     let env = environment(exec, request.secrets)?;
     check_cwd(exec)?;
-    // `run_dir` holds the Unix FIFOs; pipes need no files.
-    let _ = request.run_dir;
     let mut command = tokio::process::Command::new(&exec.program);
-    command.args(&exec.args).envs(env).env("BOTMOX_BOT_ID", request.bot_id.to_string());
+    command.args(&exec.args).envs(env);
+    // Nothing sweeps by it here (no bot outlives its agent: module notes), but a bot's
+    // environment is the same on both systems.
+    super::mark(&mut command, request.bot_id, request.run_dir);
     if let Some(cwd) = &exec.cwd {
         command.current_dir(cwd);
     }

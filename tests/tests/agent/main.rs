@@ -4,6 +4,7 @@
 //! Every wait is bounded and waits for the thing itself (an API state, an SSE event, a
 //! process gone), polling the API with a short interval where no event exists.
 
+mod convergence;
 mod drain;
 mod pairing;
 mod resilience;
