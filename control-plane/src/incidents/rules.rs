@@ -78,9 +78,38 @@ async fn record(
     Ok(())
 }
 
+/// The transitions of one batch of an agent's reports, in order (`before` is the state each
+/// bot had): [`bot_reported`] for each, except that a transition which could only resolve
+/// (running, stopped) is skipped when its bot has no open incident — found with one read for
+/// the batch, instead of a write per transition.
+pub async fn bots_reported(state: &AppState, tenant_id: Id, transitions: Vec<(BotState, Bot)>) -> anyhow::Result<()> {
+    let only_resolves = |bot: &Bot| matches!(bot.state, BotState::Running | BotState::Stopped);
+    let subjects: Vec<String> =
+        transitions.iter().filter(|(_, bot)| only_resolves(bot)).map(|(_, bot)| bot_subject(bot.id)).collect();
+    let mut open = state.store.subjects_with_open_incidents(tenant_id, &subjects).await?;
+    for (before, bot) in transitions {
+        let subject = bot_subject(bot.id);
+        if only_resolves(&bot) && !open.contains(&subject) {
+            continue;
+        }
+        if !only_resolves(&bot) {
+            // It may open one, which a later transition of the batch then resolves.
+            open.insert(subject);
+        }
+        if let Err(e) = bot_reported(state, tenant_id, before, &bot).await {
+            tracing::error!(error = %e, bot_id = %bot.id, "could not update the bot's incidents");
+        }
+    }
+    Ok(())
+}
+
+fn bot_subject(bot_id: Id) -> String {
+    format!("bot:{bot_id}")
+}
+
 /// A bot's agent reported a transition (`before` is the state it had).
 pub async fn bot_reported(state: &AppState, tenant_id: Id, before: BotState, bot: &Bot) -> anyhow::Result<()> {
-    let subject = format!("bot:{}", bot.id);
+    let subject = bot_subject(bot.id);
     let exit = match (bot.last_exit_code, bot.last_exit_signal) {
         (_, Some(signal)) => format!("killed by signal {signal}"),
         (Some(code), _) => format!("exit code {code}"),

@@ -284,10 +284,8 @@ impl AgentSession {
             answers[*index] = Some(Ok(()));
         }
         state.publish_many(events).await;
-        for (previous, bot) in transitions {
-            if let Err(e) = crate::incidents::rules::bot_reported(&state, self.tenant_id, previous, &bot).await {
-                tracing::error!(error = %e, "could not update the bot's incidents");
-            }
+        if let Err(e) = crate::incidents::rules::bots_reported(&state, self.tenant_id, transitions).await {
+            tracing::error!(error = %e, "could not update the bots' incidents");
         }
     }
 

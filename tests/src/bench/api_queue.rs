@@ -11,6 +11,10 @@
 //! database (the queue depth by status), polled every 20 ms: the benchmark's watch, not a path it measures. `server CPU` is the
 //! CPU time the server process used in the case (from `/proc`), a figure the machine's other
 //! load moves far less than wall time.
+//!
+//! To see where the server spends its time, run with `BENCH_SERVER_LOG=warn,sqlx::query=debug`
+//! (the server's log filter) and `BENCH_SERVER_LOG_FILE=<path>` (its output is written there):
+//! every statement with its duration.
 
 use std::time::{Duration, Instant};
 
@@ -117,6 +121,11 @@ pub async fn run(options: &ApiQueueOptions, backend: Backend) -> anyhow::Result<
     let single_cpu = server_cpu(pid) - cpu_before;
 
     drop(sims);
+    if let Ok(path) = std::env::var("BENCH_SERVER_LOG_FILE") {
+        let mut lines = served.server.stdout.snapshot();
+        lines.extend(served.server.stderr.snapshot());
+        std::fs::write(path, lines.join("\n"))?;
+    }
     watch.close().await;
     served.stop().await?;
     let per_second = |count: u64, wall: Duration| format!("{:.0} commands/s", count as f64 / wall.as_secs_f64());

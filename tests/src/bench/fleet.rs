@@ -88,7 +88,8 @@ impl Prepared {
     }
 
     pub(super) async fn serve(self) -> anyhow::Result<Served> {
-        let env = [("BOTMOX_ADMIN_PASSWORD", PASSWORD), ("RUST_LOG", "warn")];
+        let log = std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into());
+        let env = [("BOTMOX_ADMIN_PASSWORD", PASSWORD), ("RUST_LOG", log.as_str())];
         let server = match &self.data {
             Some(data) => ServerProcess::start(&["--data-dir", data.path().to_str().unwrap_or_default()], &env).await?,
             None => ServerProcess::start(&["--database-url", &self.db.url_string()], &env).await?,

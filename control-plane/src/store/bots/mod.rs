@@ -20,6 +20,12 @@ use super::{
     StoreError,
 };
 
+/// `tenant_id = $1`, written so that no index serves it: in a lookup of given ids, SQLite's
+/// planner (with no statistics) would otherwise walk the tenant's index — every bot of the
+/// tenant — instead of looking each id up (measured: 4 ms against 0.1 ms for 32 ids among
+/// 10,000 bots). Postgres plans both forms alike.
+const TENANT_NOT_INDEXED: &str = "tenant_id || '' = $1";
+
 /// A bot's agent's status, as a column of a query on `bots`.
 const AGENT_OF_BOT: &str =
     concat!("(SELECT ", super::agents::agent_status_sql!(), " FROM agents WHERE agents.id = bots.agent_id)");
@@ -196,7 +202,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {BOT_COLUMNS} FROM bots WHERE tenant_id = $1 AND id IN (SELECT value FROM {})",
+            "SELECT {BOT_COLUMNS} FROM bots WHERE {TENANT_NOT_INDEXED} AND id IN (SELECT value FROM {})",
             self.json_array_rows("$2", crate::store::Elements::Text)
         );
         let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
@@ -287,7 +293,7 @@ impl Store {
     /// Which of `ids` are bots of the tenant, with each one's agent's status.
     pub async fn bots_among(&self, tenant_id: Id, ids: &[Id]) -> Result<Vec<(Id, AgentStatus)>> {
         let sql = format!(
-            "SELECT id, {AGENT_OF_BOT} FROM bots WHERE tenant_id = $1 AND id IN (SELECT value FROM {})",
+            "SELECT id, {AGENT_OF_BOT} FROM bots WHERE {TENANT_NOT_INDEXED} AND id IN (SELECT value FROM {})",
             self.json_array_rows("$2", crate::store::Elements::Text)
         );
         let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
