@@ -8,9 +8,9 @@
 //! Used for the queue's single orders (`control::submit`) and for the audit entries of
 //! state-changing requests (`auth::policy::authorize`): the two writes every API call makes.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::store::{Result, StoreError};
 
@@ -24,17 +24,33 @@ pub struct GroupCommit<In, Out> {
     jobs: mpsc::UnboundedSender<Job<In, Out>>,
 }
 
-impl<In: Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
+impl<In: Clone + Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
     /// Starts the committing task (needs a Tokio runtime). `commit` writes a group in one
     /// transaction and answers per input, in order; its outer error (nothing written) goes to
     /// every caller of the group as `Unavailable`. `name` labels the group-size metric.
     pub fn start<F, Fut>(name: &'static str, max_group: usize, commit: F) -> Self
     where
-        F: Fn(Vec<In>) -> Fut + Send + 'static,
+        F: Fn(Vec<In>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
+    {
+        Self::start_parallel(name, max_group, 1, commit)
+    }
+
+    /// As [`GroupCommit::start`], with up to `parallel` groups committing at once (each takes
+    /// what queued while the others commit): for writes whose order across callers does not
+    /// matter, on a database that runs statements side by side (Postgres; SQLite's one writer
+    /// takes them in turn).
+    pub fn start_parallel<F, Fut>(name: &'static str, max_group: usize, parallel: usize, commit: F) -> Self
+    where
+        F: Fn(Vec<In>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
     {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(commit_loop(name, max_group.max(1), commit, queue));
+        let queue = Arc::new(Mutex::new(queue));
+        let commit = Arc::new(commit);
+        for _ in 0..parallel.max(1) {
+            tokio::spawn(commit_loop(name, max_group.max(1), commit.clone(), queue.clone()));
+        }
         Self { jobs }
     }
 
@@ -53,36 +69,150 @@ fn stopped() -> StoreError {
 async fn commit_loop<In, Out, F, Fut>(
     name: &'static str,
     max_group: usize,
-    commit: F,
-    mut queue: mpsc::UnboundedReceiver<Job<In, Out>>,
+    commit: Arc<F>,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Job<In, Out>>>>,
 ) where
+    In: Clone,
     F: Fn(Vec<In>) -> Fut,
     Fut: Future<Output = Result<Vec<Result<Out>>>>,
 {
-    while let Some(first) = queue.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < max_group {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    loop {
+        let jobs = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else { return };
+            let mut jobs = vec![first];
+            while jobs.len() < max_group {
+                match queue.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
-        }
+            jobs
+        };
         metrics::histogram!("botmox_group_commit_size", "group" => name).record(jobs.len() as f64);
         let (inputs, replies): (Vec<In>, Vec<_>) = jobs.into_iter().map(|job| (job.input, job.reply)).unzip();
         let count = replies.len();
+        let copies = (count > 1).then(|| inputs.clone());
         match commit(inputs).await {
-            Ok(answers) => {
-                let mut answers = answers.into_iter();
-                for reply in replies {
-                    let answer = answers.next().unwrap_or_else(|| Err(StoreError::Corrupt(format!("no answer in the {name} group"))));
-                    let _ = reply.send(answer);
+            Ok(answers) => answer(name, replies, answers),
+            // The database refused the statement: one input may be what it refused, so each
+            // goes alone and fails only its own caller. (Not for an unreachable database: that
+            // would only fail each of them again, slowly.)
+            Err(e @ StoreError::Db(sqlx::Error::Database(_))) if count > 1 => {
+                tracing::warn!(error = %e, group = name, writes = count, "a group of writes failed: writing them one by one");
+                for (input, reply) in copies.unwrap_or_default().into_iter().zip(replies) {
+                    match commit(vec![input]).await {
+                        Ok(answers) => answer(name, vec![reply], answers),
+                        Err(e) => {
+                            let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                        }
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, group = name, writes = count, "a group of writes could not be committed");
-                let reason = e.to_string();
+                tracing::warn!(error = %e, group = name, "a write could not be committed");
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Unavailable(reason.clone())));
+                    let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Hands each caller its answer, in order.
+fn answer<Out>(name: &str, replies: Vec<oneshot::Sender<Result<Out>>>, answers: Vec<Result<Out>>) {
+    let mut answers = answers.into_iter();
+    for reply in replies {
+        let answer =
+            answers.next().unwrap_or_else(|| Err(StoreError::Corrupt(format!("no answer in the {name} group"))));
+        let _ = reply.send(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    use super::*;
+
+    /// What a database says when it refuses a statement (a constraint, a bad value).
+    #[derive(Debug)]
+    struct Refused;
+
+    impl std::fmt::Display for Refused {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("invalid input")
+        }
+    }
+
+    impl std::error::Error for Refused {}
+
+    impl sqlx::error::DatabaseError for Refused {
+        fn message(&self) -> &str {
+            "invalid input"
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// A "database" that refuses any statement holding a negative number, and counts statements.
+    fn doubling(statements: Arc<AtomicUsize>) -> GroupCommit<i32, i32> {
+        GroupCommit::start("test", 64, move |inputs: Vec<i32>| {
+            let statements = statements.clone();
+            async move {
+                statements.fetch_add(1, Ordering::SeqCst);
+                if inputs.iter().any(|n| *n < 0) {
+                    return Err(StoreError::Db(sqlx::Error::Database(Box::new(Refused))));
+                }
+                Ok(inputs.into_iter().map(|n| Ok(n * 2)).collect())
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_statements_and_each_gets_its_answer() {
+        let statements = Arc::new(AtomicUsize::new(0));
+        let group = Arc::new(doubling(statements.clone()));
+        let answers = futures::future::join_all((0..200).map(|n| {
+            let group = group.clone();
+            async move { group.submit(n).await }
+        }))
+        .await;
+        for (n, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.ok(), Some(n as i32 * 2));
+        }
+        let used = statements.load(Ordering::SeqCst);
+        assert!(used < 200, "200 concurrent writes took {used} statements");
+    }
+
+    #[tokio::test]
+    async fn an_input_the_database_refuses_fails_only_its_own_caller() {
+        let group = Arc::new(doubling(Arc::new(AtomicUsize::new(0))));
+        let inputs = [1, 2, -3, 4, 5];
+        let answers = futures::future::join_all(inputs.map(|n| {
+            let group = group.clone();
+            async move { group.submit(n).await }
+        }))
+        .await;
+        for (n, answer) in inputs.into_iter().zip(answers) {
+            match answer {
+                Ok(doubled) => assert_eq!(doubled, n * 2),
+                Err(e) => {
+                    assert!(n < 0, "{n} failed: {e}");
+                    assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
                 }
             }
         }

@@ -7,8 +7,8 @@ use botmox_contract::Id;
 use crate::{
     auth::{rate_limit::RateLimits, session::SessionKeys},
     clock::Clock,
-    group::GroupCommit,
     events::EventBus,
+    group::GroupCommit,
     link::{
         cluster::{Cluster, Message},
         hub::{Control, Hub},
@@ -16,8 +16,10 @@ use crate::{
         presence::Presence,
     },
     secrets::vault::MasterKey,
-    store::{NewAuditEntry, Order, Placed, Store},
+    store::{CommandOutcome, NewAuditEntry, Order, Placed, Store},
 };
+
+use botmox_contract::commands::Command;
 
 /// Events kept for `Last-Event-ID` resumption.
 pub const EVENT_BACKLOG: usize = 10_000;
@@ -43,6 +45,10 @@ pub struct AppState {
     pub cluster: Arc<Cluster>,
     /// Single control orders, committed in groups (see `group`).
     pub orders: Arc<GroupCommit<Order, Placed>>,
+    /// Agents' acks (`agent, commands`), applied in groups across connections.
+    pub acks: Arc<GroupCommit<(Id, Vec<Id>), Vec<crate::store::Result<Command>>>>,
+    /// Agents' results (`agent, [(command, outcome)]`), applied in groups across connections.
+    pub results: Arc<GroupCommit<(Id, Vec<(Id, CommandOutcome)>), Vec<crate::store::Result<Command>>>>,
     /// The audit entries of requests, committed in groups (each with its time).
     pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
@@ -71,6 +77,8 @@ impl AppState {
             cluster,
             orders: Arc::new(order_group(store.clone(), clock.clone(), times)),
             audit_log: Arc::new(audit_group(store.clone())),
+            acks: Arc::new(ack_group(store.clone(), clock.clone())),
+            results: Arc::new(result_group(store.clone(), clock.clone())),
             store,
             clock,
             sessions: Arc::new(sessions),
@@ -105,6 +113,53 @@ fn audit_group(store: Store) -> GroupCommit<(NewAuditEntry, botmox_contract::Tim
         let store = store.clone();
         async move { Ok(store.append_audits(entries).await?.into_iter().map(Ok).collect()) }
     })
+}
+
+/// Connections' frame batches applied together at most (each holds up to a read batch).
+const MAX_FRAME_GROUP: usize = 64;
+/// Groups of frames applied side by side (their order across agents does not matter; each
+/// connection waits for its own before it sends more).
+const FRAME_GROUPS_AT_ONCE: usize = 4;
+
+type Answers = Vec<crate::store::Result<Command>>;
+
+/// The acks of every connection that arrived while the previous statement ran: one statement.
+fn ack_group(store: Store, clock: Clock) -> GroupCommit<(Id, Vec<Id>), Answers> {
+    GroupCommit::start_parallel("acks", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Vec<(Id, Vec<Id>)>| {
+        let (store, now) = (store.clone(), clock.now());
+        async move {
+            let acks: Vec<(Id, Id)> =
+                inputs.iter().flat_map(|(agent, ids)| ids.iter().map(move |id| (*agent, *id))).collect();
+            let answers = store.ack_agents_commands(&acks, now).await?;
+            Ok(split(answers, inputs.iter().map(|(_, ids)| ids.len())))
+        }
+    })
+}
+
+/// The results of every connection that arrived while the previous statement ran.
+fn result_group(store: Store, clock: Clock) -> GroupCommit<(Id, Vec<(Id, CommandOutcome)>), Answers> {
+    GroupCommit::start_parallel(
+        "results",
+        MAX_FRAME_GROUP,
+        FRAME_GROUPS_AT_ONCE,
+        move |inputs: Vec<(Id, Vec<(Id, CommandOutcome)>)>| {
+            let (store, now) = (store.clone(), clock.now());
+            async move {
+                let outcomes: Vec<(Id, Id, CommandOutcome)> = inputs
+                    .iter()
+                    .flat_map(|(agent, outcomes)| outcomes.iter().map(move |(id, o)| (*agent, *id, o.clone())))
+                    .collect();
+                let answers = store.complete_agents_commands(&outcomes, now).await?;
+                Ok(split(answers, inputs.iter().map(|(_, outcomes)| outcomes.len())))
+            }
+        },
+    )
+}
+
+/// Flat answers back to their inputs, by the inputs' sizes.
+fn split<T>(answers: Vec<T>, sizes: impl Iterator<Item = usize>) -> Vec<crate::store::Result<Vec<T>>> {
+    let mut answers = answers.into_iter();
+    sizes.map(|n| Ok(answers.by_ref().take(n).collect())).collect()
 }
 
 /// Telling whoever must know — here and, through `link::cluster`, on the other replicas.

@@ -36,8 +36,11 @@ impl Claimed {
     /// Publishes the `dispatched` events — after the envelopes are on their way, so announcing
     /// (a `NOTIFY` round trip on Postgres) never delays delivery.
     pub async fn announce(self, state: &AppState) {
-        let events =
-            self.dispatched.iter().map(|command| (self.tenant_id, EventPayload::CommandStatus(command.into()))).collect();
+        let events = self
+            .dispatched
+            .iter()
+            .map(|command| (self.tenant_id, EventPayload::CommandStatus(command.into())))
+            .collect();
         state.publish_many(events).await;
     }
 }

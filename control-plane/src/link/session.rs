@@ -24,6 +24,13 @@ pub struct FrameError {
     pub detail: String,
 }
 
+/// The one answer of a group submission of one frame.
+fn one(
+    answers: crate::store::Result<Vec<crate::store::Result<botmox_contract::commands::Command>>>,
+) -> crate::store::Result<botmox_contract::commands::Command> {
+    answers?.pop().unwrap_or_else(|| Err(StoreError::Corrupt("no answer for a frame".into())))
+}
+
 /// The code of a refusal that says "not now": the frame was fine, the store could not take it.
 pub const UNAVAILABLE: &str = "unavailable";
 
@@ -134,7 +141,7 @@ impl AgentSession {
                 state.presence.beat(self.agent_id, metrics, now)
             }
             AgentFrame::Ack { command_id } => {
-                let command = state.store.ack_command(self.agent_id, command_id, now).await?;
+                let command = one(state.acks.submit((self.agent_id, vec![command_id])).await)?;
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
             }
             AgentFrame::Result(WireOutcome { command_id, ok, result, error, superseded }) => {
@@ -144,7 +151,7 @@ impl AgentSession {
                     state.store.supersede_command(self.agent_id, command_id, &reason, now).await?
                 } else {
                     let outcome = CommandOutcome { ok, result, error };
-                    state.store.complete_command(self.agent_id, command_id, outcome, now).await?
+                    one(state.results.submit((self.agent_id, vec![(command_id, outcome)])).await)?
                 };
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
             }
@@ -202,7 +209,7 @@ impl AgentSession {
         let state = self.state.clone();
         if !acks.is_empty() {
             let ids: Vec<Id> = acks.iter().map(|(_, id)| *id).collect();
-            let applied = state.store.ack_commands(self.agent_id, &ids, state.clock.now()).await;
+            let applied = state.acks.submit((self.agent_id, ids)).await;
             self.answer_batch(&mut answers, acks.iter().map(|(i, _)| *i), applied).await;
         }
         for (index, frame) in others {
@@ -219,7 +226,7 @@ impl AgentSession {
                     (o.command_id, CommandOutcome { ok: o.ok, result: o.result.clone(), error })
                 })
                 .collect();
-            let applied = state.store.complete_commands(self.agent_id, &outcomes, state.clock.now()).await;
+            let applied = state.results.submit((self.agent_id, outcomes)).await;
             self.answer_batch(&mut answers, results.iter().map(|(i, _)| *i), applied).await;
         }
         answers.into_iter().map(|a| a.unwrap_or(Ok(()))).collect()

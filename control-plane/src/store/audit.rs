@@ -6,7 +6,7 @@ use botmox_contract::{
     Id, Timestamp,
 };
 
-use super::{from_ms, new_id, Elements, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store, StoreError};
+use super::{from_ms, new_id, parse_id, parse_json, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct NewAuditEntry {
@@ -112,9 +112,7 @@ impl Store {
              FROM {}",
             self.json_array_rows("$1", Elements::Json)
         );
-        with_pool!(self, write, |pool| {
-            sqlx::query(&sql).bind(to_json(&rows)).execute(pool).await?.rows_affected()
-        });
+        with_pool!(self, write, |pool| { sqlx::query(&sql).bind(to_json(&rows)).execute(pool).await?.rows_affected() });
         Ok(ids)
     }
 

@@ -15,6 +15,7 @@ conformance!(
     enqueue_commands_answers_each_like_enqueue_command,
     ack_commands_answers_each_like_ack_command,
     complete_commands_answers_each_like_complete_command,
+    acks_and_results_of_many_agents_move_only_each_agents_own_commands,
 );
 
 async fn enqueue_commands_answers_each_like_enqueue_command(t: Ctx) -> anyhow::Result<()> {
@@ -179,5 +180,38 @@ async fn complete_commands_answers_each_like_complete_command(t: Ctx) -> anyhow:
     assert_eq!(t.store.get_command(t.tenant, done.id).await?, done);
     assert_eq!(t.store.get_command(t.tenant, queued.id).await?, queued);
     assert_eq!(t.store.get_command(t.tenant, foreign.id).await?.status, CommandStatus::Queued);
+    Ok(())
+}
+
+/// What the server's grouped statements do with the frames of many connections at once.
+async fn acks_and_results_of_many_agents_move_only_each_agents_own_commands(t: Ctx) -> anyhow::Result<()> {
+    let (a, b) = (t.agent("host-a").await?, t.agent("host-b").await?);
+    let of_a = t.enqueue(a.id).await?;
+    let of_b = t.enqueue(b.id).await?;
+    t.store.claim_commands(a.id, 1, t.at(1.0)).await?;
+    t.store.claim_commands(b.id, 1, t.at(1.0)).await?;
+
+    // b claims a's command first, then each acks its own.
+    let acks = [(b.id, of_a.id), (a.id, of_a.id), (b.id, of_b.id)];
+    let answers = t.store.ack_agents_commands(&acks, t.at(2.0)).await?;
+    assert_eq!(answers.len(), 3);
+    let mut answers = answers.into_iter();
+    assert_err!(answers.next().expect("an answer"), StoreError::NotFound(_));
+    let a_running = answers.next().expect("an answer")?;
+    assert_eq!((a_running.id, a_running.agent_id, a_running.status), (of_a.id, a.id, CommandStatus::Running));
+    assert_eq!(answers.next().expect("an answer")?.status, CommandStatus::Running);
+
+    let outcomes = [(b.id, of_a.id, outcome(false)), (a.id, of_a.id, outcome(true)), (b.id, of_b.id, outcome(false))];
+    let answers = t.store.complete_agents_commands(&outcomes, t.at(3.0)).await?;
+    let mut answers = answers.into_iter();
+    assert_err!(answers.next().expect("an answer"), StoreError::NotFound(_));
+    assert_eq!(answers.next().expect("an answer")?.status, CommandStatus::Succeeded);
+    assert_eq!(answers.next().expect("an answer")?.status, CommandStatus::Failed);
+    assert_eq!(
+        t.store.get_command(t.tenant, of_a.id).await?.status,
+        CommandStatus::Succeeded,
+        "b's answer changed nothing"
+    );
+    assert_eq!(t.store.get_command(t.tenant, of_b.id).await?.status, CommandStatus::Failed);
     Ok(())
 }

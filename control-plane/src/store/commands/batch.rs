@@ -94,22 +94,33 @@ impl Store {
     /// [`Store::ack_command`] for several commands of one agent, in one statement. The answers
     /// come in the order of `command_ids`; the outer error is the database's.
     pub async fn ack_commands(&self, agent_id: Id, command_ids: &[Id], now: Timestamp) -> Result<Vec<Result<Command>>> {
-        if command_ids.is_empty() {
+        let acks: Vec<(Id, Id)> = command_ids.iter().map(|id| (agent_id, *id)).collect();
+        self.ack_agents_commands(&acks, now).await
+    }
+
+    /// Acks of several agents (`(agent, command)`), in one statement: what the connections'
+    /// frames that arrived together come to. Each command moves only if it is its agent's.
+    pub async fn ack_agents_commands(&self, acks: &[(Id, Id)], now: Timestamp) -> Result<Vec<Result<Command>>> {
+        if acks.is_empty() {
             return Ok(Vec::new());
         }
-        let ids = to_json(&command_ids.iter().map(Id::to_string).collect::<Vec<_>>());
+        let values: Vec<_> = acks
+            .iter()
+            .map(|(agent, id)| serde_json::json!({ "agent": agent.to_string(), "id": id.to_string() }))
+            .collect();
         let sql = format!(
             "UPDATE commands SET status = 'running', acked_at = $1, lease_expires_at = $1 + run_timeout_ms, \
-             updated_at = $1 WHERE agent_id = $2 AND status = 'dispatched' \
-             AND id IN (SELECT value FROM {}) RETURNING {COMMAND_COLUMNS}",
-            self.json_array_rows("$3", Elements::Text)
+             updated_at = $1 \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'agent' AS v_agent FROM {}) AS v \
+             WHERE id = v_id AND agent_id = v_agent AND status = 'dispatched' RETURNING {COMMAND_COLUMNS}",
+            self.json_array_rows("$2", Elements::Json)
         );
         // Relaxed durability, as for one ack (see `Store::ack_command`).
         let rows: Vec<CommandRow> = with_pool!(self, relaxed, |pool| {
-            sqlx::query_as(&sql).bind(to_ms(now)).bind(agent_id.to_string()).bind(&ids).fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(to_ms(now)).bind(to_json(&values)).fetch_all(pool).await?
         });
-        let requests = command_ids.iter().map(|id| (*id, CommandStatus::Running));
-        self.answer_each(agent_id, requests, rows).await
+        let requests = acks.iter().map(|(agent, id)| (*agent, *id, CommandStatus::Running));
+        self.answer_each(requests, rows).await
     }
 
     /// [`Store::complete_command`] for several commands of one agent, in one statement.
@@ -120,6 +131,18 @@ impl Store {
         outcomes: &[(Id, CommandOutcome)],
         now: Timestamp,
     ) -> Result<Vec<Result<Command>>> {
+        let outcomes: Vec<(Id, Id, CommandOutcome)> =
+            outcomes.iter().map(|(id, outcome)| (agent_id, *id, outcome.clone())).collect();
+        self.complete_agents_commands(&outcomes, now).await
+    }
+
+    /// Results of several agents (`(agent, command, outcome)`), in one statement; each command
+    /// moves only if it is its agent's. The answers come in the order of `outcomes`.
+    pub async fn complete_agents_commands(
+        &self,
+        outcomes: &[(Id, Id, CommandOutcome)],
+        now: Timestamp,
+    ) -> Result<Vec<Result<Command>>> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
@@ -128,9 +151,10 @@ impl Store {
         let mut seen = HashSet::new();
         let values: Vec<_> = outcomes
             .iter()
-            .filter(|(id, _)| seen.insert(*id))
-            .map(|(id, outcome)| {
+            .filter(|(agent, id, _)| seen.insert((*agent, *id)))
+            .map(|(agent, id, outcome)| {
                 serde_json::json!({
+                    "agent": agent.to_string(),
                     "id": id.to_string(),
                     "status": status_of(outcome).as_str(),
                     // Stored as JSON text, like the single-command path.
@@ -142,37 +166,33 @@ impl Store {
         let sql = format!(
             "UPDATE commands SET status = v_status, result = v_result, error = v_error, finished_at = $1, \
              lease_expires_at = NULL, updated_at = $1 \
-             FROM (SELECT value ->> 'id' AS v_id, value ->> 'status' AS v_status, value ->> 'result' AS v_result, \
-                          value ->> 'error' AS v_error FROM {}) AS v \
-             WHERE id = v_id AND agent_id = $2 AND status IN ('dispatched', 'running') \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'agent' AS v_agent, value ->> 'status' AS v_status, \
+                          value ->> 'result' AS v_result, value ->> 'error' AS v_error FROM {}) AS v \
+             WHERE id = v_id AND agent_id = v_agent AND status IN ('dispatched', 'running') \
              RETURNING {COMMAND_COLUMNS}",
-            self.json_array_rows("$3", Elements::Json)
+            self.json_array_rows("$2", Elements::Json)
         );
         let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql)
-                .bind(to_ms(now))
-                .bind(agent_id.to_string())
-                .bind(to_json(&values))
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(&sql).bind(to_ms(now)).bind(to_json(&values)).fetch_all(pool).await?
         });
-        let requests = outcomes.iter().map(|(id, outcome)| (*id, status_of(outcome)));
-        self.answer_each(agent_id, requests, rows).await
+        let requests = outcomes.iter().map(|(agent, id, outcome)| (*agent, *id, status_of(outcome)));
+        self.answer_each(requests, rows).await
     }
 
     /// One answer per request, in order: the row the statement moved (once per command, even
     /// if it was asked for twice), or else what the single-command path says about it now.
     async fn answer_each(
         &self,
-        agent_id: Id,
-        requests: impl Iterator<Item = (Id, CommandStatus)>,
+        requests: impl Iterator<Item = (Id, Id, CommandStatus)>,
         moved: Vec<CommandRow>,
     ) -> Result<Vec<Result<Command>>> {
-        let mut moved: HashMap<Id, Command> =
-            moved.into_iter().map(|row| Command::try_from(row).map(|c| (c.id, c))).collect::<Result<_>>()?;
+        let mut moved: HashMap<(Id, Id), Command> = moved
+            .into_iter()
+            .map(|row| Command::try_from(row).map(|c| ((c.agent_id, c.id), c)))
+            .collect::<Result<_>>()?;
         let mut answers = Vec::new();
-        for (id, to) in requests {
-            let answer = match moved.remove(&id) {
+        for (agent_id, id, to) in requests {
+            let answer = match moved.remove(&(agent_id, id)) {
                 Some(command) => Ok(command),
                 None => refused(id, self.agent_command_row(agent_id, id).await?, to, true),
             };
