@@ -448,6 +448,8 @@ fn started_twice(dirs: &[&Path]) -> anyhow::Result<Vec<String>> {
 
 /// Bots whose server view and host reality disagree with their desired state (empty once
 /// converged), plus the number of commands not yet terminal.
+/// Bots whose observed state is not their desired one (each described), and the commands
+/// not yet terminal (also described in `wrong`, so a failure says which and where).
 async fn divergence(api: &Api, bots: &[Uuid]) -> anyhow::Result<(Vec<String>, u64)> {
     let leaders = tokio::task::spawn_blocking(all_bot_leaders).await?;
     let mut wrong = Vec::new();
@@ -470,7 +472,14 @@ async fn divergence(api: &Api, bots: &[Uuid]) -> anyhow::Result<(Vec<String>, u6
     let mut pending = 0;
     for status in ["queued", "dispatched", "running"] {
         let page = api.get(&format!("/api/v1/commands?status={status}&limit=500")).await?;
-        pending += page["items"].as_array().map_or(0, Vec::len) as u64;
+        for command in page["items"].as_array().into_iter().flatten() {
+            pending += 1;
+            wrong.push(format!(
+                "command {} {} for bot {}: {status}, attempt {}, created {}, dispatched {}, acked {}",
+                command["id"], command["kind"], command["bot_id"], command["attempt"], command["created_at"],
+                command["dispatched_at"], command["acked_at"]
+            ));
+        }
     }
     Ok((wrong, pending))
 }
