@@ -93,6 +93,8 @@ pub struct Actor {
     logs: Arc<LogSink>,
     /// Report the state once more after the start-up (see [`Actor::reaffirm_after_startup`]).
     reaffirm: bool,
+    /// The time of this bot's last report: the next one is later (see [`Actor::report_with`]).
+    last_at: Option<DateTime<Utc>>,
 }
 
 impl Actor {
@@ -114,6 +116,7 @@ impl Actor {
             shared,
             logs,
             reaffirm: false,
+            last_at: None,
         }
     }
 
@@ -122,8 +125,10 @@ impl Actor {
     /// recovered in and the start-up reports nothing new (an agent killed after writing a
     /// transition down but before the state file), the server would be left on it: so, once
     /// started up, the bot reports its state once more, and the last word is the truth.
-    pub fn reaffirm_after_startup(&mut self) {
+    /// `newest` is the time of the newest of them: whatever this run reports is later.
+    pub fn reaffirm_after_startup(&mut self, newest: DateTime<Utc>) {
         self.reaffirm = true;
+        self.last_at = Some(newest);
     }
 
     /// Takes over a process a previous agent left running (already checked to be ours).
@@ -430,6 +435,15 @@ impl Actor {
     /// Queues the transition as a `bot_state` frame and records it everywhere.
     fn report_with(&mut self, transition: Transition, process: Option<(u32, DateTime<Utc>)>) {
         let exit = transition.exit.or(self.last_exit);
+        // The server orders a bot's reports by `at` and takes one not later than the newest it
+        // applied for a repeat: each report is strictly later than the one before, even when
+        // two come from one decision (`crashed`, `backoff`) or the clock is coarse.
+        let now = Utc::now();
+        let at = match self.last_at {
+            Some(last) if now <= last => last + chrono::Duration::microseconds(1),
+            _ => now,
+        };
+        self.last_at = Some(at);
         let report = BotStateReport {
             bot_id: self.id,
             state: transition.state,
@@ -439,7 +453,7 @@ impl Actor {
             exit_signal: transition.exit.and_then(Exit::signal),
             restart_count: transition.restart_count,
             error: transition.error.clone(),
-            at: Utc::now(),
+            at,
         };
         tracing::debug!(bot_id = %self.id, state = transition.state.as_str(), "bot state");
         // On disk first: a transition queued but lost with the agent would never reach the server.

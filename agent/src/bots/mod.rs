@@ -11,7 +11,7 @@ pub mod logs;
 pub mod orphans;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -80,11 +80,15 @@ impl Bots {
     pub fn recover(shared: Arc<Shared>) -> Arc<Self> {
         let bots = Arc::new(Self { shared: shared.clone(), inboxes: Mutex::default() });
         // Nothing has reported yet: what is owed is what the previous run left.
-        let owed: HashSet<Uuid> = shared.transitions.pending().iter().map(|report| report.bot_id).collect();
+        let mut owed: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        for report in shared.transitions.pending() {
+            let newest = owed.entry(report.bot_id).or_insert(report.at);
+            *newest = (*newest).max(report.at);
+        }
         for (id, record) in shared.state.snapshot().bots {
             let (mut actor, startup) = bots.recover_one(&record);
-            if owed.contains(&id) {
-                actor.reaffirm_after_startup();
+            if let Some(&newest) = owed.get(&id) {
+                actor.reaffirm_after_startup(newest);
             }
             let (tx, rx) = mpsc::unbounded_channel();
             bots.inboxes().insert(id, tx);
@@ -277,7 +281,9 @@ mod tests {
 
     /// The previous run wrote `backoff` down and died before its state file said so: the bot is
     /// recovered `crashed`, and says so after the replayed `backoff`, so the server does not
-    /// stay on it. A bot with nothing owed reports nothing.
+    /// stay on it — at a later time than the replayed one even if the clock stepped back (the
+    /// server takes a report not later than the newest applied for a repeat). A bot with
+    /// nothing owed reports nothing.
     #[tokio::test]
     async fn a_bot_with_owed_transitions_reports_its_state_after_them() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -296,7 +302,8 @@ mod tests {
             exit_signal: None,
             restart_count: 1,
             error: None,
-            at: Utc::now(),
+            // Written down an hour "later" than now: this run's clock is behind the last one's.
+            at: Utc::now() + chrono::Duration::hours(1),
         };
         transitions.record(&backoff);
         let outbox = Arc::new(Outbox::new(Limits::default()));
@@ -308,15 +315,17 @@ mod tests {
                 bots.request(id, None, Request::Sync { spec: Box::new(spec(id)) }, None).map_err(anyhow::Error::msg)?;
             tokio::time::timeout(Duration::from_secs(10), answer).await??.map_err(anyhow::Error::msg)?;
         }
-        let reported: Vec<(Uuid, BotState)> = outbox
+        let reported: Vec<BotStateReport> = outbox
             .take(100, 100, 1 << 20)
             .into_iter()
             .filter_map(|frame| match frame {
-                AgentFrame::BotState(report) => Some((report.bot_id, report.state)),
+                AgentFrame::BotState(report) => Some(report),
                 _ => None,
             })
             .collect();
-        assert_eq!(reported, [(owing, BotState::Crashed)]);
+        let states: Vec<(Uuid, BotState)> = reported.iter().map(|r| (r.bot_id, r.state)).collect();
+        assert_eq!(states, [(owing, BotState::Crashed)]);
+        assert!(reported[0].at > backoff.at, "later than the replayed transition: {reported:?}");
         let owed: Vec<BotState> = transitions.pending().iter().map(|r| r.state).collect();
         assert_eq!(owed, [BotState::Backoff, BotState::Crashed], "written down like any transition");
         Ok(())
