@@ -64,8 +64,11 @@ pub enum Startup {
     },
     /// The bot should run but its process is gone: it died while the agent was away.
     DiedWhileAway,
-    /// The bot was between runs (backoff, starting) when the agent went away.
+    /// The bot was starting (or running, its process not recorded) when the agent went away.
     Resume,
+    /// The bot had exited (`crashed`, `exited`) or waited in `backoff` when the agent went
+    /// away, and should run: its restart policy takes up where it was (backoff, then start).
+    ResumePolicy,
     /// A stop (or the stop half of a restart) was under way when the agent went away, or a
     /// process runs that the bot's intent says must not: finish stopping it (the process, if
     /// adopted, is signalled again), then the desired state decides.
@@ -202,6 +205,7 @@ impl Actor {
             Startup::Resume => {
                 let _ = self.start_fresh().await;
             }
+            Startup::ResumePolicy => self.resume_policy(),
             Startup::FinishStop => {
                 self.logs.note("a stop was under way when the agent went away: finishing it");
                 if self.running.is_some() {
@@ -214,6 +218,28 @@ impl Actor {
                     let _ = self.start_fresh().await;
                 }
             }
+        }
+    }
+
+    /// Takes the restart policy up where the previous run left it (`Startup::ResumePolicy`).
+    /// Secret values lived in that run's memory only: a bot that needs them cannot be started
+    /// by the agent alone, so it waits `crashed` for a start from the server (which sends them).
+    fn resume_policy(&mut self) {
+        if let Err(missing @ SpawnError::MissingSecret(_)) = runner::environment(&self.spec.exec, &self.secrets) {
+            if self.sup.state() != BotState::Crashed {
+                let transition = self.sup.blocked(missing.to_string());
+                self.report(transition);
+            }
+            return;
+        }
+        if let Some(transition) = self.sup.resume_policy(Instant::now()) {
+            self.logs.note(
+                "the agent restarted between an exit of this bot and its restart: restarting it as its policy says",
+            );
+            self.report(transition);
+        } else if self.sup.state() == BotState::Backoff {
+            self.logs
+                .note("the agent restarted while this bot waited to be restarted: restarting it after its backoff");
         }
     }
 
