@@ -238,27 +238,33 @@ impl AgentSession {
         reports: Vec<(usize, botmox_contract::protocol::BotStateReport)>,
     ) {
         let state = self.state.clone();
-        let sent: Vec<botmox_contract::protocol::BotStateReport> = reports.iter().map(|(_, r)| r.clone()).collect();
-        let applied = match state.store.report_bot_states(self.agent_id, &sent).await {
+        let (indexes, reports): (Vec<usize>, Vec<botmox_contract::protocol::BotStateReport>) =
+            reports.into_iter().unzip();
+        let applied = match state.store.report_bot_states(self.agent_id, &reports).await {
             Ok(applied) => applied,
             Err(e) => {
                 let refusal = FrameError::from(e);
-                for (index, _) in &reports {
-                    answers[*index] = Some(Err(refusal.clone()));
+                for index in indexes {
+                    answers[index] = Some(Err(refusal.clone()));
                 }
                 return;
             }
         };
         // Per bot, the index of its newest news in the batch.
-        let last: std::collections::HashMap<Id, usize> =
-            reports.iter().zip(&applied.news).filter(|(_, news)| **news).map(|((i, r), _)| (r.bot_id, *i)).collect();
+        let last: std::collections::HashMap<Id, usize> = indexes
+            .iter()
+            .zip(&reports)
+            .zip(&applied.news)
+            .filter(|(_, news)| **news)
+            .map(|((i, r), _)| (r.bot_id, *i))
+            .collect();
         let mut current: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
             applied.before.into_iter().map(|b| (b.bot.id, b.bot)).collect();
         let after: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
             applied.after.into_iter().map(|b| (b.id, b)).collect();
         let mut events = Vec::with_capacity(reports.len());
         let mut transitions = Vec::new();
-        for ((index, report), news) in reports.iter().zip(applied.news) {
+        for ((index, report), news) in indexes.iter().zip(&reports).zip(applied.news) {
             let Some(bot) = current.get_mut(&report.bot_id) else {
                 answers[*index] = Some(Err(FrameError::new("not_found", "bot not found (or not yours)")));
                 continue;
