@@ -14,7 +14,9 @@
 //!
 //! Backoff starts at `backoff_initial_ms`, doubles up to `backoff_max_ms`, and is reset once
 //! the bot has run `stable_after_seconds`. A bot is `failed` when it would need more than
-//! `max_restarts` restarts within `window_seconds` (supervisord's FATAL).
+//! `max_restarts` restarts within `window_seconds` (supervisord's FATAL). After an agent
+//! restart, [`Supervisor::resume`] takes the bot up in the state it was left in; one left between
+//! an exit and its restart gets the policy's decision again from [`Supervisor::resume_policy`].
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -190,31 +192,62 @@ impl Supervisor {
             self.last_error = Some(format!("the process ended: {exit}"));
             self.enter(BotState::Crashed, Some(exit))
         };
-        let restart = match self.spec.policy {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !exit.success(),
-            RestartPolicy::Never => false,
-        };
-        if !restart {
+        if !self.restarts_after(exit.success()) {
             return vec![first];
         }
+        vec![first, self.restart_or_give_up(Some(exit), now)]
+    }
+
+    /// A bot recovered after an agent restart between an exit and its restart: `crashed` or
+    /// `exited` (the exit written down, the policy's decision not), or `backoff` (the restart
+    /// decided, its time lost with the previous run). The policy decides again, now: `backoff`
+    /// (to be reported; its deadline then starts the bot) or `failed` when the restart budget
+    /// is spent. `None` when nothing is to report: already `backoff` (only its deadline is
+    /// set again, the restart count stands), or a policy that restarts nothing after this exit
+    /// (the bot stays as it is).
+    pub fn resume_policy(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            BotState::Backoff => {
+                self.restart_at = Some(now + self.backoff);
+                None
+            }
+            BotState::Crashed if self.restarts_after(false) => Some(self.restart_or_give_up(None, now)),
+            BotState::Exited if self.restarts_after(true) => Some(self.restart_or_give_up(None, now)),
+            _ => None,
+        }
+    }
+
+    /// Whether the policy restarts the bot after an exit, successful or not.
+    fn restarts_after(&self, success: bool) -> bool {
+        match self.spec.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !success,
+            RestartPolicy::Never => false,
+        }
+    }
+
+    /// After an exit the policy restarts: `backoff` with the next delay, or `failed` when
+    /// `max_restarts` were spent within the window.
+    fn restart_or_give_up(&mut self, exit: Option<Exit>, now: Instant) -> Transition {
         let window = Duration::from_secs(self.spec.window_seconds);
         while self.recent.front().is_some_and(|&at| now.saturating_duration_since(at) >= window) {
             self.recent.pop_front();
         }
         if self.recent.len() >= self.spec.max_restarts as usize {
             let reason = format!(
-                "crash loop: gave up after {} restarts within {} s (last: {exit})",
-                self.spec.max_restarts, self.spec.window_seconds
+                "crash loop: gave up after {} restarts within {} s (last: {})",
+                self.spec.max_restarts,
+                self.spec.window_seconds,
+                exit.unwrap_or(Exit::Unknown)
             );
             self.last_error = Some(reason);
-            return vec![first, self.enter(BotState::Failed, Some(exit))];
+            return self.enter(BotState::Failed, exit);
         }
         self.recent.push_back(now);
         self.restart_count += 1;
         self.restart_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(Duration::from_millis(self.spec.backoff_max_ms.max(1)));
-        vec![first, self.enter(BotState::Backoff, Some(exit))]
+        self.enter(BotState::Backoff, exit)
     }
 
     /// Time passed: a stable run resets the backoff; an elapsed backoff means `starting`
@@ -419,5 +452,41 @@ mod tests {
         let crashed = sup.exited(Exit::Unknown, Instant::now());
         assert_eq!(states(&crashed), [BotState::Crashed, BotState::Backoff]);
         assert_eq!(crashed[0].error.as_deref(), Some("the process ended: exit status unknown"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bot_recovered_between_an_exit_and_its_restart_resumes_the_policy() {
+        // Crashed, the restart not yet decided: backoff (one more restart), then starting.
+        let mut sup = Supervisor::resume(spec(RestartPolicy::OnFailure, 5), BotState::Crashed, 1, Instant::now());
+        let backoff = sup.resume_policy(Instant::now()).expect("on-failure restarts a crash");
+        assert_eq!((backoff.state, backoff.restart_count, backoff.exit), (BotState::Backoff, 2, None));
+        assert_eq!(sup.deadline(), Some(Instant::now() + Duration::from_secs(1)));
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(sup.tick(Instant::now()).map(|t| (t.state, t.restart_count)), Some((BotState::Starting, 2)));
+
+        // Already in backoff: the same restart, its time set again; the count stands.
+        let mut sup = Supervisor::resume(spec(RestartPolicy::OnFailure, 5), BotState::Backoff, 3, Instant::now());
+        assert_eq!(sup.resume_policy(Instant::now()), None, "nothing new to report");
+        advance(Duration::from_secs(1)).await;
+        assert_eq!(sup.tick(Instant::now()).map(|t| (t.state, t.restart_count)), Some((BotState::Starting, 3)));
+
+        // A clean exit restarts under `always` only; `never` restarts nothing.
+        let mut exited = Supervisor::resume(spec(RestartPolicy::Always, 5), BotState::Exited, 0, Instant::now());
+        assert_eq!(exited.resume_policy(Instant::now()).map(|t| t.state), Some(BotState::Backoff));
+        for (policy, state) in [(RestartPolicy::OnFailure, BotState::Exited), (RestartPolicy::Never, BotState::Crashed)]
+        {
+            let mut sup = Supervisor::resume(spec(policy, 5), state, 0, Instant::now());
+            assert_eq!(sup.resume_policy(Instant::now()), None, "{policy:?} after {state:?}");
+            assert_eq!((sup.state(), sup.deadline()), (state, None));
+        }
+        // Other states are not this function's business.
+        let mut failed = Supervisor::resume(spec(RestartPolicy::Always, 5), BotState::Failed, 5, Instant::now());
+        assert_eq!((failed.resume_policy(Instant::now()), failed.deadline()), (None, None));
+
+        // No restart budget at all: failed, not a restart.
+        let mut spent = Supervisor::resume(spec(RestartPolicy::Always, 0), BotState::Crashed, 4, Instant::now());
+        let given_up = spent.resume_policy(Instant::now()).expect("a decision");
+        assert_eq!(given_up.state, BotState::Failed);
+        assert!(given_up.error.as_deref().is_some_and(|e| e.contains("exit status unknown")), "{given_up:?}");
     }
 }

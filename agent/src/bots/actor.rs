@@ -64,8 +64,11 @@ pub enum Startup {
     },
     /// The bot should run but its process is gone: it died while the agent was away.
     DiedWhileAway,
-    /// The bot was between runs (backoff, starting) when the agent went away.
+    /// The bot was starting (or running, its process not recorded) when the agent went away.
     Resume,
+    /// The bot had exited (`crashed`, `exited`) or waited in `backoff` when the agent went
+    /// away, and should run: its restart policy takes up where it was (backoff, then start).
+    ResumePolicy,
     /// A stop (or the stop half of a restart) was under way when the agent went away, or a
     /// process runs that the bot's intent says must not: finish stopping it (the process, if
     /// adopted, is signalled again), then the desired state decides.
@@ -93,6 +96,8 @@ pub struct Actor {
     logs: Arc<LogSink>,
     /// Report the state once more after the start-up (see [`Actor::reaffirm_after_startup`]).
     reaffirm: bool,
+    /// The time of this bot's last report: the next one is later (see [`Actor::report_with`]).
+    last_at: Option<DateTime<Utc>>,
 }
 
 impl Actor {
@@ -114,6 +119,7 @@ impl Actor {
             shared,
             logs,
             reaffirm: false,
+            last_at: None,
         }
     }
 
@@ -122,8 +128,10 @@ impl Actor {
     /// recovered in and the start-up reports nothing new (an agent killed after writing a
     /// transition down but before the state file), the server would be left on it: so, once
     /// started up, the bot reports its state once more, and the last word is the truth.
-    pub fn reaffirm_after_startup(&mut self) {
+    /// `newest` is the time of the newest of them: whatever this run reports is later.
+    pub fn reaffirm_after_startup(&mut self, newest: DateTime<Utc>) {
         self.reaffirm = true;
+        self.last_at = Some(newest);
     }
 
     /// Takes over a process a previous agent left running (already checked to be ours).
@@ -197,6 +205,7 @@ impl Actor {
             Startup::Resume => {
                 let _ = self.start_fresh().await;
             }
+            Startup::ResumePolicy => self.resume_policy(),
             Startup::FinishStop => {
                 self.logs.note("a stop was under way when the agent went away: finishing it");
                 if self.running.is_some() {
@@ -209,6 +218,28 @@ impl Actor {
                     let _ = self.start_fresh().await;
                 }
             }
+        }
+    }
+
+    /// Takes the restart policy up where the previous run left it (`Startup::ResumePolicy`).
+    /// Secret values lived in that run's memory only: a bot that needs them cannot be started
+    /// by the agent alone, so it waits `crashed` for a start from the server (which sends them).
+    fn resume_policy(&mut self) {
+        if let Err(missing @ SpawnError::MissingSecret(_)) = runner::environment(&self.spec.exec, &self.secrets) {
+            if self.sup.state() != BotState::Crashed {
+                let transition = self.sup.blocked(missing.to_string());
+                self.report(transition);
+            }
+            return;
+        }
+        if let Some(transition) = self.sup.resume_policy(Instant::now()) {
+            self.logs.note(
+                "the agent restarted between an exit of this bot and its restart: restarting it as its policy says",
+            );
+            self.report(transition);
+        } else if self.sup.state() == BotState::Backoff {
+            self.logs
+                .note("the agent restarted while this bot waited to be restarted: restarting it after its backoff");
         }
     }
 
@@ -430,6 +461,15 @@ impl Actor {
     /// Queues the transition as a `bot_state` frame and records it everywhere.
     fn report_with(&mut self, transition: Transition, process: Option<(u32, DateTime<Utc>)>) {
         let exit = transition.exit.or(self.last_exit);
+        // The server orders a bot's reports by `at` and takes one not later than the newest it
+        // applied for a repeat: each report is strictly later than the one before, even when
+        // two come from one decision (`crashed`, `backoff`) or the clock is coarse.
+        let now = Utc::now();
+        let at = match self.last_at {
+            Some(last) if now <= last => last + chrono::Duration::microseconds(1),
+            _ => now,
+        };
+        self.last_at = Some(at);
         let report = BotStateReport {
             bot_id: self.id,
             state: transition.state,
@@ -439,7 +479,7 @@ impl Actor {
             exit_signal: transition.exit.and_then(Exit::signal),
             restart_count: transition.restart_count,
             error: transition.error.clone(),
-            at: Utc::now(),
+            at,
         };
         tracing::debug!(bot_id = %self.id, state = transition.state.as_str(), "bot state");
         // On disk first: a transition queued but lost with the agent would never reach the server.

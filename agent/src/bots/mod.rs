@@ -11,7 +11,7 @@ pub mod logs;
 pub mod orphans;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
@@ -80,11 +80,15 @@ impl Bots {
     pub fn recover(shared: Arc<Shared>) -> Arc<Self> {
         let bots = Arc::new(Self { shared: shared.clone(), inboxes: Mutex::default() });
         // Nothing has reported yet: what is owed is what the previous run left.
-        let owed: HashSet<Uuid> = shared.transitions.pending().iter().map(|report| report.bot_id).collect();
+        let mut owed: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+        for report in shared.transitions.pending() {
+            let newest = owed.entry(report.bot_id).or_insert(report.at);
+            *newest = (*newest).max(report.at);
+        }
         for (id, record) in shared.state.snapshot().bots {
             let (mut actor, startup) = bots.recover_one(&record);
-            if owed.contains(&id) {
-                actor.reaffirm_after_startup();
+            if let Some(&newest) = owed.get(&id) {
+                actor.reaffirm_after_startup(newest);
             }
             let (tx, rx) = mpsc::unbounded_channel();
             bots.inboxes().insert(id, tx);
@@ -104,12 +108,14 @@ impl Bots {
         // A stop was under way: finish it, whether or not the process is still there.
         let stopping = record.state == BotState::Stopping;
         let Some(process) = &record.process else {
-            let between_runs = matches!(record.state, BotState::Starting | BotState::Backoff | BotState::Running);
-            let resume = record.desired == DesiredState::Running && between_runs;
-            let startup = match () {
-                () if stopping => Startup::FinishStop,
-                () if resume => Startup::Resume,
-                () => Startup::Nothing,
+            let should_run = record.desired == DesiredState::Running;
+            let startup = match record.state {
+                _ if stopping => Startup::FinishStop,
+                BotState::Starting | BotState::Running if should_run => Startup::Resume,
+                // Between an exit and its restart: the restart policy decides (a `crashed`
+                // left so by a policy that restarts nothing stays so).
+                BotState::Crashed | BotState::Exited | BotState::Backoff if should_run => Startup::ResumePolicy,
+                _ => Startup::Nothing,
             };
             return (actor, startup);
         };
@@ -277,7 +283,9 @@ mod tests {
 
     /// The previous run wrote `backoff` down and died before its state file said so: the bot is
     /// recovered `crashed`, and says so after the replayed `backoff`, so the server does not
-    /// stay on it. A bot with nothing owed reports nothing.
+    /// stay on it — at a later time than the replayed one even if the clock stepped back (the
+    /// server takes a report not later than the newest applied for a repeat). A bot with
+    /// nothing owed reports nothing.
     #[tokio::test]
     async fn a_bot_with_owed_transitions_reports_its_state_after_them() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -296,7 +304,8 @@ mod tests {
             exit_signal: None,
             restart_count: 1,
             error: None,
-            at: Utc::now(),
+            // Written down an hour "later" than now: this run's clock is behind the last one's.
+            at: Utc::now() + chrono::Duration::hours(1),
         };
         transitions.record(&backoff);
         let outbox = Arc::new(Outbox::new(Limits::default()));
@@ -308,17 +317,77 @@ mod tests {
                 bots.request(id, None, Request::Sync { spec: Box::new(spec(id)) }, None).map_err(anyhow::Error::msg)?;
             tokio::time::timeout(Duration::from_secs(10), answer).await??.map_err(anyhow::Error::msg)?;
         }
-        let reported: Vec<(Uuid, BotState)> = outbox
+        let reported: Vec<BotStateReport> = outbox
             .take(100, 100, 1 << 20)
             .into_iter()
             .filter_map(|frame| match frame {
-                AgentFrame::BotState(report) => Some((report.bot_id, report.state)),
+                AgentFrame::BotState(report) => Some(report),
                 _ => None,
             })
             .collect();
-        assert_eq!(reported, [(owing, BotState::Crashed)]);
+        let states: Vec<(Uuid, BotState)> = reported.iter().map(|r| (r.bot_id, r.state)).collect();
+        assert_eq!(states, [(owing, BotState::Crashed)]);
+        assert!(reported[0].at > backoff.at, "later than the replayed transition: {reported:?}");
         let owed: Vec<BotState> = transitions.pending().iter().map(|r| r.state).collect();
         assert_eq!(owed, [BotState::Backoff, BotState::Crashed], "written down like any transition");
+        Ok(())
+    }
+
+    /// Every `bot_state` the bots reported until one satisfies `done` (bounded).
+    async fn reports_until(outbox: &Outbox, done: impl Fn(&BotStateReport) -> bool) -> Vec<BotStateReport> {
+        let mut reported = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !reported.iter().any(&done) {
+            let frames = outbox.take(100, 100, 1 << 20);
+            if frames.is_empty() {
+                let waited = tokio::time::timeout_at(deadline, outbox.notified()).await;
+                assert!(waited.is_ok(), "not reported in time; so far: {reported:?}");
+            }
+            reported.extend(frames.into_iter().filter_map(|frame| match frame {
+                AgentFrame::BotState(report) => Some(report),
+                _ => None,
+            }));
+        }
+        reported
+    }
+
+    /// An agent killed between a crash and the restart its policy asks for: the bot recovered
+    /// `crashed` (no process) goes through backoff and runs again, counting the restart; one
+    /// recovered in `backoff` that needs secret values (gone with the previous run) waits
+    /// `crashed` for the server's start instead.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_bot_recovered_between_a_crash_and_its_restart_is_restarted() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (plain, secretive) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut sleeper = spec(plain);
+        sleeper.exec.program = "sleep".into();
+        sleeper.exec.args = vec!["30".into()];
+        sleeper.exec.secret_env.clear();
+        sleeper.restart.backoff_initial_ms = 10;
+        let state = Arc::new(StateFile::open(&dir.path().join("state.json"))?);
+        state.update(|doc| {
+            doc.bots.insert(plain, BotRecord { spec: sleeper.clone(), ..crashed(plain) });
+            doc.bots.insert(secretive, BotRecord { state: BotState::Backoff, ..crashed(secretive) });
+        });
+        let transitions = Arc::new(Transitions::open(&dir.path().join("transitions.jsonl")));
+        let outbox = Arc::new(Outbox::new(Limits::default()));
+        let shared = Arc::new(Shared::new(outbox.clone(), transitions, state, dir.path().join("run")));
+        let bots = Bots::recover(shared);
+
+        let reported = reports_until(&outbox, |r| r.bot_id == plain && r.state == BotState::Running).await;
+        let of = |id: Uuid| -> Vec<(BotState, u32)> {
+            reported.iter().filter(|r| r.bot_id == id).map(|r| (r.state, r.restart_count)).collect()
+        };
+        assert_eq!(of(plain), [(BotState::Backoff, 2), (BotState::Starting, 2), (BotState::Running, 2)]);
+        let waiting = reported.iter().find(|r| r.bot_id == secretive).expect("the secretive bot reports");
+        assert_eq!((waiting.state, waiting.restart_count), (BotState::Crashed, 1), "{waiting:?}");
+        assert!(waiting.error.as_deref().is_some_and(|e| e.contains("waiting for a start from the server")));
+        let view = bots.views().into_iter().find(|(id, _)| *id == secretive).map(|(_, view)| view);
+        assert_eq!(view.map(|v| (v.state, v.pid)), Some((BotState::Crashed, None)), "not started without its secrets");
+
+        let stop = bots.request(plain, None, Request::Stop, None).map_err(anyhow::Error::msg)?;
+        tokio::time::timeout(Duration::from_secs(10), stop).await??.map_err(anyhow::Error::msg)?;
         Ok(())
     }
 }

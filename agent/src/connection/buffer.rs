@@ -5,10 +5,15 @@
 //! Bounded where it can be: log lines are capped by count and bytes and the *oldest* lines
 //! go first when the cap is hit; acks, results and state transitions are never dropped (they
 //! are few: a crash loop ends in `failed`). Frames a transport could not confirm come back to
-//! the front with [`Outbox::requeue`], so nothing is lost on a broken connection (the server
-//! treats repeats as no-ops: logs by sequence number, results and states by value). This
-//! queue lives in memory; results and state transitions also have a durable half that
-//! survives an agent restart (`journal`, `transitions`), log lines do not.
+//! the front with [`Outbox::requeue`], so nothing is lost on a broken connection. The server
+//! treats repeats as no-ops: log lines by their `(bot, seq)` key, results by the command's
+//! status (a terminal command takes the same outcome again unchanged), and state transitions
+//! by their time — each bot's row remembers the agent's `at` of the newest report it applied
+//! (`reported_at_us`), and a report not later than that, repeated or older, changes nothing
+//! and raises no event or incident (`Store::report_bot_states`). So every report's `at` must
+//! be this agent's clock at the transition, strictly increasing per bot
+//! (`bots::actor`). This queue lives in memory; results and state transitions also have a
+//! durable half that survives an agent restart (`journal`, `transitions`), log lines do not.
 
 use std::{
     collections::VecDeque,

@@ -232,54 +232,54 @@ impl AgentSession {
         answers.into_iter().map(|a| a.unwrap_or(Ok(()))).collect()
     }
 
-    /// Bot state reports, in the order sent: one statement writes each bot's newest report;
-    /// the events and incident rules then follow every transition in order (a `crashed`
-    /// between two reports of a batch still opens its incident), replayed in memory from the
-    /// row as it was before, exactly as the statement changes it.
+    /// Bot state reports, in the order sent: one statement writes each bot's newest news (a
+    /// report later, on the agent's clock, than everything applied for the bot before it —
+    /// [`crate::store::Store::report_bot_states`]); the events and incident rules then follow
+    /// every news in order (a `crashed` between two reports of a batch still opens its
+    /// incident), replayed in memory from the row as it was before, exactly as the statement
+    /// changes it. A report that is no news (a repeat, a replay of something older) is
+    /// answered as applied and changes nothing: no event, no incident count.
     async fn apply_states(
         &self,
         answers: &mut [Option<Result<(), FrameError>>],
         reports: Vec<(usize, botmox_contract::protocol::BotStateReport)>,
     ) {
         let state = self.state.clone();
-        // Per bot, the index of its newest report in the batch.
-        let last: std::collections::HashMap<Id, usize> = reports.iter().map(|(i, r)| (r.bot_id, *i)).collect();
-        // What the row holds after all of a bot's reports: the newest, with the newest exit
-        // status any of them carried (the statement keeps a stored one a report leaves out).
-        let folded: Vec<botmox_contract::protocol::BotStateReport> = reports
-            .iter()
-            .filter(|(i, r)| last.get(&r.bot_id) == Some(i))
-            .map(|(_, newest)| {
-                let mine = || reports.iter().map(|(_, r)| r).filter(|r| r.bot_id == newest.bot_id);
-                botmox_contract::protocol::BotStateReport {
-                    exit_code: mine().filter_map(|r| r.exit_code).next_back(),
-                    exit_signal: mine().filter_map(|r| r.exit_signal).next_back(),
-                    ..newest.clone()
-                }
-            })
-            .collect();
-        let newest: Vec<&botmox_contract::protocol::BotStateReport> = folded.iter().collect();
-        let (before, after) = match state.store.report_bot_states(self.agent_id, &newest).await {
-            Ok(rows) => rows,
+        let (indexes, reports): (Vec<usize>, Vec<botmox_contract::protocol::BotStateReport>) =
+            reports.into_iter().unzip();
+        let applied = match state.store.report_bot_states(self.agent_id, &reports).await {
+            Ok(applied) => applied,
             Err(e) => {
                 let refusal = FrameError::from(e);
-                for (index, _) in &reports {
-                    answers[*index] = Some(Err(refusal.clone()));
+                for index in indexes {
+                    answers[index] = Some(Err(refusal.clone()));
                 }
                 return;
             }
         };
+        // Per bot, the index of its newest news in the batch.
+        let last: std::collections::HashMap<Id, usize> = indexes
+            .iter()
+            .zip(&reports)
+            .zip(&applied.news)
+            .filter(|(_, news)| **news)
+            .map(|((i, r), _)| (r.bot_id, *i))
+            .collect();
         let mut current: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
-            before.into_iter().map(|b| (b.id, b)).collect();
+            applied.before.into_iter().map(|b| (b.bot.id, b.bot)).collect();
         let after: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
-            after.into_iter().map(|b| (b.id, b)).collect();
+            applied.after.into_iter().map(|b| (b.id, b)).collect();
         let mut events = Vec::with_capacity(reports.len());
         let mut transitions = Vec::new();
-        for (index, report) in &reports {
-            let (Some(bot), Some(stored)) = (current.get_mut(&report.bot_id), after.get(&report.bot_id)) else {
+        for ((index, report), news) in indexes.iter().zip(&reports).zip(applied.news) {
+            let Some(bot) = current.get_mut(&report.bot_id) else {
                 answers[*index] = Some(Err(FrameError::new("not_found", "bot not found (or not yours)")));
                 continue;
             };
+            answers[*index] = Some(Ok(()));
+            // No news, or news the statement did not write after all (a newer report of
+            // the bot landed between the read and the write): the row did not take it.
+            let Some(stored) = after.get(&report.bot_id).filter(|_| news) else { continue };
             let previous = bot.state;
             apply_report(bot, report);
             // After its newest report the bot is the row as stored (other columns as they are now).
@@ -288,7 +288,6 @@ impl AgentSession {
             }
             events.push((self.tenant_id, EventPayload::BotState((&*bot).into())));
             transitions.push((previous, bot.clone()));
-            answers[*index] = Some(Ok(()));
         }
         state.publish_many(events).await;
         if let Err(e) = crate::incidents::rules::bots_reported(&state, self.tenant_id, transitions).await {

@@ -7,6 +7,9 @@
 //! - An agent killed between spawning a bot and recording its pid: the process it left is
 //!   found by its environment when the agent starts again and stopped before the bot is
 //!   started once more, so one process runs for the bot; another agent's bot is left alone.
+//! - An agent killed between a bot's crash and the restart its policy asks for: the bot it
+//!   finds `crashed` at its next start is restarted (backoff, then start), not left crashed
+//!   (reconciliation leaves crashed bots to the agent's policy).
 
 use botmox_e2e::agent::{bot_leaders, is_running, TcpRelay};
 
@@ -97,6 +100,23 @@ fn start_marked(program: &Path, bot_id: Uuid, agent_dir: &Path) -> anyhow::Resul
     Ok(command.spawn()?)
 }
 
+/// A bot running on a killed agent, rewound to an instant of the agent's life: its process
+/// group is killed, and its record in the state file (which must want it running) says
+/// `state` with no process.
+async fn rewind(host: &Host, bot_id: Uuid, pid: u32, state: &str) -> anyhow::Result<Value> {
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+    wait_local("the recorded process to be gone", || !is_running(pid)).await?;
+    let path = host.path().join("state.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let record = &mut doc["bots"][bot_id.to_string()];
+    anyhow::ensure!(record["desired"] == "running", "the bot should run: {record}");
+    record["state"] = json!(state);
+    record["process"] = Value::Null;
+    let record = record.clone();
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc)?)?;
+    Ok(record)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_started_but_not_recorded_before_an_agent_kill_does_not_run_twice() -> anyhow::Result<()> {
     let app = spawn_app().await?;
@@ -112,15 +132,7 @@ async fn a_bot_started_but_not_recorded_before_an_agent_kill_does_not_run_twice(
     // Rewind to the instant between spawn and record: the state file says `starting` (the
     // intent is written before the spawn) and names no process, and the process that spawn
     // made runs — the one started here by hand, as the agent starts bots.
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::Signal::SIGKILL)?;
-    wait_local("the recorded process to be gone", || !is_running(first)).await?;
-    let state_path = host.path().join("state.json");
-    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&state_path)?)?;
-    let record = &mut state["bots"][bot.to_string()];
-    assert_eq!(record["desired"], "running", "{record}");
-    record["state"] = json!("starting");
-    record["process"] = Value::Null;
-    std::fs::write(&state_path, serde_json::to_vec_pretty(&state)?)?;
+    rewind(&host, bot, first, "starting").await?;
     let mut orphan = start_marked(&chatty, bot, host.path())?;
     let orphan_pid = orphan.id().unwrap_or_default();
     // A bot of another agent on this host (another agent dir) is none of this agent's business.
@@ -144,6 +156,38 @@ async fn a_bot_started_but_not_recorded_before_an_agent_kill_does_not_run_twice(
     let stop = control(&app, bot, "stop").await?;
     wait_command(&app, stop, "succeeded").await?;
     assert!(bot_leaders(&bot.to_string()).is_empty());
+    assert_eq!(agent.terminate().await?, Some(0));
+    app.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_crashed_but_not_yet_restarted_before_an_agent_kill_is_restarted() -> anyhow::Result<()> {
+    let app = spawn_app().await?;
+    let host = Host::pair(&app, &app.base_url).await?;
+    let agent = host.run(&[]).await?;
+    let bots = tempfile::tempdir()?;
+    let chatty = script(bots.path(), "chatty.sh", CHATTY)?;
+    let bot = create_bot(&app, &bot_spec("crash-unrestarted", host.agent_id, &chatty, &[])).await?;
+    control(&app, bot, "start").await?;
+    let first = wait_running(&app, bot).await?;
+    agent.kill().await?;
+
+    // Rewind to the instant after the crash was written down and before the restart was:
+    // the state file says `crashed` with no process, and the process is gone.
+    let record = rewind(&host, bot, first, "crashed").await?;
+    assert_eq!(record["restart_count"], 0, "{record}");
+
+    let agent = host.run(&[]).await?;
+    let restarted = wait_bot(&app, bot, "the crashed bot restarted by its policy", |b| {
+        b["state"] == "running" && b["restart_count"] == 1
+    })
+    .await?;
+    let pid = restarted["pid"].as_u64().unwrap_or_default() as u32;
+    assert_ne!(pid, first, "a new process: {restarted}");
+    assert_eq!(bot_leaders(&bot.to_string()), [pid], "exactly one process for the bot");
+
+    let stop = control(&app, bot, "stop").await?;
+    wait_command(&app, stop, "succeeded").await?;
     assert_eq!(agent.terminate().await?, Some(0));
     app.stop().await
 }

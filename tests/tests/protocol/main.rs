@@ -16,6 +16,7 @@ mod ordering;
 mod ownership;
 mod presence;
 mod replicas;
+mod reports;
 mod secrets;
 mod shutdown;
 

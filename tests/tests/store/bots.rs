@@ -19,6 +19,7 @@ conformance!(
     delete_bot_checks_the_version,
     kept_counts_follow_every_change,
     state_reports_in_one_statement_touch_only_the_agents_bots,
+    state_reports_not_newer_than_the_applied_one_change_nothing,
 );
 
 fn update_of(bot: &Bot) -> UpdateBot {
@@ -413,8 +414,10 @@ async fn state_reports_in_one_statement_touch_only_the_agents_bots(t: Ctx) -> an
         report(&also_mine, BotState::Stopped, Some(0), 2.0),
         report(&theirs, BotState::Running, None, 2.0),
     ];
-    let (before, after) = t.store.report_bot_states(a1.id, &batch.iter().collect::<Vec<_>>()).await?;
-    let mut before_states: Vec<(String, BotState)> = before.iter().map(|b| (b.name.clone(), b.state)).collect();
+    let applied = t.store.report_bot_states(a1.id, &batch).await?;
+    let (before, after) = (applied.before, applied.after);
+    assert_eq!(applied.news, [true, true, false], "another agent's bot takes nothing");
+    let mut before_states: Vec<(String, BotState)> = before.iter().map(|b| (b.bot.name.clone(), b.bot.state)).collect();
     before_states.sort();
     assert_eq!(before_states, [("m1".to_owned(), BotState::Crashed), ("m2".to_owned(), BotState::Pending)]);
     let now = t.store.get_bot(t.tenant, mine.id).await?;
@@ -425,4 +428,83 @@ async fn state_reports_in_one_statement_touch_only_the_agents_bots(t: Ctx) -> an
     assert_eq!(t.store.get_bot(t.tenant, theirs.id).await?.state, BotState::Pending, "not host-1's bot");
     assert_eq!(after.len(), 2);
     Ok(())
+}
+
+/// Reports are ordered by the agent's time: one not later than the newest applied for the bot
+/// (a repeat, or a replay of the past) changes nothing, alone or in a batch; a later one
+/// applies. The `hello` snapshot (dated by the server's clock) does not move that mark; a move
+/// to another agent (another clock) clears it.
+async fn state_reports_not_newer_than_the_applied_one_change_nothing(t: Ctx) -> anyhow::Result<()> {
+    let (a1, a2) = (t.agent("host-1").await?, t.agent("host-2").await?);
+    let bot = t.bot("ordered", a1.id, &[]).await?;
+    let report = |state: BotState, pid: Option<u32>, exit_code: Option<i32>, at: f64| BotStateReport {
+        bot_id: bot.id,
+        state,
+        pid,
+        started_at: None,
+        exit_code,
+        exit_signal: None,
+        restart_count: u32::from(state != BotState::Pending),
+        error: (state == BotState::Crashed).then(|| "the process ended: exit code 3".into()),
+        at: t.at(at),
+    };
+    let crashed = report(BotState::Crashed, None, Some(3), 2.0);
+    let running = report(BotState::Running, Some(7), None, 3.0);
+    assert!(t.store.report_bot_state(a1.id, &crashed).await?.is_some());
+    let now = t.store.report_bot_state(a1.id, &running).await?.expect("a later report applies");
+    assert_eq!(
+        (now.state, now.pid, now.last_exit_code, now.updated_at),
+        (BotState::Running, Some(7), Some(3), t.at(3.0))
+    );
+
+    // The crash again (a replay), and the running report again with another pid (a repeat
+    // is the same report: any difference would be a bug of the agent, still not news).
+    assert_eq!(t.store.report_bot_state(a1.id, &crashed).await?, None, "an older report");
+    assert_eq!(t.store.report_bot_state(a1.id, &report(BotState::Running, Some(8), None, 3.0)).await?, None);
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, now, "nothing moved");
+
+    // A batch: the past, news, a repeat of that news (within a microsecond of it is not later).
+    let mut repeat = report(BotState::Starting, None, None, 4.0);
+    repeat.at += chrono::Duration::nanoseconds(500);
+    let batch = [crashed.clone(), report(BotState::Stopped, None, Some(0), 4.0), repeat];
+    let applied = t.store.report_bot_states(a1.id, &batch).await?;
+    assert_eq!(applied.news, [false, true, false]);
+    assert_eq!(
+        applied.before.iter().map(|b| b.reported_at_us).collect::<Vec<_>>(),
+        [Some(t.at(3.0).timestamp_micros())]
+    );
+    let stopped = t.store.get_bot(t.tenant, bot.id).await?;
+    assert_eq!((stopped.state, stopped.last_exit_code, stopped.updated_at), (BotState::Stopped, Some(0), t.at(4.0)));
+    assert_eq!(applied.after, std::slice::from_ref(&stopped));
+    // Only the past: no write at all.
+    let applied = t.store.report_bot_states(a1.id, &[crashed.clone(), running.clone()]).await?;
+    assert_eq!((applied.news, applied.after), (vec![false, false], vec![]));
+
+    // The snapshot is dated by the server's clock, far ahead here: it sets the state, not the
+    // agent-time mark, so the agent's next report still applies, and its past still does not.
+    let snapshot = botmox_contract::protocol::BotSnapshot {
+        bot_id: bot.id,
+        state: BotState::Running,
+        pid: Some(9),
+        started_at: None,
+        definition_hash: bot_definition_hash(&bot),
+    };
+    t.store.apply_snapshot(a1.id, &[snapshot], t.at(1_000.0)).await?;
+    assert_eq!(t.store.report_bot_state(a1.id, &running).await?, None, "older than the applied mark");
+    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?.pid, Some(9), "the snapshot stands");
+    let later = t.store.report_bot_state(a1.id, &report(BotState::Running, Some(9), None, 5.0)).await?;
+    assert_eq!(later.map(|b| b.updated_at), Some(t.at(5.0)));
+
+    // Moved to another agent: its clock starts from nothing here.
+    let mut moved = update_of(&t.store.get_bot(t.tenant, bot.id).await?);
+    moved.agent_id = a2.id;
+    let moved = t.store.update_bot(t.tenant, bot.id, stopped.version, moved, t.at(6.0)).await?;
+    assert_eq!(moved.agent_id, a2.id);
+    let first = t.store.report_bot_state(a2.id, &report(BotState::Running, Some(11), None, 1.0)).await?;
+    assert_eq!(first.map(|b| (b.state, b.pid)), Some((BotState::Running, Some(11))), "the new agent's first report");
+    Ok(())
+}
+
+fn bot_definition_hash(bot: &Bot) -> String {
+    definition_hash(&bot.exec, &bot.restart, &bot.stop)
 }

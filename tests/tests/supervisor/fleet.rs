@@ -288,9 +288,10 @@ async fn recommendations_name_what_to_do(backend: Backend) -> anyhow::Result<()>
     assert!(titles(&app).await?.is_empty());
 
     // The bot fails; then its agent goes quiet for 12 minutes.
+    let crashed = state_report(&bot_id, "crashed", 5, now);
     let mut failed = state_report(&bot_id, "failed", 5, now);
     failed["exit_code"] = json!(3);
-    frames(&app, &token, json!([state_report(&bot_id, "crashed", 5, now), failed])).await?;
+    frames(&app, &token, json!([crashed, failed])).await?;
     let report = status(&app).await?;
     assert_eq!(report["health"], "critical");
     assert!(report["reasons"][0].as_str().unwrap_or("").contains("1 bot(s) failed"), "{report}");

@@ -22,7 +22,19 @@ pub fn hello(bots: Value) -> Value {
     json!({"type": "hello", "protocol": 1, "agent_version": "test", "hostname": "h", "os": "linux", "arch": "x86_64", "bots": bots})
 }
 
+/// A `bot_state` frame at `at` — or a microsecond after the bot's previous report built here,
+/// if that is not earlier: like a real agent's, a bot's reports are strictly later one after
+/// another (the server takes a report not later than the newest it applied for a repeat), and
+/// on the manual clock several transitions happen at one instant.
 pub fn state_report(bot_id: &str, state: &str, restart_count: u32, at: chrono::DateTime<chrono::Utc>) -> Value {
+    static LAST: std::sync::Mutex<std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let at = match last.get(bot_id) {
+        Some(&previous) if at <= previous => previous + chrono::Duration::microseconds(1),
+        _ => at,
+    };
+    last.insert(bot_id.to_owned(), at);
     let running = state == "running";
     json!({
         "type": "bot_state", "bot_id": bot_id, "state": state,

@@ -5,7 +5,7 @@ mod create;
 
 pub use create::{Refusal, Refusals};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use botmox_contract::{
     agents::AgentStatus,
@@ -69,6 +69,53 @@ pub struct BotPage {
     pub has_more: bool,
     pub counts: BTreeMap<BotState, u64>,
     pub total: u64,
+}
+
+/// A bot as an agent's reports found it: the row, and the agent time of the newest report
+/// applied to it (`reported_at_us`, microseconds; `None` before its first report).
+#[derive(Debug, Clone)]
+pub struct Reported {
+    pub bot: Bot,
+    pub reported_at_us: Option<i64>,
+}
+
+/// What [`Store::report_bot_states`] did with a batch of reports.
+#[derive(Debug, Default)]
+pub struct StateReports {
+    /// The bots of the agent the reports named, as they were before (read first).
+    pub before: Vec<Reported>,
+    /// Per report, in the order given: whether it was news — later than every report applied
+    /// for its bot before it. A report of a bot not in `before` is never news.
+    pub news: Vec<bool>,
+    /// The bots the statement changed, as stored now.
+    pub after: Vec<Bot>,
+}
+
+/// Which reports of a batch, in the order sent, are news: later (`at`, to the microsecond)
+/// than every report applied for their bot before them — `newest` holds each bot's stored
+/// `reported_at_us` (the bots missing from it are not the agent's: nothing is news for them).
+/// An equal time is a repeat of the same report, an earlier one a replay of the past.
+fn news_of(reports: &[BotStateReport], mut newest: HashMap<Id, Option<i64>>) -> Vec<bool> {
+    reports
+        .iter()
+        .map(|report| {
+            let at = report.at.timestamp_micros();
+            match newest.get_mut(&report.bot_id) {
+                Some(applied) if applied.is_none_or(|applied| applied < at) => {
+                    *applied = Some(at);
+                    true
+                }
+                _ => false,
+            }
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportedRow {
+    #[sqlx(flatten)]
+    bot: BotRow,
+    reported_at_us: Option<i64>,
 }
 
 /// Identifies what an agent must run: a change of any of these must reach the agent.
@@ -340,8 +387,12 @@ impl Store {
                     return Err(StoreError::Reference(format!("agent {} does not exist", update.agent_id)));
                 }
                 let updated = sqlx::query(
+                    // A bot moved to another agent is reported on another clock from now on: the old
+                    // agent's newest time must not hold the new agent's reports back.
                     "UPDATE bots SET name = $1, agent_id = $2, exec = $3, restart = $4, stop = $5, tags = $6, \
-                     definition_hash = $7, version = version + 1, updated_at = $8 WHERE tenant_id = $9 AND id = $10",
+                     definition_hash = $7, version = version + 1, updated_at = $8, \
+                     reported_at_us = CASE WHEN agent_id = $2 THEN reported_at_us END \
+                     WHERE tenant_id = $9 AND id = $10",
                 )
                 .bind(&update.name)
                 .bind(update.agent_id.to_string())
@@ -416,37 +467,68 @@ impl Store {
 const LIVE_STATES: &str = "('starting', 'running', 'stopping', 'backoff', 'unknown')";
 
 impl Store {
-    /// Applies an agent's report about one of *its* bots, in arrival order (the agent sends its
-    /// transitions in order, also when it flushes what it buffered while disconnected).
-    /// `None` when the bot is unknown or not this agent's.
+    /// Applies an agent's report about one of *its* bots. `None` when the bot is unknown, not
+    /// this agent's, or the report is no news (see [`Store::report_bot_states`]).
     pub async fn report_bot_state(&self, agent_id: Id, report: &BotStateReport) -> Result<Option<Bot>> {
-        Ok(self.report_bot_states(agent_id, &[report]).await?.1.pop())
+        Ok(self.report_bot_states(agent_id, std::slice::from_ref(report)).await?.after.pop())
     }
 
-    /// Several state reports of one agent in one statement (a WebSocket read batch): each bot
-    /// named takes its report — one per bot, the caller passes the newest of each — if it is
-    /// placed on the agent *now*. Returns the bots as they were before (read first) and as
-    /// they are after, both only for the bots of the agent.
-    pub async fn report_bot_states(&self, agent_id: Id, reports: &[&BotStateReport]) -> Result<(Vec<Bot>, Vec<Bot>)> {
+    /// Several state reports of one agent, in the order it sent them (a WebSocket read batch),
+    /// in one statement. A report is *news* when its `at` is later than the newest report
+    /// applied for its bot before it (the stored `reported_at_us`, then the batch's earlier
+    /// news): an equal `at` is a repeat (a burst sent again because its confirmation was lost),
+    /// an earlier one a replay of the past (an agent catching up after a restart), and neither
+    /// moves the row. Each bot placed on the agent *now* takes its newest news, with the newest
+    /// exit status any of its news carried; the statement checks the order again, so a report
+    /// that raced in between is not overtaken.
+    pub async fn report_bot_states(&self, agent_id: Id, reports: &[BotStateReport]) -> Result<StateReports> {
         if reports.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(StateReports::default());
         }
         let ids: Vec<String> = reports.iter().map(|r| r.bot_id.to_string()).collect();
         let before_sql = format!(
-            "SELECT {BOT_COLUMNS} FROM bots WHERE agent_id = $1 AND id IN (SELECT value FROM {})",
+            "SELECT {BOT_COLUMNS}, reported_at_us FROM bots WHERE agent_id = $1 AND id IN (SELECT value FROM {})",
             self.json_array_rows("$2", crate::store::Elements::Text)
         );
-        let before: Vec<BotRow> = with_pool!(self, read, |pool| {
+        let rows: Vec<ReportedRow> = with_pool!(self, read, |pool| {
             sqlx::query_as(&before_sql).bind(agent_id.to_string()).bind(to_json(&ids)).fetch_all(pool).await?
         });
-        let values: Vec<serde_json::Value> = reports
+        let mut before = Vec::with_capacity(rows.len());
+        let mut newest: HashMap<Id, Option<i64>> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let bot = Bot::try_from(row.bot)?;
+            newest.insert(bot.id, row.reported_at_us);
+            before.push(Reported { bot, reported_at_us: row.reported_at_us });
+        }
+        let news = news_of(reports, newest);
+        // Per bot, its newest news with the newest exit status of all its news.
+        let mut folded: Vec<BotStateReport> = Vec::new();
+        let mut slot: HashMap<Id, usize> = HashMap::new();
+        for (report, _) in reports.iter().zip(&news).filter(|(_, news)| **news) {
+            match slot.get(&report.bot_id) {
+                Some(&i) => {
+                    let (code, signal) = (folded[i].exit_code, folded[i].exit_signal);
+                    folded[i] = report.clone();
+                    folded[i].exit_code = report.exit_code.or(code);
+                    folded[i].exit_signal = report.exit_signal.or(signal);
+                }
+                None => {
+                    slot.insert(report.bot_id, folded.len());
+                    folded.push(report.clone());
+                }
+            }
+        }
+        if folded.is_empty() {
+            return Ok(StateReports { before, news, after: Vec::new() });
+        }
+        let values: Vec<serde_json::Value> = folded
             .iter()
             .map(|r| {
                 serde_json::json!({
                     "id": r.bot_id.to_string(), "state": r.state.as_str(), "pid": r.pid.map(i64::from),
                     "started_at": r.started_at.map(to_ms), "exit_code": r.exit_code.map(i64::from),
                     "exit_signal": r.exit_signal.map(i64::from), "restart_count": i64::from(r.restart_count),
-                    "error": r.error, "at": to_ms(r.at),
+                    "error": r.error, "at": to_ms(r.at), "at_us": r.at.timestamp_micros(),
                 })
             })
             .collect();
@@ -455,25 +537,37 @@ impl Store {
              last_exit_code = COALESCE(CAST(v_code AS BIGINT), last_exit_code), \
              last_exit_signal = COALESCE(CAST(v_signal AS BIGINT), last_exit_signal), \
              restart_count = CAST(v_restarts AS BIGINT), last_error = v_error, \
-             state_at = CAST(v_at AS BIGINT), updated_at = CAST(v_at AS BIGINT) \
+             state_at = CAST(v_at AS BIGINT), updated_at = CAST(v_at AS BIGINT), \
+             reported_at_us = CAST(v_at_us AS BIGINT) \
              FROM (SELECT value ->> 'id' AS v_id, value ->> 'state' AS v_state, value ->> 'pid' AS v_pid, \
                           value ->> 'started_at' AS v_started, value ->> 'exit_code' AS v_code, \
                           value ->> 'exit_signal' AS v_signal, value ->> 'restart_count' AS v_restarts, \
-                          value ->> 'error' AS v_error, value ->> 'at' AS v_at FROM {}) AS v \
+                          value ->> 'error' AS v_error, value ->> 'at' AS v_at, value ->> 'at_us' AS v_at_us \
+                   FROM {}) AS v \
              WHERE id = v_id AND agent_id = $1 \
+               AND (reported_at_us IS NULL OR reported_at_us < CAST(v_at_us AS BIGINT)) \
              RETURNING {BOT_COLUMNS}",
             self.json_array_rows("$2", crate::store::Elements::Json)
         );
         let after: Vec<BotRow> = with_pool!(self, write, |pool| {
             sqlx::query_as(&sql).bind(agent_id.to_string()).bind(to_json(&values)).fetch_all(pool).await?
         });
-        let convert = |rows: Vec<BotRow>| rows.into_iter().map(Bot::try_from).collect::<Result<Vec<Bot>>>();
-        Ok((convert(before)?, convert(after)?))
+        let after = after.into_iter().map(Bot::try_from).collect::<Result<Vec<Bot>>>()?;
+        Ok(StateReports { before, news, after })
     }
 
     /// Applies the full snapshot an agent sends on connect: the bots it names take the state it
     /// reports; its other bots that were live are no longer running there (`stopped`). Returns
     /// every bot whose row changed.
+    ///
+    /// `reported_at_us` is left as it is. The snapshot carries no agent time, and the server's
+    /// clock (`now`, which dates `state_at`) cannot be compared with the agent's. So a report
+    /// the server already applied, sent again after this `hello`, is still no news, while the
+    /// transitions an agent wrote down but never delivered (replayed after its `hello`, older
+    /// than the snapshot on the agent's clock) are news: their crash, exit code and restart
+    /// count reach the bot's history and incidents. They pass the bot's row through those
+    /// older states for the moment it takes the agent to re-report each such bot's present
+    /// state, which it does right after them (`agent/src/transitions.rs`).
     pub async fn apply_snapshot(&self, agent_id: Id, bots: &[BotSnapshot], now: Timestamp) -> Result<Vec<Bot>> {
         let touched: Vec<(String, String)> = with_pool!(self, write, |pool| {
             async {
