@@ -46,6 +46,11 @@ pub struct BotRecord {
     pub exit_signal: Option<i32>,
     /// Log sequence numbers below this may have been used: a restarted agent continues here.
     pub log_seq: u64,
+    /// The `at` of the bot's newest state report: a restarted agent reports later than this
+    /// even if the host's clock stepped back meanwhile (the server ignores a report not later
+    /// than the newest it applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +192,7 @@ mod tests {
                         exit_code: None,
                         exit_signal: None,
                         log_seq: 1000,
+                        last_report_at: None,
                     },
                 );
             });

@@ -46,9 +46,9 @@ pub struct AppState {
     /// Single control orders, committed in groups (see `group`).
     pub orders: Arc<GroupCommit<Order, Placed>>,
     /// Agents' acks (`agent, commands`), applied in groups across connections.
-    pub acks: Arc<GroupCommit<(Id, Vec<Id>), Vec<crate::store::Result<Command>>>>,
+    pub acks: Arc<AckGroup>,
     /// Agents' results (`agent, [(command, outcome)]`), applied in groups across connections.
-    pub results: Arc<GroupCommit<(Id, Vec<(Id, CommandOutcome)>), Vec<crate::store::Result<Command>>>>,
+    pub results: Arc<ResultGroup>,
     /// The audit entries of requests, committed in groups (each with its time).
     pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
@@ -121,10 +121,15 @@ const MAX_FRAME_GROUP: usize = 64;
 /// connection waits for its own before it sends more).
 const FRAME_GROUPS_AT_ONCE: usize = 4;
 
-type Answers = Vec<crate::store::Result<Command>>;
+/// One answer per frame of a connection's batch.
+pub type Answers = Vec<crate::store::Result<Command>>;
+/// Acks: `(agent, commands)`.
+pub type AckGroup = GroupCommit<(Id, Vec<Id>), Answers>;
+/// Results: `(agent, [(command, outcome)])`.
+pub type ResultGroup = GroupCommit<(Id, Vec<(Id, CommandOutcome)>), Answers>;
 
 /// The acks of every connection that arrived while the previous statement ran: one statement.
-fn ack_group(store: Store, clock: Clock) -> GroupCommit<(Id, Vec<Id>), Answers> {
+fn ack_group(store: Store, clock: Clock) -> AckGroup {
     GroupCommit::start_parallel("acks", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Vec<(Id, Vec<Id>)>| {
         let (store, now) = (store.clone(), clock.now());
         async move {
@@ -137,7 +142,7 @@ fn ack_group(store: Store, clock: Clock) -> GroupCommit<(Id, Vec<Id>), Answers> 
 }
 
 /// The results of every connection that arrived while the previous statement ran.
-fn result_group(store: Store, clock: Clock) -> GroupCommit<(Id, Vec<(Id, CommandOutcome)>), Answers> {
+fn result_group(store: Store, clock: Clock) -> ResultGroup {
     GroupCommit::start_parallel(
         "results",
         MAX_FRAME_GROUP,

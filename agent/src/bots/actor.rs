@@ -131,7 +131,13 @@ impl Actor {
     /// `newest` is the time of the newest of them: whatever this run reports is later.
     pub fn reaffirm_after_startup(&mut self, newest: DateTime<Utc>) {
         self.reaffirm = true;
-        self.last_at = Some(newest);
+        self.last_at = self.last_at.max(Some(newest));
+    }
+
+    /// Whatever this run reports is later than `at` (the previous run's newest report, from
+    /// the state file), even if the host's clock stepped back across the restart.
+    pub fn report_after(&mut self, at: Option<DateTime<Utc>>) {
+        self.last_at = self.last_at.max(at);
     }
 
     /// Takes over a process a previous agent left running (already checked to be ours).
@@ -503,7 +509,9 @@ impl Actor {
         let (spec, desired, state) = (self.spec.clone(), self.desired, self.sup.state());
         let (restart_count, last_error) = (self.sup.restart_count(), self.sup.last_error().map(str::to_owned));
         let exit = self.last_exit;
+        let last_report_at = self.last_at;
         self.shared.state.update_bot(self.id, move |record| {
+            record.last_report_at = last_report_at.max(record.last_report_at);
             record.spec = spec;
             record.desired = desired;
             record.state = state;

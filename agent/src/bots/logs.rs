@@ -107,6 +107,7 @@ mod tests {
             exit_code: None,
             exit_signal: None,
             log_seq,
+            last_report_at: None,
         }
     }
 

@@ -87,6 +87,7 @@ impl Bots {
         }
         for (id, record) in shared.state.snapshot().bots {
             let (mut actor, startup) = bots.recover_one(&record);
+            actor.report_after(record.last_report_at);
             if let Some(&newest) = owed.get(&id) {
                 actor.reaffirm_after_startup(newest);
             }
@@ -188,6 +189,7 @@ impl Bots {
                     exit_code: None,
                     exit_signal: None,
                     log_seq,
+                    last_report_at: None,
                 },
             );
         });
@@ -278,6 +280,7 @@ mod tests {
             exit_code: Some(3),
             exit_signal: None,
             log_seq: 1,
+            last_report_at: None,
         }
     }
 
@@ -367,7 +370,9 @@ mod tests {
         sleeper.restart.backoff_initial_ms = 10;
         let state = Arc::new(StateFile::open(&dir.path().join("state.json"))?);
         state.update(|doc| {
-            doc.bots.insert(plain, BotRecord { spec: sleeper.clone(), ..crashed(plain) });
+            // Its last report was an hour "later" than now: this run's clock stepped back.
+            let last_report_at = Some(Utc::now() + chrono::Duration::hours(1));
+            doc.bots.insert(plain, BotRecord { spec: sleeper.clone(), last_report_at, ..crashed(plain) });
             doc.bots.insert(secretive, BotRecord { state: BotState::Backoff, ..crashed(secretive) });
         });
         let transitions = Arc::new(Transitions::open(&dir.path().join("transitions.jsonl")));
@@ -380,6 +385,11 @@ mod tests {
             reported.iter().filter(|r| r.bot_id == id).map(|r| (r.state, r.restart_count)).collect()
         };
         assert_eq!(of(plain), [(BotState::Backoff, 2), (BotState::Starting, 2), (BotState::Running, 2)]);
+        let ahead = Utc::now() + chrono::Duration::minutes(59);
+        assert!(
+            reported.iter().filter(|r| r.bot_id == plain).all(|r| r.at > ahead),
+            "every report is later than the previous run's newest, whatever the clock says: {reported:?}"
+        );
         let waiting = reported.iter().find(|r| r.bot_id == secretive).expect("the secretive bot reports");
         assert_eq!((waiting.state, waiting.restart_count), (BotState::Crashed, 1), "{waiting:?}");
         assert!(waiting.error.as_deref().is_some_and(|e| e.contains("waiting for a start from the server")));

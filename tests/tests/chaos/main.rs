@@ -476,8 +476,13 @@ async fn divergence(api: &Api, bots: &[Uuid]) -> anyhow::Result<(Vec<String>, u6
             pending += 1;
             wrong.push(format!(
                 "command {} {} for bot {}: {status}, attempt {}, created {}, dispatched {}, acked {}",
-                command["id"], command["kind"], command["bot_id"], command["attempt"], command["created_at"],
-                command["dispatched_at"], command["acked_at"]
+                command["id"],
+                command["kind"],
+                command["bot_id"],
+                command["attempt"],
+                command["created_at"],
+                command["dispatched_at"],
+                command["acked_at"]
             ));
         }
     }
