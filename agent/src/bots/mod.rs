@@ -337,6 +337,7 @@ mod tests {
     }
 
     /// Every `bot_state` the bots reported until one satisfies `done` (bounded).
+    #[cfg(unix)]
     async fn reports_until(outbox: &Outbox, done: impl Fn(&BotStateReport) -> bool) -> Vec<BotStateReport> {
         let mut reported = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
