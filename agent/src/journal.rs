@@ -332,8 +332,11 @@ mod tests {
             journal.started(id, CommandKind::BotStart, BotSeq::default())?;
             journal.finished(id, CommandKind::BotStart, BotSeq::default(), ok(7))?;
         }
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        file.write_all(b"{\"id\":\"0190")?;
+        {
+            // Closed before the reopen: Windows refuses to replace a file another handle holds.
+            let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
+            file.write_all(b"{\"id\":\"0190")?;
+        }
         let mut journal = Journal::open(&path)?;
         assert_eq!(journal.get(id).and_then(|e| e.outcome.clone()), Some(ok(7)));
         // The next line is not glued to the torn one (it would be unreadable at the next start:
