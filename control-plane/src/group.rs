@@ -5,8 +5,12 @@
 //! during the previous commit (PostgreSQL's own group commit, one level up). Durability is not
 //! traded: a caller is answered only after its transaction committed.
 //!
-//! Used for the queue's single orders (`control::submit`) and for the audit entries of
-//! state-changing requests (`auth::policy::authorize`): the two writes every API call makes.
+//! Used for the queue's single orders (`control::submit`), the audit entries of state-changing
+//! requests (`auth::policy::authorize`) — the two writes every API call makes — and agents'
+//! acks and results (`link::session`, from every connection at once).
+//!
+//! A group is handed to `commit` as a shared list: if the database refuses the statement, the
+//! same inputs are written again one by one, so nothing is copied on the common path.
 
 use std::{future::Future, sync::Arc};
 
@@ -24,13 +28,13 @@ pub struct GroupCommit<In, Out> {
     jobs: mpsc::UnboundedSender<Job<In, Out>>,
 }
 
-impl<In: Clone + Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
+impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out> {
     /// Starts the committing task (needs a Tokio runtime). `commit` writes a group in one
     /// transaction and answers per input, in order; its outer error (nothing written) goes to
     /// every caller of the group as `Unavailable`. `name` labels the group-size metric.
     pub fn start<F, Fut>(name: &'static str, max_group: usize, commit: F) -> Self
     where
-        F: Fn(Vec<In>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<Vec<In>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
     {
         Self::start_parallel(name, max_group, 1, commit)
@@ -42,7 +46,7 @@ impl<In: Clone + Send + 'static, Out: Send + 'static> GroupCommit<In, Out> {
     /// takes them in turn).
     pub fn start_parallel<F, Fut>(name: &'static str, max_group: usize, parallel: usize, commit: F) -> Self
     where
-        F: Fn(Vec<In>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<Vec<In>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
     {
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -72,8 +76,8 @@ async fn commit_loop<In, Out, F, Fut>(
     commit: Arc<F>,
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Job<In, Out>>>>,
 ) where
-    In: Clone,
-    F: Fn(Vec<In>) -> Fut,
+    In: Clone + Sync,
+    F: Fn(Arc<Vec<In>>) -> Fut,
     Fut: Future<Output = Result<Vec<Result<Out>>>>,
 {
     loop {
@@ -91,17 +95,17 @@ async fn commit_loop<In, Out, F, Fut>(
         };
         metrics::histogram!("botmox_group_commit_size", "group" => name).record(jobs.len() as f64);
         let (inputs, replies): (Vec<In>, Vec<_>) = jobs.into_iter().map(|job| (job.input, job.reply)).unzip();
+        let inputs = Arc::new(inputs);
         let count = replies.len();
-        let copies = (count > 1).then(|| inputs.clone());
-        match commit(inputs).await {
+        match commit(inputs.clone()).await {
             Ok(answers) => answer(name, replies, answers),
             // The database refused the statement: one input may be what it refused, so each
             // goes alone and fails only its own caller. (Not for an unreachable database: that
             // would only fail each of them again, slowly.)
             Err(e @ StoreError::Db(sqlx::Error::Database(_))) if count > 1 => {
                 tracing::warn!(error = %e, group = name, writes = count, "a group of writes failed: writing them one by one");
-                for (input, reply) in copies.unwrap_or_default().into_iter().zip(replies) {
-                    match commit(vec![input]).await {
+                for (input, reply) in inputs.iter().zip(replies) {
+                    match commit(Arc::new(vec![input.clone()])).await {
                         Ok(answers) => answer(name, vec![reply], answers),
                         Err(e) => {
                             let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
@@ -170,14 +174,14 @@ mod tests {
 
     /// A "database" that refuses any statement holding a negative number, and counts statements.
     fn doubling(statements: Arc<AtomicUsize>) -> GroupCommit<i32, i32> {
-        GroupCommit::start("test", 64, move |inputs: Vec<i32>| {
+        GroupCommit::start("test", 64, move |inputs: Arc<Vec<i32>>| {
             let statements = statements.clone();
             async move {
                 statements.fetch_add(1, Ordering::SeqCst);
                 if inputs.iter().any(|n| *n < 0) {
                     return Err(StoreError::Db(sqlx::Error::Database(Box::new(Refused))));
                 }
-                Ok(inputs.into_iter().map(|n| Ok(n * 2)).collect())
+                Ok(inputs.iter().map(|n| Ok(n * 2)).collect())
             }
         })
     }

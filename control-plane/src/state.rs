@@ -102,7 +102,7 @@ const MAX_ORDER_GROUP: usize = 512;
 const MAX_AUDIT_GROUP: usize = 1024;
 
 fn order_group(store: Store, clock: Clock, times: crate::store::QueueTimes) -> GroupCommit<Order, Placed> {
-    GroupCommit::start("orders", MAX_ORDER_GROUP, move |orders: Vec<Order>| {
+    GroupCommit::start("orders", MAX_ORDER_GROUP, move |orders| {
         let (store, now) = (store.clone(), clock.now());
         async move { store.place_orders(&orders, times, now).await }
     })
@@ -111,7 +111,7 @@ fn order_group(store: Store, clock: Clock, times: crate::store::QueueTimes) -> G
 fn audit_group(store: Store) -> GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id> {
     GroupCommit::start("audit", MAX_AUDIT_GROUP, move |entries| {
         let store = store.clone();
-        async move { Ok(store.append_audits(entries).await?.into_iter().map(Ok).collect()) }
+        async move { Ok(store.append_audits(&entries).await?.into_iter().map(Ok).collect()) }
     })
 }
 
@@ -123,14 +123,16 @@ const FRAME_GROUPS_AT_ONCE: usize = 4;
 
 /// One answer per frame of a connection's batch.
 pub type Answers = Vec<crate::store::Result<Command>>;
-/// Acks: `(agent, commands)`.
-pub type AckGroup = GroupCommit<(Id, Vec<Id>), Answers>;
-/// Results: `(agent, [(command, outcome)])`.
-pub type ResultGroup = GroupCommit<(Id, Vec<(Id, CommandOutcome)>), Answers>;
+/// A connection's acks: `(agent, commands)`.
+pub type AckInput = (Id, Vec<Id>);
+/// A connection's results: `(agent, [(command, outcome)])`.
+pub type ResultInput = (Id, Vec<(Id, CommandOutcome)>);
+pub type AckGroup = GroupCommit<AckInput, Answers>;
+pub type ResultGroup = GroupCommit<ResultInput, Answers>;
 
 /// The acks of every connection that arrived while the previous statement ran: one statement.
 fn ack_group(store: Store, clock: Clock) -> AckGroup {
-    GroupCommit::start_parallel("acks", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Vec<(Id, Vec<Id>)>| {
+    GroupCommit::start_parallel("acks", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Arc<Vec<AckInput>>| {
         let (store, now) = (store.clone(), clock.now());
         async move {
             let acks: Vec<(Id, Id)> =
@@ -147,7 +149,7 @@ fn result_group(store: Store, clock: Clock) -> ResultGroup {
         "results",
         MAX_FRAME_GROUP,
         FRAME_GROUPS_AT_ONCE,
-        move |inputs: Vec<(Id, Vec<(Id, CommandOutcome)>)>| {
+        move |inputs: Arc<Vec<ResultInput>>| {
             let (store, now) = (store.clone(), clock.now());
             async move {
                 let outcomes: Vec<(Id, Id, CommandOutcome)> = inputs

@@ -77,12 +77,12 @@ impl TryFrom<AuditRow> for AuditEntry {
 
 impl Store {
     pub async fn append_audit(&self, entry: NewAuditEntry, now: Timestamp) -> Result<Id> {
-        let ids = self.append_audits(vec![(entry, now)]).await?;
+        let ids = self.append_audits(&[(entry, now)]).await?;
         ids.into_iter().next().ok_or_else(|| StoreError::Corrupt("no id for an audit entry".into()))
     }
 
     /// Appends entries (each with its own time) in one statement; their ids, in order.
-    pub async fn append_audits(&self, entries: Vec<(NewAuditEntry, Timestamp)>) -> Result<Vec<Id>> {
+    pub async fn append_audits(&self, entries: &[(NewAuditEntry, Timestamp)]) -> Result<Vec<Id>> {
         let ids: Vec<Id> = entries.iter().map(|_| new_id()).collect();
         let rows: Vec<serde_json::Value> = entries
             .iter()
