@@ -7,7 +7,7 @@
 //!
 //! Used for the queue's single orders (`control::submit`), the audit entries of state-changing
 //! requests (`auth::policy::authorize`) — the two writes every API call makes — and agents'
-//! acks and results (`link::session`, from every connection at once).
+//! acks, results and bot state reports (`link::session`, from every connection at once).
 //!
 //! A group is handed to `commit` as a shared list: if the database refuses the statement, the
 //! same inputs are written again one by one, so nothing is copied on the common path.

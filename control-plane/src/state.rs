@@ -49,6 +49,8 @@ pub struct AppState {
     pub acks: Arc<AckGroup>,
     /// Agents' results (`agent, [(command, outcome)]`), applied in groups across connections.
     pub results: Arc<ResultGroup>,
+    /// Agents' bot state reports (`agent, reports`), applied in groups across connections.
+    pub states: Arc<StateGroup>,
     /// The audit entries of requests, committed in groups (each with its time).
     pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
@@ -79,6 +81,7 @@ impl AppState {
             audit_log: Arc::new(audit_group(store.clone())),
             acks: Arc::new(ack_group(store.clone(), clock.clone())),
             results: Arc::new(result_group(store.clone(), clock.clone())),
+            states: Arc::new(state_group(store.clone())),
             store,
             clock,
             sessions: Arc::new(sessions),
@@ -127,8 +130,11 @@ pub type Answers = Vec<crate::store::Result<Command>>;
 pub type AckInput = (Id, Vec<Id>);
 /// A connection's results: `(agent, [(command, outcome)])`.
 pub type ResultInput = (Id, Vec<(Id, CommandOutcome)>);
+/// A connection's bot state reports, in the order sent: `(agent, reports)`.
+pub type StateInput = (Id, Vec<botmox_contract::protocol::BotStateReport>);
 pub type AckGroup = GroupCommit<AckInput, Answers>;
 pub type ResultGroup = GroupCommit<ResultInput, Answers>;
+pub type StateGroup = GroupCommit<StateInput, crate::store::StateReports>;
 
 /// The acks of every connection that arrived while the previous statement ran: one statement.
 fn ack_group(store: Store, clock: Clock) -> AckGroup {
@@ -161,6 +167,16 @@ fn result_group(store: Store, clock: Clock) -> ResultGroup {
             }
         },
     )
+}
+
+/// The bot state reports of every connection that arrived while the previous statement ran:
+/// one read and one statement (a bot's reports keep their order: each connection waits for
+/// its batch before it reads more, and the statement never lets an older report overtake).
+fn state_group(store: Store) -> StateGroup {
+    GroupCommit::start_parallel("states", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Arc<Vec<StateInput>>| {
+        let store = store.clone();
+        async move { Ok(store.report_agents_bot_states(&inputs).await?.into_iter().map(Ok).collect()) }
+    })
 }
 
 /// Flat answers back to their inputs, by the inputs' sizes.

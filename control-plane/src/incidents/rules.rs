@@ -80,21 +80,22 @@ async fn record(
 
 /// The transitions of one batch of an agent's reports, in order (`before` is the state each
 /// bot had): [`bot_reported`] for each, except that a transition which could only resolve
-/// (running, stopped) is skipped when its bot has no open incident — found with one read for
-/// the batch, instead of a write per transition.
-pub async fn bots_reported(state: &AppState, tenant_id: Id, transitions: Vec<(BotState, Bot)>) -> anyhow::Result<()> {
+/// (running, stopped) is skipped when its bot is not in `open` (the bots with an open
+/// incident, as the reports' own read found them), instead of a write per transition.
+pub async fn bots_reported(
+    state: &AppState,
+    tenant_id: Id,
+    transitions: Vec<(BotState, Bot)>,
+    mut open: std::collections::HashSet<Id>,
+) -> anyhow::Result<()> {
     let only_resolves = |bot: &Bot| matches!(bot.state, BotState::Running | BotState::Stopped);
-    let subjects: Vec<String> =
-        transitions.iter().filter(|(_, bot)| only_resolves(bot)).map(|(_, bot)| bot_subject(bot.id)).collect();
-    let mut open = state.store.subjects_with_open_incidents(tenant_id, &subjects).await?;
     for (before, bot) in transitions {
-        let subject = bot_subject(bot.id);
-        if only_resolves(&bot) && !open.contains(&subject) {
+        if only_resolves(&bot) && !open.contains(&bot.id) {
             continue;
         }
         if !only_resolves(&bot) {
             // It may open one, which a later transition of the batch then resolves.
-            open.insert(subject);
+            open.insert(bot.id);
         }
         if let Err(e) = bot_reported(state, tenant_id, before, &bot).await {
             tracing::error!(error = %e, bot_id = %bot.id, "could not update the bot's incidents");

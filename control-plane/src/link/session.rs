@@ -234,7 +234,8 @@ impl AgentSession {
 
     /// Bot state reports, in the order sent: one statement writes each bot's newest news (a
     /// report later, on the agent's clock, than everything applied for the bot before it —
-    /// [`crate::store::Store::report_bot_states`]); the events and incident rules then follow
+    /// [`crate::store::Store::report_agents_bot_states`], in a group with other connections'
+    /// reports: `state.states`); the events and incident rules then follow
     /// every news in order (a `crashed` between two reports of a batch still opens its
     /// incident), replayed in memory from the row as it was before, exactly as the statement
     /// changes it. A report that is no news (a repeat, a replay of something older) is
@@ -247,7 +248,7 @@ impl AgentSession {
         let state = self.state.clone();
         let (indexes, reports): (Vec<usize>, Vec<botmox_contract::protocol::BotStateReport>) =
             reports.into_iter().unzip();
-        let applied = match state.store.report_bot_states(self.agent_id, &reports).await {
+        let applied = match state.states.submit((self.agent_id, reports.clone())).await {
             Ok(applied) => applied,
             Err(e) => {
                 let refusal = FrameError::from(e);
@@ -265,6 +266,8 @@ impl AgentSession {
             .filter(|(_, news)| **news)
             .map(|((i, r), _)| (r.bot_id, *i))
             .collect();
+        let open_incidents: std::collections::HashSet<Id> =
+            applied.before.iter().filter(|b| b.open_incident).map(|b| b.bot.id).collect();
         let mut current: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
             applied.before.into_iter().map(|b| (b.bot.id, b.bot)).collect();
         let after: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
@@ -290,7 +293,9 @@ impl AgentSession {
             transitions.push((previous, bot.clone()));
         }
         state.publish_many(events).await;
-        if let Err(e) = crate::incidents::rules::bots_reported(&state, self.tenant_id, transitions).await {
+        if let Err(e) =
+            crate::incidents::rules::bots_reported(&state, self.tenant_id, transitions, open_incidents).await
+        {
             tracing::error!(error = %e, "could not update the bots' incidents");
         }
     }

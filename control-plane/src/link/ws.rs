@@ -43,6 +43,8 @@ const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Frames applied together at most (one read batch).
 const MAX_READ_BATCH: usize = 256;
+/// Frames written together at most (one flush).
+const MAX_WRITE_BATCH: usize = 64;
 
 /// What the writer sends.
 enum Outbound {
@@ -106,18 +108,25 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
     // Held by the reader while it applies a read batch, by the writer for each send.
     let write_gate = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let writer_gate = write_gate.clone();
+    // Every frame already queued goes out in one write (one flush, not one per frame).
     let writer = tokio::spawn(async move {
-        while let Some(item) = outbound.recv().await {
+        let mut items = Vec::with_capacity(MAX_WRITE_BATCH);
+        'write: while outbound.recv_many(&mut items, MAX_WRITE_BATCH).await > 0 {
             let _gate = writer_gate.lock().await;
-            let message = match item {
-                Outbound::Frame(frame) => encode(&frame),
-                Outbound::Ping => Message::Ping(Vec::new().into()),
-                Outbound::Close(code, reason) => {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    break;
+            for item in items.drain(..) {
+                let message = match item {
+                    Outbound::Frame(frame) => encode(&frame),
+                    Outbound::Ping => Message::Ping(Vec::new().into()),
+                    Outbound::Close(code, reason) => {
+                        let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                        break 'write;
+                    }
+                };
+                if sink.feed(message).await.is_err() {
+                    break 'write;
                 }
-            };
-            if sink.send(message).await.is_err() {
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }

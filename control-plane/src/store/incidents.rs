@@ -146,27 +146,6 @@ impl Store {
         Ok(resolved)
     }
 
-    /// Which of `subjects` have an open incident in the tenant (one read: what spares the
-    /// common report — a bot running or stopped with nothing open — any write).
-    pub async fn subjects_with_open_incidents(
-        &self,
-        tenant_id: Id,
-        subjects: &[String],
-    ) -> Result<std::collections::HashSet<String>> {
-        if subjects.is_empty() {
-            return Ok(Default::default());
-        }
-        let sql = format!(
-            "SELECT DISTINCT subject FROM incidents WHERE tenant_id = $1 AND resolved_at IS NULL \
-             AND subject IN (SELECT value FROM {})",
-            self.json_array_rows("$2", super::Elements::Text)
-        );
-        let rows: Vec<(String,)> = with_pool!(self, read, |pool| {
-            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(to_json(&subjects)).fetch_all(pool).await?
-        });
-        Ok(rows.into_iter().map(|(subject,)| subject).collect())
-    }
-
     pub async fn get_incident(&self, tenant_id: Id, id: Id) -> Result<Incident> {
         let sql = format!("SELECT {COLUMNS} FROM incidents WHERE tenant_id = $1 AND id = $2");
         let row: Option<IncidentRow> = with_pool!(self, read, |pool| {

@@ -2,9 +2,10 @@
 
 use botmox_contract::{
     bots::{Bot, BotState, DesiredState, RestartPolicy},
+    incidents::{IncidentKind, Severity},
     protocol::BotStateReport,
 };
-use botmox_control_plane::store::{definition_hash, AgentHello, BotFilter, NewBot, StoreError, UpdateBot};
+use botmox_control_plane::store::{definition_hash, AgentHello, BotFilter, NewBot, NewIncident, StoreError, UpdateBot};
 
 use crate::{bot_spec, Ctx};
 
@@ -20,6 +21,7 @@ conformance!(
     kept_counts_follow_every_change,
     state_reports_in_one_statement_touch_only_the_agents_bots,
     state_reports_not_newer_than_the_applied_one_change_nothing,
+    several_agents_reports_share_one_statement,
 );
 
 fn update_of(bot: &Bot) -> UpdateBot {
@@ -397,17 +399,8 @@ async fn state_reports_in_one_statement_touch_only_the_agents_bots(t: Ctx) -> an
     let (a1, a2) = (t.agent("host-1").await?, t.agent("host-2").await?);
     let (mine, also_mine, theirs) =
         (t.bot("m1", a1.id, &[]).await?, t.bot("m2", a1.id, &[]).await?, t.bot("t1", a2.id, &[]).await?);
-    let report = |bot: &Bot, state: BotState, exit_code: Option<i32>, at: f64| BotStateReport {
-        bot_id: bot.id,
-        state,
-        pid: (state == BotState::Running).then_some(7),
-        started_at: None,
-        exit_code,
-        exit_signal: None,
-        restart_count: 2,
-        error: Some("why".into()),
-        at: t.at(at),
-    };
+    let report =
+        |bot: &Bot, state: BotState, exit_code: Option<i32>, at: f64| state_report(&t, bot, state, exit_code, at);
     t.store.report_bot_state(a1.id, &report(&mine, BotState::Crashed, Some(3), 1.0)).await?;
     let batch = [
         report(&mine, BotState::Running, None, 2.0),
@@ -507,4 +500,72 @@ async fn state_reports_not_newer_than_the_applied_one_change_nothing(t: Ctx) -> 
 
 fn bot_definition_hash(bot: &Bot) -> String {
     definition_hash(&bot.exec, &bot.restart, &bot.stop)
+}
+
+/// The reports of several connections in one call (the server's group of state reports): each
+/// agent's batch takes effect only on its own bots, two batches of one agent about the same bot
+/// apply in the order given (the later news wins, the earlier exit code is kept), each batch
+/// is answered with its own bots before and after, and the read says which bots have an open
+/// incident.
+async fn several_agents_reports_share_one_statement(t: Ctx) -> anyhow::Result<()> {
+    let (a1, a2) = (t.agent("host-1").await?, t.agent("host-2").await?);
+    let (one, two) = (t.bot("one", a1.id, &[]).await?, t.bot("two", a2.id, &[]).await?);
+    let report =
+        |bot: &Bot, state: BotState, exit_code: Option<i32>, at: f64| state_report(&t, bot, state, exit_code, at);
+    t.store
+        .open_incident(
+            NewIncident {
+                tenant_id: t.tenant,
+                kind: IncidentKind::BotCrashed,
+                severity: Severity::Warning,
+                subject: format!("bot:{}", two.id),
+                message: "crashed".into(),
+                data: serde_json::json!({}),
+            },
+            t.at(0.5),
+        )
+        .await?;
+    let batches = vec![
+        (a1.id, vec![report(&one, BotState::Crashed, Some(3), 1.0), report(&two, BotState::Running, None, 1.0)]),
+        (a2.id, vec![report(&two, BotState::Running, None, 1.5)]),
+        (a1.id, vec![report(&one, BotState::Running, None, 2.0), report(&one, BotState::Starting, None, 0.5)]),
+    ];
+    let applied = t.store.report_agents_bot_states(&batches).await?;
+    assert_eq!(applied.len(), 3, "one answer per batch");
+    assert_eq!(applied[0].news, [true, false], "host-1's report about host-2's bot is no news");
+    assert_eq!(applied[1].news, [true]);
+    assert_eq!(applied[2].news, [true, false], "older than the batch before it: the past");
+    let names = |i: usize| applied[i].before.iter().map(|b| b.bot.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        (names(0), names(1), names(2)),
+        (vec!["one".to_owned()], vec!["two".to_owned()], vec!["one".to_owned()])
+    );
+    assert!(!applied[0].before[0].open_incident);
+    assert!(applied[1].before[0].open_incident, "bot two's crash incident is open");
+
+    let (one_now, two_now) = (t.store.get_bot(t.tenant, one.id).await?, t.store.get_bot(t.tenant, two.id).await?);
+    assert_eq!((one_now.state, one_now.last_exit_code, one_now.updated_at), (BotState::Running, Some(3), t.at(2.0)));
+    assert_eq!((two_now.state, two_now.updated_at), (BotState::Running, t.at(1.5)));
+    assert_eq!(applied[0].after, std::slice::from_ref(&one_now));
+    assert_eq!(applied[1].after, std::slice::from_ref(&two_now));
+    assert_eq!(applied[2].after, std::slice::from_ref(&one_now));
+    // Nothing named: an empty answer per batch, and no statement.
+    let none = t.store.report_agents_bot_states(&[(a1.id, Vec::new())]).await?;
+    assert!(none[0].before.is_empty() && none[0].after.is_empty());
+    Ok(())
+}
+
+/// An agent's report about `bot` at `at` seconds (pid 7 when running, 2 restarts, error "why").
+fn state_report(t: &Ctx, bot: &Bot, state: BotState, exit_code: Option<i32>, at: f64) -> BotStateReport {
+    BotStateReport {
+        bot_id: bot.id,
+        state,
+        pid: (state == BotState::Running).then_some(7),
+        started_at: None,
+        exit_code,
+        exit_signal: None,
+        restart_count: 2,
+        error: Some("why".into()),
+        at: t.at(at),
+    }
 }

@@ -77,9 +77,11 @@ pub struct BotPage {
 pub struct Reported {
     pub bot: Bot,
     pub reported_at_us: Option<i64>,
+    /// An incident about the bot was open when it was read.
+    pub open_incident: bool,
 }
 
-/// What [`Store::report_bot_states`] did with a batch of reports.
+/// What [`Store::report_agents_bot_states`] did with one agent's batch of reports.
 #[derive(Debug, Default)]
 pub struct StateReports {
     /// The bots of the agent the reports named, as they were before (read first).
@@ -91,17 +93,21 @@ pub struct StateReports {
     pub after: Vec<Bot>,
 }
 
-/// Which reports of a batch, in the order sent, are news: later (`at`, to the microsecond)
-/// than every report applied for their bot before them — `newest` holds each bot's stored
-/// `reported_at_us` (the bots missing from it are not the agent's: nothing is news for them).
-/// An equal time is a repeat of the same report, an earlier one a replay of the past.
-fn news_of(reports: &[BotStateReport], mut newest: HashMap<Id, Option<i64>>) -> Vec<bool> {
+/// Which reports of a batch, in the order sent, are news: about a bot that is `theirs` (the
+/// reporting agent's), and later (`at`, to the microsecond) than every report applied for
+/// their bot before them — `newest` holds each bot's stored `reported_at_us` and takes each
+/// news. An equal time is a repeat of the same report, an earlier one a replay of the past.
+fn news_of(
+    reports: &[BotStateReport],
+    newest: &mut HashMap<Id, Option<i64>>,
+    theirs: impl Fn(&Id) -> bool,
+) -> Vec<bool> {
     reports
         .iter()
         .map(|report| {
             let at = report.at.timestamp_micros();
             match newest.get_mut(&report.bot_id) {
-                Some(applied) if applied.is_none_or(|applied| applied < at) => {
+                Some(applied) if theirs(&report.bot_id) && applied.is_none_or(|applied| applied < at) => {
                     *applied = Some(at);
                     true
                 }
@@ -116,6 +122,7 @@ struct ReportedRow {
     #[sqlx(flatten)]
     bot: BotRow,
     reported_at_us: Option<i64>,
+    open_incident: bool,
 }
 
 /// Identifies what an agent must run: a change of any of these must reach the agent.
@@ -468,67 +475,95 @@ const LIVE_STATES: &str = "('starting', 'running', 'stopping', 'backoff', 'unkno
 
 impl Store {
     /// Applies an agent's report about one of *its* bots. `None` when the bot is unknown, not
-    /// this agent's, or the report is no news (see [`Store::report_bot_states`]).
+    /// this agent's, or the report is no news (see [`Store::report_agents_bot_states`]).
     pub async fn report_bot_state(&self, agent_id: Id, report: &BotStateReport) -> Result<Option<Bot>> {
         Ok(self.report_bot_states(agent_id, std::slice::from_ref(report)).await?.after.pop())
     }
 
-    /// Several state reports of one agent, in the order it sent them (a WebSocket read batch),
-    /// in one statement. A report is *news* when its `at` is later than the newest report
-    /// applied for its bot before it (the stored `reported_at_us`, then the batch's earlier
-    /// news): an equal `at` is a repeat (a burst sent again because its confirmation was lost),
-    /// an earlier one a replay of the past (an agent catching up after a restart), and neither
-    /// moves the row. Each bot placed on the agent *now* takes its newest news, with the newest
-    /// exit status any of its news carried; the statement checks the order again, so a report
-    /// that raced in between is not overtaken.
+    /// Several state reports of one agent, in the order it sent them (see
+    /// [`Store::report_agents_bot_states`]).
     pub async fn report_bot_states(&self, agent_id: Id, reports: &[BotStateReport]) -> Result<StateReports> {
-        if reports.is_empty() {
-            return Ok(StateReports::default());
+        let mut applied = self.report_agents_bot_states(&[(agent_id, reports.to_vec())]).await?;
+        Ok(applied.pop().unwrap_or_default())
+    }
+
+    /// The state reports of several agents' batches (each in the order its agent sent them;
+    /// the batches in the order given), with one read and one statement for all of them. A
+    /// report is *news* when its `at` is later than the newest report applied for its bot
+    /// before it (the stored `reported_at_us`, then earlier news of the group): an equal `at`
+    /// is a repeat (a burst sent again because its confirmation was lost), an earlier one a
+    /// replay of the past (an agent catching up after a restart), and neither moves the row. An
+    /// agent's report is news only about a bot placed on that agent *now*. Each bot takes its
+    /// newest news, with the newest exit status any of its news carried; the statement checks
+    /// the agent and the order again, so a report that raced in between is not overtaken.
+    /// Answers per batch, in order.
+    pub async fn report_agents_bot_states(&self, batches: &[(Id, Vec<BotStateReport>)]) -> Result<Vec<StateReports>> {
+        let ids: Vec<String> = batches
+            .iter()
+            .flat_map(|(_, reports)| reports.iter().map(|r| r.bot_id))
+            .collect::<std::collections::BTreeSet<Id>>()
+            .iter()
+            .map(Id::to_string)
+            .collect();
+        if ids.is_empty() {
+            return Ok(batches.iter().map(|_| StateReports::default()).collect());
         }
-        let ids: Vec<String> = reports.iter().map(|r| r.bot_id.to_string()).collect();
+        // With each bot, whether an incident about it is open (the rules that only resolve
+        // need no read of their own).
         let before_sql = format!(
-            "SELECT {BOT_COLUMNS}, reported_at_us FROM bots WHERE agent_id = $1 AND id IN (SELECT value FROM {})",
-            self.json_array_rows("$2", crate::store::Elements::Text)
+            "SELECT {BOT_COLUMNS}, reported_at_us, EXISTS (SELECT 1 FROM incidents i \
+                 WHERE i.tenant_id = bots.tenant_id AND i.resolved_at IS NULL AND i.subject = 'bot:' || bots.id) \
+                 AS open_incident \
+             FROM bots WHERE id IN (SELECT value FROM {})",
+            self.json_array_rows("$1", crate::store::Elements::Text)
         );
-        let rows: Vec<ReportedRow> = with_pool!(self, read, |pool| {
-            sqlx::query_as(&before_sql).bind(agent_id.to_string()).bind(to_json(&ids)).fetch_all(pool).await?
-        });
-        let mut before = Vec::with_capacity(rows.len());
-        let mut newest: HashMap<Id, Option<i64>> = HashMap::with_capacity(rows.len());
+        let rows: Vec<ReportedRow> =
+            with_pool!(self, read, |pool| { sqlx::query_as(&before_sql).bind(to_json(&ids)).fetch_all(pool).await? });
+        let mut found: HashMap<Id, Reported> = HashMap::with_capacity(rows.len());
         for row in rows {
             let bot = Bot::try_from(row.bot)?;
-            newest.insert(bot.id, row.reported_at_us);
-            before.push(Reported { bot, reported_at_us: row.reported_at_us });
+            found
+                .insert(bot.id, Reported { bot, reported_at_us: row.reported_at_us, open_incident: row.open_incident });
         }
-        let news = news_of(reports, newest);
+        let mut newest: HashMap<Id, Option<i64>> = found.iter().map(|(id, r)| (*id, r.reported_at_us)).collect();
         // Per bot, its newest news with the newest exit status of all its news.
-        let mut folded: Vec<BotStateReport> = Vec::new();
+        let mut folded: Vec<(Id, BotStateReport)> = Vec::new();
         let mut slot: HashMap<Id, usize> = HashMap::new();
-        for (report, _) in reports.iter().zip(&news).filter(|(_, news)| **news) {
-            match slot.get(&report.bot_id) {
-                Some(&i) => {
-                    let (code, signal) = (folded[i].exit_code, folded[i].exit_signal);
-                    folded[i] = report.clone();
-                    folded[i].exit_code = report.exit_code.or(code);
-                    folded[i].exit_signal = report.exit_signal.or(signal);
-                }
-                None => {
-                    slot.insert(report.bot_id, folded.len());
-                    folded.push(report.clone());
+        let mut answers = Vec::with_capacity(batches.len());
+        for (agent_id, reports) in batches {
+            let theirs = |bot_id: &Id| found.get(bot_id).is_some_and(|r| r.bot.agent_id == *agent_id);
+            let news = news_of(reports, &mut newest, theirs);
+            for (report, _) in reports.iter().zip(&news).filter(|(_, news)| **news) {
+                match slot.get(&report.bot_id) {
+                    Some(&i) => {
+                        let (code, signal) = (folded[i].1.exit_code, folded[i].1.exit_signal);
+                        folded[i].1 = report.clone();
+                        folded[i].1.exit_code = report.exit_code.or(code);
+                        folded[i].1.exit_signal = report.exit_signal.or(signal);
+                    }
+                    None => {
+                        slot.insert(report.bot_id, folded.len());
+                        folded.push((*agent_id, report.clone()));
+                    }
                 }
             }
+            let named: std::collections::BTreeSet<Id> =
+                reports.iter().map(|r| r.bot_id).filter(|id| theirs(id)).collect();
+            let before = named.iter().filter_map(|id| found.get(id).cloned()).collect();
+            answers.push(StateReports { before, news, after: Vec::new() });
         }
         if folded.is_empty() {
-            return Ok(StateReports { before, news, after: Vec::new() });
+            return Ok(answers);
         }
         let values: Vec<serde_json::Value> = folded
             .iter()
-            .map(|r| {
+            .map(|(agent_id, r)| {
                 serde_json::json!({
-                    "id": r.bot_id.to_string(), "state": r.state.as_str(), "pid": r.pid.map(i64::from),
-                    "started_at": r.started_at.map(to_ms), "exit_code": r.exit_code.map(i64::from),
-                    "exit_signal": r.exit_signal.map(i64::from), "restart_count": i64::from(r.restart_count),
-                    "error": r.error, "at": to_ms(r.at), "at_us": r.at.timestamp_micros(),
+                    "id": r.bot_id.to_string(), "agent": agent_id.to_string(), "state": r.state.as_str(),
+                    "pid": r.pid.map(i64::from), "started_at": r.started_at.map(to_ms),
+                    "exit_code": r.exit_code.map(i64::from), "exit_signal": r.exit_signal.map(i64::from),
+                    "restart_count": i64::from(r.restart_count), "error": r.error, "at": to_ms(r.at),
+                    "at_us": r.at.timestamp_micros(),
                 })
             })
             .collect();
@@ -539,21 +574,28 @@ impl Store {
              restart_count = CAST(v_restarts AS BIGINT), last_error = v_error, \
              state_at = CAST(v_at AS BIGINT), updated_at = CAST(v_at AS BIGINT), \
              reported_at_us = CAST(v_at_us AS BIGINT) \
-             FROM (SELECT value ->> 'id' AS v_id, value ->> 'state' AS v_state, value ->> 'pid' AS v_pid, \
-                          value ->> 'started_at' AS v_started, value ->> 'exit_code' AS v_code, \
-                          value ->> 'exit_signal' AS v_signal, value ->> 'restart_count' AS v_restarts, \
-                          value ->> 'error' AS v_error, value ->> 'at' AS v_at, value ->> 'at_us' AS v_at_us \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'agent' AS v_agent, value ->> 'state' AS v_state, \
+                          value ->> 'pid' AS v_pid, value ->> 'started_at' AS v_started, \
+                          value ->> 'exit_code' AS v_code, value ->> 'exit_signal' AS v_signal, \
+                          value ->> 'restart_count' AS v_restarts, value ->> 'error' AS v_error, \
+                          value ->> 'at' AS v_at, value ->> 'at_us' AS v_at_us \
                    FROM {}) AS v \
-             WHERE id = v_id AND agent_id = $1 \
+             WHERE id = v_id AND agent_id = v_agent \
                AND (reported_at_us IS NULL OR reported_at_us < CAST(v_at_us AS BIGINT)) \
              RETURNING {BOT_COLUMNS}",
-            self.json_array_rows("$2", crate::store::Elements::Json)
+            self.json_array_rows("$1", crate::store::Elements::Json)
         );
-        let after: Vec<BotRow> = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql).bind(agent_id.to_string()).bind(to_json(&values)).fetch_all(pool).await?
-        });
+        let after: Vec<BotRow> =
+            with_pool!(self, write, |pool| { sqlx::query_as(&sql).bind(to_json(&values)).fetch_all(pool).await? });
         let after = after.into_iter().map(Bot::try_from).collect::<Result<Vec<Bot>>>()?;
-        Ok(StateReports { before, news, after })
+        // Each batch gets the rows its own news changed.
+        for ((agent_id, reports), answer) in batches.iter().zip(&mut answers) {
+            let changed: std::collections::HashSet<Id> =
+                reports.iter().zip(&answer.news).filter(|(_, news)| **news).map(|(r, _)| r.bot_id).collect();
+            answer.after =
+                after.iter().filter(|bot| bot.agent_id == *agent_id && changed.contains(&bot.id)).cloned().collect();
+        }
+        Ok(answers)
     }
 
     /// Applies the full snapshot an agent sends on connect: the bots it names take the state it
