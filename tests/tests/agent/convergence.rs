@@ -72,9 +72,13 @@ async fn transitions_a_killed_agent_had_not_delivered_reach_the_server() -> anyh
     .await?;
     assert_eq!(caught_up["pid"].as_u64(), Some(u64::from(second)), "the re-adopted process: {caught_up}");
     let subject = format!("bot:{bot}");
+    // The incident rules follow the state write (the bot may show `running` a moment before).
     for kind in ["bot_crashed", "bot_restarted"] {
-        let incidents = get(&app, &format!("/api/v1/incidents?kind={kind}&subject={subject}")).await?;
-        assert!(incidents["items"].as_array().is_some_and(|i| !i.is_empty()), "a {kind} incident: {incidents}");
+        let path = format!("/api/v1/incidents?kind={kind}&subject={subject}");
+        wait_until(&app, &path, &format!("a {kind} incident"), |incidents| {
+            incidents["items"].as_array().is_some_and(|i| !i.is_empty())
+        })
+        .await?;
     }
     assert_eq!(bot_leaders(&bot.to_string()), [second], "still one process for the bot");
     // Once confirmed, nothing is owed any more.

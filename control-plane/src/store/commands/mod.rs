@@ -129,6 +129,11 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(MAX_DURATION_MS)
 }
 
+/// The condition of the `commands_inflight_lease` partial index, word for word: SQLite uses a
+/// partial index only when the query states its condition (it does not infer
+/// `status IN ('dispatched', 'running')` from `status = 'dispatched'`; Postgres does).
+const IN_FLIGHT: &str = "status IN ('dispatched', 'running')";
+
 /// Why a guarded `UPDATE … WHERE status IN (…)` matched nothing. `current` is the row read
 /// afterwards: gone (or not the caller's) → `NotFound`; already where the caller wanted it and
 /// `repeat_ok` → that row, unchanged (an idempotent repeat); otherwise the refused transition.
@@ -401,22 +406,24 @@ impl Store {
 
     /// Lease hygiene, in one transaction: a `dispatched` command whose lease has passed goes
     /// back to `queued` (lease cleared) while it has attempts left, else `dead_lettered`; a
-    /// `running` command past its execution deadline is `timed_out`.
+    /// `running` command past its execution deadline is `timed_out`. Each statement repeats the
+    /// condition of the in-flight index ([`IN_FLIGHT`]), so SQLite uses it instead of reading
+    /// every command ever kept at every supervisor tick.
     #[tracing::instrument(skip(self))]
     pub async fn sweep_leases(&self, now: Timestamp) -> Result<LeaseSweep> {
         let requeue = format!(
             "UPDATE commands SET status = 'queued', lease_expires_at = NULL, updated_at = $1 \
-             WHERE status = 'dispatched' AND lease_expires_at <= $1 AND attempt < max_attempts \
+             WHERE {IN_FLIGHT} AND status = 'dispatched' AND lease_expires_at <= $1 AND attempt < max_attempts \
              RETURNING {COMMAND_COLUMNS}"
         );
         let dead_letter = format!(
             "UPDATE commands SET status = 'dead_lettered', lease_expires_at = NULL, finished_at = $1, updated_at = $1 \
-             WHERE status = 'dispatched' AND lease_expires_at <= $1 AND attempt >= max_attempts \
+             WHERE {IN_FLIGHT} AND status = 'dispatched' AND lease_expires_at <= $1 AND attempt >= max_attempts \
              RETURNING {COMMAND_COLUMNS}"
         );
         let time_out = format!(
             "UPDATE commands SET status = 'timed_out', lease_expires_at = NULL, finished_at = $1, updated_at = $1 \
-             WHERE status = 'running' AND lease_expires_at <= $1 RETURNING {COMMAND_COLUMNS}"
+             WHERE {IN_FLIGHT} AND status = 'running' AND lease_expires_at <= $1 RETURNING {COMMAND_COLUMNS}"
         );
         let now_ms = to_ms(now);
         let (requeued, dead_lettered, timed_out): (Vec<CommandRow>, Vec<CommandRow>, Vec<CommandRow>) =
