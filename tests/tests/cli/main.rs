@@ -3,6 +3,7 @@
 
 mod admin;
 mod client;
+mod plans;
 mod vault;
 
 use std::time::Duration;
@@ -24,12 +25,9 @@ pub async fn login(client: &reqwest::Client, server: &ServerProcess, password: &
     Ok(body["access_token"].as_str().unwrap_or_default().to_owned())
 }
 
-/// Writes an agent and a bot straight into the database the server uses.
-async fn seed_bot(db: &TestDb, name: &str) -> anyhow::Result<Agent> {
-    let store = db.store().await?;
-    let now = chrono::Utc::now();
-    let tenant_id = store.ensure_tenant(DEFAULT_TENANT, now).await?;
-    let new = NewAgent {
+/// The agent `vm-1` of a tenant, with the hash of its token if it is to connect.
+fn vm_1(tenant_id: botmox_contract::Id, token_hash: Option<String>) -> NewAgent {
+    NewAgent {
         tenant_id,
         name: "vm-1".into(),
         hostname: "vm-1".into(),
@@ -37,9 +35,16 @@ async fn seed_bot(db: &TestDb, name: &str) -> anyhow::Result<Agent> {
         arch: "x86_64".into(),
         version: "test".into(),
         labels: Default::default(),
-        token_hash: None,
-    };
-    let agent = store.create_agent(new, now).await?;
+        token_hash,
+    }
+}
+
+/// Writes an agent and a bot straight into the database the server uses.
+async fn seed_bot(db: &TestDb, name: &str) -> anyhow::Result<Agent> {
+    let store = db.store().await?;
+    let now = chrono::Utc::now();
+    let tenant_id = store.ensure_tenant(DEFAULT_TENANT, now).await?;
+    let agent = store.create_agent(vm_1(tenant_id, None), now).await?;
     let spec: BotSpec =
         serde_json::from_value(json!({"name": name, "agent_id": agent.id, "exec": {"program": "python3"}}))?;
     store.create_bot(NewBot { tenant_id, spec }, now).await?;
