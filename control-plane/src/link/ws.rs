@@ -105,7 +105,7 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut outbound) = mpsc::channel::<Outbound>(256);
 
-    // Held by the reader while it applies a read batch, by the writer for each send.
+    // Held by the reader while it applies a read batch, by the writer for each burst it sends.
     let write_gate = std::sync::Arc::new(tokio::sync::Mutex::new(()));
     let writer_gate = write_gate.clone();
     // Every frame already queued goes out in one write (one flush, not one per frame).
