@@ -349,7 +349,7 @@ const MAX_BYTES: u64 = 1 << 62;
 
 /// A heartbeat's numbers must be what a host can measure: finite, in range. Anything else is
 /// refused at the door, never stored (a non-finite number would be unreadable afterwards).
-/// What `report_bot_states` writes for one report, applied to a bot in memory.
+/// What `report_agents_bot_states` writes for one report, applied to a bot in memory.
 fn apply_report(bot: &mut botmox_contract::bots::Bot, report: &botmox_contract::protocol::BotStateReport) {
     bot.state = report.state;
     bot.pid = report.pid;
