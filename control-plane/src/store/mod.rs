@@ -252,22 +252,28 @@ pub(crate) enum Elements {
 impl Store {
     /// The elements of a JSON array bound at `param`, as a table with one column `value`: the
     /// only text that differs between the backends in the bulk statements (many rows in one
-    /// statement). SQLite's `json_each` gives strings as text and objects as JSON either way.
+    /// statement). Strings come out as text; objects are read with `value ->> 'field'`.
+    ///
+    /// On Postgres, objects are parsed once into `jsonb`, so each `->>` is a lookup: with
+    /// `json` every `->>` parsed the object again (a 15-field row: 57 µs, against 24 µs with
+    /// `jsonb`, measured on 2,000-row arrays) — the largest part of the bulk statements.
+    /// SQLite's `json_each` parses each object again too (19 µs for such a row), but its
+    /// binary form (`jsonb_each`) arrived after the SQLite that sqlx bundles (3.46).
     ///
     /// On Postgres the elements are capped by the array's own length: a no-op that gives the
     /// planner a row estimate (a set-returning function is otherwise assumed to yield 100 rows,
     /// so a join of a few ids with a 10,000-row table became a sequential scan and a hash join
     /// — 2 ms a statement — instead of a primary-key lookup per id: 0.1 ms).
     pub(crate) fn json_array_rows(&self, param: &str, elements: Elements) -> String {
-        let function = match elements {
-            Elements::Text => "json_array_elements_text",
-            Elements::Json => "json_array_elements",
-        };
-        match &self.backend {
-            Backend::Sqlite { .. } => format!("json_each({param})"),
-            Backend::Postgres { .. } => format!(
-                "(SELECT value FROM {function}(CAST({param} AS json)) LIMIT json_array_length(CAST({param} AS json))) \
-                 AS json_rows"
+        match (&self.backend, elements) {
+            (Backend::Sqlite { .. }, _) => format!("json_each({param})"),
+            (Backend::Postgres { .. }, Elements::Text) => format!(
+                "(SELECT value FROM json_array_elements_text(CAST({param} AS json)) \
+                 LIMIT json_array_length(CAST({param} AS json))) AS json_rows"
+            ),
+            (Backend::Postgres { .. }, Elements::Json) => format!(
+                "(SELECT value FROM jsonb_array_elements(CAST({param} AS jsonb)) \
+                 LIMIT jsonb_array_length(CAST({param} AS jsonb))) AS json_rows"
             ),
         }
     }
