@@ -156,8 +156,8 @@ pub(crate) async fn announce(
                 if created {
                     agents.insert(command.agent_id);
                     events.push((tenant_id, EventPayload::CommandStatus((&command).into())));
-                    if let Some(bot) = &bot {
-                        events.push((tenant_id, EventPayload::BotState(bot.into())));
+                    if let Some(bot) = bot {
+                        events.push((tenant_id, EventPayload::BotState(bot)));
                     }
                 }
                 for older in &superseded {

@@ -68,7 +68,11 @@ async fn an_order_sets_the_desired_state_and_takes_the_next_sequence_number(t: C
     );
     let changed = placed.bot.expect("the desired state changed");
     assert_eq!(changed.desired_state, DesiredState::Running);
-    assert_eq!(t.store.get_bot(t.tenant, bot.id).await?, changed, "the answer's bot is the stored one");
+    assert_eq!(
+        botmox_contract::events::BotStatus::from(&t.store.get_bot(t.tenant, bot.id).await?),
+        changed,
+        "the answer's bot is the stored one"
+    );
     let stored = t.store.get_command(t.tenant, placed.command.id).await?;
     assert_eq!(stored, placed.command, "the answer is what was stored");
 

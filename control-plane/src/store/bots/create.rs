@@ -144,7 +144,7 @@ impl Store {
             }
             return Ok(Err(refusals));
         };
-        let mut by_id: HashMap<String, BotRow> = inserted.into_iter().map(|row| (row.id.clone(), row)).collect();
+        let mut by_id: HashMap<String, BotRow> = inserted.into_iter().map(|row| (row.status.id.clone(), row)).collect();
         let bots = ids
             .iter()
             .map(|id| {

@@ -26,17 +26,19 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use botmox_contract::{
     agents::AgentStatus,
     audit::Actor,
-    bots::{Bot, DesiredState},
+    bots::DesiredState,
     commands::{BotAction, Command, CommandKind, SkippedBots},
+    events::BotStatus,
     Id, Timestamp,
 };
+use serde::Serialize;
 
 use super::{
     duration_ms,
     rows::{CommandRow, COMMAND_COLUMNS},
 };
 use crate::store::{
-    bots::{desired_str, BotRow, BOT_COLUMNS},
+    bots::{desired_str, BotBrief, StatusRow, STATUS_COLUMNS},
     new_id, parse_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError,
 };
 
@@ -92,7 +94,7 @@ pub struct Placed {
     pub created: bool,
     pub agent: AgentBrief,
     /// The bot after the order, when the order changed its desired state.
-    pub bot: Option<Bot>,
+    pub bot: Option<BotStatus>,
     /// The older commands this one superseded (now `cancelled`).
     pub superseded: Vec<Command>,
 }
@@ -163,7 +165,7 @@ struct LockedBot {
     bot_tenant: String,
     command_seq: i64,
     #[sqlx(flatten)]
-    bot: BotRow,
+    bot: StatusRow,
 }
 
 #[derive(sqlx::FromRow)]
@@ -311,7 +313,7 @@ impl Store {
             ),
             // Locked in id order, so concurrent transactions never wait on each other in a cycle.
             bots: format!(
-                "SELECT tenant_id AS bot_tenant, command_seq, {BOT_COLUMNS} FROM bots \
+                "SELECT tenant_id AS bot_tenant, command_seq, {STATUS_COLUMNS} FROM bots \
                  WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}",
                 text("$1")
             ),
@@ -502,10 +504,52 @@ struct Plan {
     slots: Vec<Slot>,
     agents: HashMap<Id, AgentBrief>,
     /// Bots whose desired state changed, as they are after the transaction.
-    changed_bots: HashMap<Id, Bot>,
-    bot_updates: Vec<serde_json::Value>,
-    inserts: Vec<serde_json::Value>,
-    supersedes: Vec<serde_json::Value>,
+    changed_bots: HashMap<Id, BotStatus>,
+    bot_updates: Vec<BotUpdate>,
+    inserts: Vec<NewRow>,
+    supersedes: Vec<Supersede>,
+}
+
+// The rows the statements read from their bound JSON arrays (typed, serialised straight to
+// the array's text: no `serde_json::Value` per row). Ids serialise as their hyphenated text.
+
+/// A command to insert.
+#[derive(Serialize)]
+struct NewRow {
+    id: Id,
+    tenant: Id,
+    agent: Id,
+    bot: Option<Id>,
+    kind: &'static str,
+    payload: String,
+    key: Option<String>,
+    by_kind: &'static str,
+    by_id: Option<Id>,
+    max_attempts: i64,
+    lease_ms: i64,
+    run_timeout_ms: i64,
+    expires_at: i64,
+    batch: Option<Id>,
+    seq: Option<i64>,
+}
+
+/// A bot's new sequence number and desired state.
+#[derive(Serialize)]
+struct BotUpdate {
+    id: Id,
+    seq: i64,
+    desired: &'static str,
+    updated: i64,
+}
+
+/// The newest order of a bot, which supersedes its older queued ones.
+#[derive(Serialize, Clone)]
+struct Supersede {
+    id: Id,
+    tenant: Id,
+    bot: Id,
+    kind: &'static str,
+    seq: i64,
 }
 
 enum Slot {
@@ -553,11 +597,11 @@ impl Plan {
             );
         }
         // The locked bots, with the sequence number as it grows through these orders.
-        let mut bots: HashMap<Id, (Id, i64, Bot)> = HashMap::new();
+        let mut bots: HashMap<Id, (Id, i64, BotBrief)> = HashMap::new();
         for row in locked {
             let tenant = parse_id(&row.bot_tenant)?;
-            let bot = Bot::try_from(row.bot)?;
-            bots.insert(bot.id, (tenant, row.command_seq, bot));
+            let bot = BotBrief::try_from(row.bot)?;
+            bots.insert(bot.status.id, (tenant, row.command_seq, bot));
         }
 
         let mut slots = Vec::with_capacity(orders.len());
@@ -565,7 +609,7 @@ impl Plan {
         let mut keys_here: HashMap<(Id, String), Id> = HashMap::new();
         // Per bot: (seq, desired) after these orders, and the newest control and sync orders.
         let mut touched: BTreeMap<Id, (i64, i64, Option<DesiredState>)> = BTreeMap::new();
-        let mut newest: HashMap<(Id, bool), serde_json::Value> = HashMap::new();
+        let mut newest: HashMap<(Id, bool), Supersede> = HashMap::new();
         for order in orders {
             if let Some(key) = &order.idempotency_key {
                 let tk = (order.tenant_id, key.clone());
@@ -585,7 +629,7 @@ impl Plan {
                         continue;
                     };
                     debug_assert_eq!(*tenant, order.tenant_id);
-                    match agents.get(&bot.agent_id) {
+                    match agents.get(&bot.status.agent_id) {
                         Some((_, agent)) if agent.status == AgentStatus::Revoked => {
                             slots.push(Slot::Refused(revoked(&agent.name)));
                             continue;
@@ -606,7 +650,7 @@ impl Plan {
                         }
                     }
                     let stop_ms = i64::try_from(bot.stop.timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-                    (bot.agent_id, Some(bot_id), Some(*seq), stop_ms)
+                    (bot.status.agent_id, Some(bot_id), Some(*seq), stop_ms)
                 }
                 Target::Agent { agent_id, bot_id } => {
                     match agents.get(&agent_id) {
@@ -629,32 +673,29 @@ impl Plan {
             if let Some(key) = &order.idempotency_key {
                 keys_here.insert((order.tenant_id, key.clone()), id);
             }
-            let row = serde_json::json!({
-                "id": id.to_string(),
-                "tenant": order.tenant_id.to_string(),
-                "agent": agent_id.to_string(),
-                "bot": bot_id.map(|b| b.to_string()),
-                "kind": order.kind.as_str(),
-                "payload": to_json(&order.payload),
-                "key": order.idempotency_key,
-                "by_kind": order.created_by.kind.as_str(),
-                "by_id": order.created_by.id.map(|id| id.to_string()),
-                "max_attempts": i64::from(times.max_attempts),
-                "lease_ms": duration_ms(times.lease),
-                "run_timeout_ms": duration_ms(times.run_timeout).saturating_add(stop_timeout_ms),
-                "expires_at": now_ms.saturating_add(duration_ms(times.ttl)),
-                "batch": order.batch_id.map(|b| b.to_string()),
-                "seq": seq,
-            });
+            let row = NewRow {
+                id,
+                tenant: order.tenant_id,
+                agent: agent_id,
+                bot: bot_id,
+                kind: order.kind.as_str(),
+                payload: to_json(&order.payload),
+                key: order.idempotency_key.clone(),
+                by_kind: order.created_by.kind.as_str(),
+                by_id: order.created_by.id,
+                max_attempts: i64::from(times.max_attempts),
+                lease_ms: duration_ms(times.lease),
+                run_timeout_ms: duration_ms(times.run_timeout).saturating_add(stop_timeout_ms),
+                expires_at: now_ms.saturating_add(duration_ms(times.ttl)),
+                batch: order.batch_id,
+                seq,
+            };
             if let (Target::Bot(bot_id), Some(seq)) = (order.target, seq) {
                 let control = is_control(order.kind);
                 if control || order.kind == CommandKind::BotSync {
                     newest.insert(
                         (bot_id, control),
-                        serde_json::json!({
-                            "id": id.to_string(), "tenant": order.tenant_id.to_string(),
-                            "bot": bot_id.to_string(), "kind": order.kind.as_str(), "seq": seq,
-                        }),
+                        Supersede { id, tenant: order.tenant_id, bot: bot_id, kind: order.kind.as_str(), seq },
                     );
                 }
             }
@@ -665,24 +706,22 @@ impl Plan {
         let mut bot_updates = Vec::new();
         let mut changed_bots = HashMap::new();
         for (bot_id, (seq_before, seq, desired)) in touched {
-            let Some((_, _, bot)) = bots.get_mut(&bot_id) else { continue };
+            let Some((_, _, BotBrief { status: bot, .. })) = bots.get_mut(&bot_id) else { continue };
             let desired_changes = desired.is_some_and(|d| d != bot.desired_state);
             if !desired_changes && seq == seq_before {
                 continue;
             }
             let new_desired = desired.unwrap_or(bot.desired_state);
             let updated = if desired_changes { now_ms } else { to_ms(bot.updated_at) };
-            bot_updates.push(serde_json::json!({
-                "id": bot_id.to_string(), "seq": seq, "desired": desired_str(new_desired), "updated": updated,
-            }));
+            bot_updates.push(BotUpdate { id: bot_id, seq, desired: desired_str(new_desired), updated });
             if desired_changes {
                 bot.desired_state = new_desired;
                 bot.updated_at = crate::store::from_ms(now_ms)?;
                 changed_bots.insert(bot_id, bot.clone());
             }
         }
-        let mut supersedes: Vec<serde_json::Value> = newest.into_values().collect();
-        supersedes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        let mut supersedes: Vec<Supersede> = newest.into_values().collect();
+        supersedes.sort_by_key(|s| s.id);
         let agents = agents.into_iter().map(|(id, (_, brief))| (id, brief)).collect();
         Ok(Plan { slots, agents, changed_bots, bot_updates, inserts, supersedes })
     }
