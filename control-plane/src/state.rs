@@ -1,6 +1,10 @@
 //! `AppState`: what every handler may reach. Cheap to clone (pools and `Arc`s inside).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use botmox_contract::Id;
 
@@ -19,7 +23,7 @@ use crate::{
     store::{CommandOutcome, NewAuditEntry, Order, Placed, Store},
 };
 
-use botmox_contract::commands::Command;
+use botmox_contract::{bots::Bot, commands::Command};
 
 /// Events kept for `Last-Event-ID` resumption.
 pub const EVENT_BACKLOG: usize = 10_000;
@@ -51,6 +55,8 @@ pub struct AppState {
     pub results: Arc<ResultGroup>,
     /// Agents' bot state reports (`agent, reports`), applied in groups across connections.
     pub states: Arc<StateGroup>,
+    /// Dispatchers' claims (`agent, limit`), taken in groups across connections.
+    pub claims: Arc<ClaimGroup>,
     /// The audit entries of requests, committed in groups (each with its time).
     pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
@@ -82,6 +88,7 @@ impl AppState {
             acks: Arc::new(ack_group(store.clone(), clock.clone())),
             results: Arc::new(result_group(store.clone(), clock.clone())),
             states: Arc::new(state_group(store.clone())),
+            claims: Arc::new(claim_group(store.clone(), clock.clone())),
             store,
             clock,
             sessions: Arc::new(sessions),
@@ -135,6 +142,14 @@ pub type StateInput = (Id, Vec<botmox_contract::protocol::BotStateReport>);
 pub type AckGroup = GroupCommit<AckInput, Answers>;
 pub type ResultGroup = GroupCommit<ResultInput, Answers>;
 pub type StateGroup = GroupCommit<StateInput, crate::store::StateReports>;
+pub type ClaimGroup = GroupCommit<(Id, u32), Claim>;
+
+/// What one dispatcher's claim came to: its commands (leased), and the bots they name — read
+/// once for the whole group; `None` if that read failed (the commands then wait for their lease).
+pub struct Claim {
+    pub commands: Vec<Command>,
+    pub bots: Option<Arc<HashMap<Id, Bot>>>,
+}
 
 /// The acks of every connection that arrived while the previous statement ran: one statement.
 fn ack_group(store: Store, clock: Clock) -> AckGroup {
@@ -176,6 +191,28 @@ fn state_group(store: Store) -> StateGroup {
     GroupCommit::start_parallel("states", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Arc<Vec<StateInput>>| {
         let store = store.clone();
         async move { Ok(store.report_agents_bot_states(&inputs).await?.into_iter().map(Ok).collect()) }
+    })
+}
+
+/// The claims of every dispatcher woken while the previous statement ran: one statement
+/// (Postgres; one transaction on SQLite), then one read of every bot the commands name.
+fn claim_group(store: Store, clock: Clock) -> ClaimGroup {
+    GroupCommit::start_parallel("claims", MAX_FRAME_GROUP, FRAME_GROUPS_AT_ONCE, move |inputs: Arc<Vec<(Id, u32)>>| {
+        let (store, now) = (store.clone(), clock.now());
+        async move {
+            let claimed = store.claim_agents_commands(&inputs, now).await?;
+            let bot_ids: Vec<Id> =
+                claimed.iter().flatten().filter_map(|c| c.bot_id).collect::<BTreeSet<_>>().into_iter().collect();
+            let bots = match store.get_bots(&bot_ids).await {
+                Ok(bots) => Some(Arc::new(bots.into_iter().map(|bot| (bot.id, bot)).collect())),
+                Err(e) => {
+                    let commands: usize = claimed.iter().map(Vec::len).sum();
+                    tracing::warn!(error = %e, commands, "commands not sent now: their bots could not be read; their leases bring them back");
+                    None
+                }
+            };
+            Ok(claimed.into_iter().map(|commands| Ok(Claim { commands, bots: bots.clone() })).collect())
+        }
     })
 }
 

@@ -4,7 +4,7 @@
 //! or the bot is no longer on the command's agent) fails here with the reason, instead of
 //! reaching the agent half-formed — or reaching the wrong agent with another host's bot.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use botmox_contract::{
     bots::Bot,
@@ -45,22 +45,18 @@ impl Claimed {
     }
 }
 
-/// Leases up to [`CLAIM_BATCH`] queued commands of the agent and builds their envelopes from
-/// one read of their bots.
+/// Leases up to [`CLAIM_BATCH`] queued commands of the agent (in a group with the claims of
+/// other connections: `state.claims`) and builds their envelopes from the group's one read of
+/// their bots.
 pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> Result<Claimed, StoreError> {
     let now = state.clock.now();
-    let claimed = state.store.claim_commands(agent_id, CLAIM_BATCH, now).await?;
+    let crate::state::Claim { commands: claimed, bots } = state.claims.submit((agent_id, CLAIM_BATCH)).await?;
     let full = claimed.len() as u32 == CLAIM_BATCH;
     let mut envelopes = Vec::with_capacity(claimed.len());
     let mut dispatched = Vec::with_capacity(claimed.len());
-    let bot_ids: Vec<Id> = claimed.iter().filter_map(|c| c.bot_id).collect::<BTreeSet<_>>().into_iter().collect();
     // A failed read leaves every claimed command to its lease (it comes back, nothing lost).
-    let bots: HashMap<Id, Bot> = match state.store.get_bots(tenant_id, &bot_ids).await {
-        Ok(bots) => bots.into_iter().map(|bot| (bot.id, bot)).collect(),
-        Err(e) => {
-            tracing::warn!(%agent_id, error = %e, commands = claimed.len(), "commands not sent now: their bots could not be read; their leases bring them back");
-            return Ok(Claimed { envelopes, full, dispatched, tenant_id });
-        }
+    let Some(bots) = bots else {
+        return Ok(Claimed { envelopes, full, dispatched, tenant_id });
     };
     for command in claimed {
         let waited = (now - command.created_at).to_std().unwrap_or_default();

@@ -16,6 +16,7 @@ conformance!(
     ack_commands_answers_each_like_ack_command,
     complete_commands_answers_each_like_complete_command,
     acks_and_results_of_many_agents_move_only_each_agents_own_commands,
+    claims_of_many_agents_take_each_agents_oldest_up_to_its_limit,
 );
 
 async fn enqueue_commands_answers_each_like_enqueue_command(t: Ctx) -> anyhow::Result<()> {
@@ -213,5 +214,39 @@ async fn acks_and_results_of_many_agents_move_only_each_agents_own_commands(t: C
         "b's answer changed nothing"
     );
     assert_eq!(t.store.get_command(t.tenant, of_b.id).await?.status, CommandStatus::Failed);
+    Ok(())
+}
+
+/// What the dispatchers' grouped claim does: per agent, its own oldest queued commands up to
+/// its limit (an agent named twice is served in turn), leased, in one call.
+async fn claims_of_many_agents_take_each_agents_oldest_up_to_its_limit(t: Ctx) -> anyhow::Result<()> {
+    let other = t.tenant("other").await?;
+    let (a, b, idle) = (t.agent("host-a").await?, t.agent("host-b").await?, t.agent("host-idle").await?);
+    let foreign = t.agent_in(other, "host-x").await?;
+    let mut of_a = Vec::new();
+    for _ in 0..5 {
+        of_a.push(t.enqueue(a.id).await?.id);
+    }
+    let of_b = [t.enqueue(b.id).await?.id, t.enqueue(b.id).await?.id];
+    let of_foreign = t.enqueue_at(crate::new_command(other, foreign.id), 0.0).await?.id;
+    assert!(t.store.claim_agents_commands(&[], t.at(1.0)).await?.is_empty());
+
+    let claims = [(a.id, 2), (b.id, 10), (idle.id, 4), (a.id, 2), (foreign.id, 1)];
+    let answers = t.store.claim_agents_commands(&claims, t.at(1.0)).await?;
+    let ids: Vec<Vec<_>> = answers.iter().map(|claimed| claimed.iter().map(|c| c.id).collect()).collect();
+    assert_eq!(
+        ids,
+        vec![of_a[..2].to_vec(), of_b.to_vec(), vec![], of_a[2..4].to_vec(), vec![of_foreign]],
+        "each claim takes its agent's oldest, in turn, up to its limit"
+    );
+    for command in answers.iter().flatten() {
+        assert_eq!((command.status, command.attempt), (CommandStatus::Dispatched, 1), "{command:?}");
+    }
+    assert!(answers[0].iter().chain(&answers[3]).all(|c| c.agent_id == a.id));
+    // What no claim asked for stays queued; a second claim takes it and nothing twice.
+    assert_eq!(t.store.get_command(t.tenant, of_a[4]).await?.status, CommandStatus::Queued);
+    let again = t.store.claim_agents_commands(&[(a.id, 10), (b.id, 10)], t.at(2.0)).await?;
+    let again: Vec<Vec<_>> = again.iter().map(|claimed| claimed.iter().map(|c| c.id).collect()).collect();
+    assert_eq!(again, vec![vec![of_a[4]], vec![]]);
     Ok(())
 }

@@ -302,20 +302,20 @@ impl Store {
         row.ok_or(StoreError::NotFound("bot"))?.try_into()
     }
 
-    /// The tenant's bots among `ids`, in one read (ids that are not bots of the tenant are
-    /// left out): what dispatch builds a claim's envelopes from.
-    pub async fn get_bots(&self, tenant_id: Id, ids: &[Id]) -> Result<Vec<Bot>> {
+    /// The bots among `ids`, of whatever tenant, in one read (ids that are no bot are left
+    /// out): what dispatch builds the envelopes of a group of claims from. The ids come from
+    /// claimed commands, and each envelope is built only for a bot on the command's own agent.
+    pub async fn get_bots(&self, ids: &[Id]) -> Result<Vec<Bot>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT {BOT_COLUMNS} FROM bots WHERE {TENANT_NOT_INDEXED} AND id IN (SELECT value FROM {})",
-            self.json_array_rows("$2", crate::store::Elements::Text)
+            "SELECT {BOT_COLUMNS} FROM bots WHERE id IN (SELECT value FROM {})",
+            self.json_array_rows("$1", crate::store::Elements::Text)
         );
         let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
-        let rows: Vec<BotRow> = with_pool!(self, read, |pool| {
-            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(&ids).fetch_all(pool).await?
-        });
+        let rows: Vec<BotRow> =
+            with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(&ids).fetch_all(pool).await? });
         rows.into_iter().map(Bot::try_from).collect()
     }
 

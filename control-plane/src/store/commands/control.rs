@@ -166,6 +166,9 @@ struct LockedBot {
     command_seq: i64,
     #[sqlx(flatten)]
     bot: StatusRow,
+    /// The bot's agent, read with it (not locked).
+    #[sqlx(flatten)]
+    agent: AgentRow,
 }
 
 #[derive(sqlx::FromRow)]
@@ -195,14 +198,24 @@ fn raced() -> StoreError {
     StoreError::Conflict("an Idempotency-Key was being used concurrently: send the request again".into())
 }
 
+/// An agent as an order's answer needs it (its columns aliased `agent_*`, so it reads from a
+/// join with the bots as well as alone).
 #[derive(sqlx::FromRow)]
 struct AgentRow {
-    id: String,
-    tenant_id: String,
-    name: String,
-    status: String,
-    present: bool,
+    agent_ref: String,
+    agent_tenant: String,
+    agent_name: String,
+    agent_status: String,
+    agent_present: bool,
 }
+
+/// [`AgentRow`]'s columns, from `agents`.
+const AGENT_BRIEF: &str = concat!(
+    "agents.id AS agent_ref, agents.tenant_id AS agent_tenant, agents.name AS agent_name, ",
+    "CASE WHEN agents.drained_at IS NOT NULL AND agents.status <> 'revoked' THEN 'draining' ",
+    "ELSE agents.status END AS agent_status, ",
+    "agents.status IN ('online', 'draining') AS agent_present"
+);
 
 /// The statements, built once per call (they differ between the backends only in the JSON
 /// table function and Postgres's row locks).
@@ -311,18 +324,16 @@ impl Store {
                  WHERE idempotency_key IN (SELECT value FROM {})",
                 text("$1")
             ),
-            // Locked in id order, so concurrent transactions never wait on each other in a cycle.
+            // Locked in id order, so concurrent transactions never wait on each other in a cycle;
+            // each with its agent (read, not locked).
             bots: format!(
-                "SELECT tenant_id AS bot_tenant, command_seq, {STATUS_COLUMNS} FROM bots \
-                 WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}",
+                "SELECT x.*, {AGENT_BRIEF} FROM \
+                     (SELECT tenant_id AS bot_tenant, command_seq, {STATUS_COLUMNS} FROM bots \
+                      WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}) AS x \
+                 JOIN agents ON agents.id = x.agent_id ORDER BY x.id",
                 text("$1")
             ),
-            agents: format!(
-                "SELECT id, tenant_id, name, {} AS status, status IN ('online', 'draining') AS present FROM agents \
-                 WHERE id IN (SELECT value FROM {})",
-                crate::store::agents::agent_status_sql!(),
-                text("$1")
-            ),
+            agents: format!("SELECT {AGENT_BRIEF} FROM agents WHERE id IN (SELECT value FROM {})", text("$1")),
             update_bots: format!(
                 "UPDATE bots SET command_seq = v_seq, desired_state = v_desired, updated_at = v_updated \
                  FROM (SELECT value ->> 'id' AS v_id, CAST(value ->> 'seq' AS BIGINT) AS v_seq, \
@@ -484,9 +495,11 @@ fn action_str(action: BotAction) -> &'static str {
     }
 }
 
-/// The agents the answers need: the bots' agents, the agent targets, the existing commands'.
+/// The agents the answers need that the bots' read did not bring: the agent targets', the
+/// existing commands'.
 fn agents_to_read(orders: &[Order], bots: &[LockedBot], existing: &[KeyRow]) -> Vec<String> {
-    let mut ids: HashSet<String> = bots.iter().map(|b| b.bot.agent_id.clone()).collect();
+    let known: HashSet<&str> = bots.iter().map(|b| b.agent.agent_ref.as_str()).collect();
+    let mut ids: HashSet<String> = HashSet::new();
     for order in orders {
         if let Target::Agent { agent_id, .. } = order.target {
             ids.insert(agent_id.to_string());
@@ -495,6 +508,7 @@ fn agents_to_read(orders: &[Order], bots: &[LockedBot], existing: &[KeyRow]) -> 
     for row in existing {
         ids.insert(row.command.agent_id().to_owned());
     }
+    ids.retain(|id| !known.contains(id.as_str()));
     ids.into_iter().collect()
 }
 
@@ -587,21 +601,27 @@ impl Plan {
             }
         }
         let mut agents: HashMap<Id, (Id, AgentBrief)> = HashMap::new();
-        for row in agent_rows {
-            let status = AgentStatus::parse(&row.status)
-                .ok_or_else(|| StoreError::Corrupt(format!("agent status `{}`", row.status)))?;
-            let id = parse_id(&row.id)?;
-            agents.insert(
-                id,
-                (parse_id(&row.tenant_id)?, AgentBrief { id, name: row.name, status, present: row.present }),
-            );
-        }
+        let mut add_agent = |row: AgentRow| -> Result<()> {
+            let id = parse_id(&row.agent_ref)?;
+            if agents.contains_key(&id) {
+                return Ok(());
+            }
+            let status = AgentStatus::parse(&row.agent_status)
+                .ok_or_else(|| StoreError::Corrupt(format!("agent status `{}`", row.agent_status)))?;
+            let brief = AgentBrief { id, name: row.agent_name, status, present: row.agent_present };
+            agents.insert(id, (parse_id(&row.agent_tenant)?, brief));
+            Ok(())
+        };
         // The locked bots, with the sequence number as it grows through these orders.
         let mut bots: HashMap<Id, (Id, i64, BotBrief)> = HashMap::new();
         for row in locked {
             let tenant = parse_id(&row.bot_tenant)?;
             let bot = BotBrief::try_from(row.bot)?;
+            add_agent(row.agent)?;
             bots.insert(bot.status.id, (tenant, row.command_seq, bot));
+        }
+        for row in agent_rows {
+            add_agent(row)?;
         }
 
         let mut slots = Vec::with_capacity(orders.len());

@@ -30,7 +30,7 @@ mod control;
 mod reads;
 mod rows;
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use botmox_contract::{
     agents::AgentStatus,
@@ -41,7 +41,7 @@ use botmox_contract::{
 
 pub use self::control::{AgentBrief, BatchPlaced, BatchRecord, NewBatch, Order, Placed, Placement, QueueTimes, Target};
 use self::rows::{into_commands, CommandRow, COMMAND_COLUMNS};
-use super::{new_id, to_json, to_ms, with_pool, Backend, Result, Store, StoreError};
+use super::{new_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError};
 
 /// What to enqueue.
 #[derive(Debug, Clone)]
@@ -224,30 +224,85 @@ impl Store {
     /// rows another claimer holds (`SKIP LOCKED`, so a claim racing another one for the same
     /// agent may come back short), SQLite's single writer runs one claim at a time.
     pub async fn claim_commands(&self, agent_id: Id, limit: u32, now: Timestamp) -> Result<Vec<Command>> {
-        let lock = match self.backend {
-            Backend::Sqlite { .. } => "",
-            Backend::Postgres { .. } => "FOR UPDATE SKIP LOCKED",
-        };
+        Ok(self.claim_agents_commands(&[(agent_id, limit)], now).await?.pop().unwrap_or_default())
+    }
+
+    /// [`Store::claim_commands`] for several agents (`(agent, limit)`) at once: what the
+    /// dispatchers woken together claim. Answers in the order of `claims`; an agent named
+    /// twice has its claims served in turn from one pick of their summed limits.
+    ///
+    /// On Postgres it is one statement (a `LATERAL` pick per agent). SQLite has no `LATERAL`:
+    /// there it is one transaction on the writer with the single-agent statement per agent,
+    /// which still saves a commit per agent.
+    pub async fn claim_agents_commands(&self, claims: &[(Id, u32)], now: Timestamp) -> Result<Vec<Vec<Command>>> {
+        let mut limits: Vec<(Id, u32)> = Vec::new();
+        for (agent, limit) in claims {
+            match limits.iter_mut().find(|(a, _)| a == agent) {
+                Some((_, total)) => *total = total.saturating_add(*limit),
+                None => limits.push((*agent, *limit)),
+            }
+        }
+        let set = "UPDATE commands SET status = 'dispatched', attempt = attempt + 1, dispatched_at = $2, \
+                   lease_expires_at = $2 + lease_ms, updated_at = $2 \
+                   FROM picked WHERE id = picked_id AND status = 'queued'";
         // MATERIALIZED: the picking subquery runs exactly once, whatever plan is chosen.
-        let sql = format!(
-            "WITH picked AS MATERIALIZED (\
-                 SELECT id AS picked_id FROM commands \
-                 WHERE agent_id = $1 AND status = 'queued' AND expires_at > $2 ORDER BY id LIMIT $3 {lock}) \
-             UPDATE commands SET status = 'dispatched', attempt = attempt + 1, dispatched_at = $2, \
-                 lease_expires_at = $2 + lease_ms, updated_at = $2 \
-             FROM picked WHERE id = picked_id AND status = 'queued' \
-             RETURNING {COMMAND_COLUMNS}"
-        );
         // Relaxed durability: a claim lost in a database crash is only a redelivery.
-        let rows: Vec<CommandRow> = with_pool!(self, relaxed, |pool| {
-            sqlx::query_as(&sql)
-                .bind(agent_id.to_string())
-                .bind(to_ms(now))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?
-        });
-        into_commands(rows)
+        let rows: Vec<CommandRow> = match &self.backend {
+            Backend::Sqlite { write, .. } => {
+                let sql = format!(
+                    "WITH picked AS MATERIALIZED (\
+                         SELECT id AS picked_id FROM commands \
+                         WHERE agent_id = $1 AND status = 'queued' AND expires_at > $2 ORDER BY id LIMIT $3) \
+                     {set} RETURNING {COMMAND_COLUMNS}"
+                );
+                let claim = |(agent, limit): &(Id, u32)| {
+                    sqlx::query_as::<_, CommandRow>(&sql)
+                        .bind(agent.to_string())
+                        .bind(to_ms(now))
+                        .bind(i64::from(*limit))
+                };
+                if let [one] = limits.as_slice() {
+                    claim(one).fetch_all(write).await?
+                } else {
+                    let mut tx = write.begin().await?;
+                    let mut rows = Vec::new();
+                    for each in &limits {
+                        rows.extend(claim(each).fetch_all(&mut *tx).await?);
+                    }
+                    tx.commit().await?;
+                    rows
+                }
+            }
+            Backend::Postgres { relaxed, .. } => {
+                let sql = format!(
+                    "WITH picked AS MATERIALIZED (\
+                         SELECT c.id AS picked_id \
+                         FROM (SELECT value ->> 'agent' AS v_agent, CAST(value ->> 'limit' AS BIGINT) AS v_limit \
+                               FROM {}) AS a \
+                         CROSS JOIN LATERAL (SELECT id FROM commands \
+                             WHERE agent_id = a.v_agent AND status = 'queued' AND expires_at > $2 \
+                             ORDER BY id LIMIT a.v_limit FOR UPDATE SKIP LOCKED) AS c) \
+                     {set} RETURNING {COMMAND_COLUMNS}",
+                    self.json_array_rows("$1", Elements::Json)
+                );
+                let values: Vec<serde_json::Value> =
+                    limits.iter().map(|(agent, limit)| serde_json::json!({ "agent": agent, "limit": limit })).collect();
+                sqlx::query_as(&sql).bind(to_json(&values)).bind(to_ms(now)).fetch_all(relaxed).await?
+            }
+        };
+        // Oldest first, per agent; each claim takes its share in turn.
+        let mut by_agent: HashMap<Id, std::collections::VecDeque<Command>> = HashMap::new();
+        for command in into_commands(rows)? {
+            by_agent.entry(command.agent_id).or_default().push_back(command);
+        }
+        Ok(claims
+            .iter()
+            .map(|(agent, limit)| {
+                let queue = by_agent.entry(*agent).or_default();
+                let take = (*limit as usize).min(queue.len());
+                queue.drain(..take).collect()
+            })
+            .collect())
     }
 
     /// The agent received `command_id`: `dispatched → running`, and the lease becomes the
