@@ -4,9 +4,9 @@
 
 use botmox_contract::{
     agents::Agent,
-    bots::{Bot, BotState},
+    bots::BotState,
     commands::{Command, CommandStatus},
-    events::EventPayload,
+    events::{BotStatus, EventPayload},
     incidents::{Incident, IncidentKind, Severity},
     Id,
 };
@@ -85,10 +85,10 @@ async fn record(
 pub async fn bots_reported(
     state: &AppState,
     tenant_id: Id,
-    transitions: Vec<(BotState, Bot)>,
+    transitions: Vec<(BotState, BotStatus)>,
     mut open: std::collections::HashSet<Id>,
 ) -> anyhow::Result<()> {
-    let only_resolves = |bot: &Bot| matches!(bot.state, BotState::Running | BotState::Stopped);
+    let only_resolves = |bot: &BotStatus| matches!(bot.state, BotState::Running | BotState::Stopped);
     for (before, bot) in transitions {
         if only_resolves(&bot) && !open.contains(&bot.id) {
             continue;
@@ -109,7 +109,7 @@ fn bot_subject(bot_id: Id) -> String {
 }
 
 /// A bot's agent reported a transition (`before` is the state it had).
-pub async fn bot_reported(state: &AppState, tenant_id: Id, before: BotState, bot: &Bot) -> anyhow::Result<()> {
+pub async fn bot_reported(state: &AppState, tenant_id: Id, before: BotState, bot: &BotStatus) -> anyhow::Result<()> {
     let subject = bot_subject(bot.id);
     let exit = match (bot.last_exit_code, bot.last_exit_signal) {
         (_, Some(signal)) => format!("killed by signal {signal}"),

@@ -3,7 +3,7 @@
 //! changes nothing and comes back as a [`FrameError`] naming the problem.
 
 use botmox_contract::{
-    events::EventPayload,
+    events::{BotStatus, EventPayload},
     logs::LogLine,
     protocol::{AgentFrame, CommandOutcome as WireOutcome, PROTOCOL_VERSION},
     Id,
@@ -268,10 +268,9 @@ impl AgentSession {
             .collect();
         let open_incidents: std::collections::HashSet<Id> =
             applied.before.iter().filter(|b| b.open_incident).map(|b| b.bot.id).collect();
-        let mut current: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
+        let mut current: std::collections::HashMap<Id, BotStatus> =
             applied.before.into_iter().map(|b| (b.bot.id, b.bot)).collect();
-        let after: std::collections::HashMap<Id, botmox_contract::bots::Bot> =
-            applied.after.into_iter().map(|b| (b.id, b)).collect();
+        let after: std::collections::HashMap<Id, BotStatus> = applied.after.into_iter().map(|b| (b.id, b)).collect();
         let mut events = Vec::with_capacity(reports.len());
         let mut transitions = Vec::new();
         for ((index, report), news) in indexes.iter().zip(&reports).zip(applied.news) {
@@ -289,7 +288,7 @@ impl AgentSession {
             if last.get(&report.bot_id) == Some(index) {
                 *bot = stored.clone();
             }
-            events.push((self.tenant_id, EventPayload::BotState((&*bot).into())));
+            events.push((self.tenant_id, EventPayload::BotState(for_event(bot))));
             transitions.push((previous, bot.clone()));
         }
         state.publish_many(events).await;
@@ -350,7 +349,7 @@ const MAX_BYTES: u64 = 1 << 62;
 /// A heartbeat's numbers must be what a host can measure: finite, in range. Anything else is
 /// refused at the door, never stored (a non-finite number would be unreadable afterwards).
 /// What `report_agents_bot_states` writes for one report, applied to a bot in memory.
-fn apply_report(bot: &mut botmox_contract::bots::Bot, report: &botmox_contract::protocol::BotStateReport) {
+fn apply_report(bot: &mut BotStatus, report: &botmox_contract::protocol::BotStateReport) {
     bot.state = report.state;
     bot.pid = report.pid;
     bot.started_at = report.started_at;
@@ -359,6 +358,14 @@ fn apply_report(bot: &mut botmox_contract::bots::Bot, report: &botmox_contract::
     bot.restart_count = report.restart_count;
     bot.last_error = report.error.clone();
     bot.updated_at = report.at;
+}
+
+/// A bot's status as its `bot_state` event carries it: the error cut as `BotStatus::from(&Bot)`
+/// cuts it (the incident rules get it whole).
+fn for_event(bot: &BotStatus) -> BotStatus {
+    let mut status = bot.clone();
+    status.last_error = status.last_error.map(|e| e.chars().take(512).collect());
+    status
 }
 
 fn check_metrics(m: &botmox_contract::agents::AgentMetrics) -> Result<(), FrameError> {

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use botmox_contract::{
     agents::AgentStatus,
     bots::{Bot, BotSpec, BotState, DesiredState, ExecSpec, RestartSpec, StopSpec},
+    events::BotStatus,
     protocol::{BotSnapshot, BotStateReport},
     Id, Timestamp,
 };
@@ -75,7 +76,7 @@ pub struct BotPage {
 /// applied to it (`reported_at_us`, microseconds; `None` before its first report).
 #[derive(Debug, Clone)]
 pub struct Reported {
-    pub bot: Bot,
+    pub bot: BotStatus,
     pub reported_at_us: Option<i64>,
     /// An incident about the bot was open when it was read.
     pub open_incident: bool,
@@ -90,7 +91,7 @@ pub struct StateReports {
     /// for its bot before it. A report of a bot not in `before` is never news.
     pub news: Vec<bool>,
     /// The bots the statement changed, as stored now.
-    pub after: Vec<Bot>,
+    pub after: Vec<BotStatus>,
 }
 
 /// Which reports of a batch, in the order sent, are news: about a bot that is `theirs` (the
@@ -120,7 +121,7 @@ fn news_of(
 #[derive(sqlx::FromRow)]
 struct ReportedRow {
     #[sqlx(flatten)]
-    bot: BotRow,
+    bot: StatusRow,
     reported_at_us: Option<i64>,
     open_incident: bool,
 }
@@ -200,8 +201,8 @@ pub(crate) const STATUS_COLUMNS: &str = "id, agent_id, name, stop, desired_state
 
 impl StatusRow {
     /// The status (its `last_error` whole) and the stop rule.
-    fn parse(self) -> Result<(botmox_contract::events::BotStatus, StopSpec)> {
-        let status = botmox_contract::events::BotStatus {
+    fn parse(self) -> Result<(BotStatus, StopSpec)> {
+        let status = BotStatus {
             id: parse_id(&self.id)?,
             agent_id: parse_id(&self.agent_id)?,
             name: self.name,
@@ -227,7 +228,7 @@ impl StatusRow {
 
 /// A bot as [`StatusRow`] reads it.
 pub(crate) struct BotBrief {
-    pub status: botmox_contract::events::BotStatus,
+    pub status: BotStatus,
     pub stop: StopSpec,
 }
 
@@ -529,7 +530,7 @@ const LIVE_STATES: &str = "('starting', 'running', 'stopping', 'backoff', 'unkno
 impl Store {
     /// Applies an agent's report about one of *its* bots. `None` when the bot is unknown, not
     /// this agent's, or the report is no news (see [`Store::report_agents_bot_states`]).
-    pub async fn report_bot_state(&self, agent_id: Id, report: &BotStateReport) -> Result<Option<Bot>> {
+    pub async fn report_bot_state(&self, agent_id: Id, report: &BotStateReport) -> Result<Option<BotStatus>> {
         Ok(self.report_bot_states(agent_id, std::slice::from_ref(report)).await?.after.pop())
     }
 
@@ -564,7 +565,7 @@ impl Store {
         // With each bot, whether an incident about it is open (the rules that only resolve
         // need no read of their own).
         let before_sql = format!(
-            "SELECT {BOT_COLUMNS}, reported_at_us, EXISTS (SELECT 1 FROM incidents i \
+            "SELECT {STATUS_COLUMNS}, reported_at_us, EXISTS (SELECT 1 FROM incidents i \
                  WHERE i.tenant_id = bots.tenant_id AND i.resolved_at IS NULL AND i.subject = 'bot:' || bots.id) \
                  AS open_incident \
              FROM bots WHERE id IN (SELECT value FROM {})",
@@ -574,7 +575,7 @@ impl Store {
             with_pool!(self, read, |pool| { sqlx::query_as(&before_sql).bind(to_json(&ids)).fetch_all(pool).await? });
         let mut found: HashMap<Id, Reported> = HashMap::with_capacity(rows.len());
         for row in rows {
-            let bot = Bot::try_from(row.bot)?;
+            let (bot, _) = row.bot.parse()?;
             found
                 .insert(bot.id, Reported { bot, reported_at_us: row.reported_at_us, open_incident: row.open_incident });
         }
@@ -635,12 +636,12 @@ impl Store {
                    FROM {}) AS v \
              WHERE id = v_id AND agent_id = v_agent \
                AND (reported_at_us IS NULL OR reported_at_us < CAST(v_at_us AS BIGINT)) \
-             RETURNING {BOT_COLUMNS}",
+             RETURNING {STATUS_COLUMNS}",
             self.json_array_rows("$1", crate::store::Elements::Json)
         );
-        let after: Vec<BotRow> =
+        let after: Vec<StatusRow> =
             with_pool!(self, write, |pool| { sqlx::query_as(&sql).bind(to_json(&values)).fetch_all(pool).await? });
-        let after = after.into_iter().map(Bot::try_from).collect::<Result<Vec<Bot>>>()?;
+        let after = after.into_iter().map(|row| Ok(row.parse()?.0)).collect::<Result<Vec<BotStatus>>>()?;
         // Each batch gets the rows its own news changed.
         for ((agent_id, reports), answer) in batches.iter().zip(&mut answers) {
             let changed: std::collections::HashSet<Id> =
