@@ -68,6 +68,24 @@ pub struct CommandSummary {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// The longest error an event carries, in characters (the bot or command keeps it whole).
+pub const EVENT_ERROR_CHARS: usize = 512;
+
+/// An error as events carry it: cut to [`EVENT_ERROR_CHARS`].
+pub fn event_error(error: Option<&str>) -> Option<String> {
+    error.map(|e| e.chars().take(EVENT_ERROR_CHARS).collect())
+}
+
+impl BotStatus {
+    /// This status as its `bot_state` event carries it: the error cut by [`event_error`].
+    pub fn for_event(mut self) -> Self {
+        if self.last_error.as_ref().is_some_and(|e| e.chars().nth(EVENT_ERROR_CHARS).is_some()) {
+            self.last_error = event_error(self.last_error.as_deref());
+        }
+        self
+    }
+}
+
 impl From<&crate::bots::Bot> for BotStatus {
     fn from(bot: &crate::bots::Bot) -> Self {
         Self {
@@ -81,7 +99,7 @@ impl From<&crate::bots::Bot> for BotStatus {
             last_exit_code: bot.last_exit_code,
             last_exit_signal: bot.last_exit_signal,
             restart_count: bot.restart_count,
-            last_error: bot.last_error.as_ref().map(|e| e.chars().take(512).collect()),
+            last_error: event_error(bot.last_error.as_deref()),
             version: bot.version,
             updated_at: bot.updated_at,
         }
@@ -97,7 +115,7 @@ impl From<&crate::commands::Command> for CommandSummary {
             kind: command.kind,
             status: command.status,
             attempt: command.attempt,
-            error: command.error.as_ref().map(|e| e.chars().take(512).collect()),
+            error: event_error(command.error.as_deref()),
             created_at: command.created_at,
             finished_at: command.finished_at,
         }

@@ -228,6 +228,7 @@ impl StatusRow {
 
 /// A bot as [`StatusRow`] reads it.
 pub(crate) struct BotBrief {
+    /// As its `bot_state` event carries it (the error cut).
     pub status: BotStatus,
     pub stop: StopSpec,
 }
@@ -236,10 +237,8 @@ impl TryFrom<StatusRow> for BotBrief {
     type Error = StoreError;
 
     fn try_from(row: StatusRow) -> Result<Self> {
-        let (mut status, stop) = row.parse()?;
-        // As `BotStatus::from(&Bot)` cuts it for events.
-        status.last_error = status.last_error.map(|e| e.chars().take(512).collect());
-        Ok(BotBrief { status, stop })
+        let (status, stop) = row.parse()?;
+        Ok(BotBrief { status: status.for_event(), stop })
     }
 }
 
