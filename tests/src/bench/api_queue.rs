@@ -125,11 +125,6 @@ pub async fn run(options: &ApiQueueOptions, backend: Backend) -> anyhow::Result<
     let single_db_cpu = database_cpu(backend) - db_before;
 
     drop(sims);
-    if let Ok(path) = std::env::var("BENCH_SERVER_LOG_FILE") {
-        let mut lines = served.server.stdout.snapshot();
-        lines.extend(served.server.stderr.snapshot());
-        std::fs::write(path, lines.join("\n"))?;
-    }
     watch.close().await;
     served.stop().await?;
     let per_second = |count: u64, wall: Duration| format!("{:.0} commands/s", count as f64 / wall.as_secs_f64());

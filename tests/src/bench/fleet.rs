@@ -163,7 +163,14 @@ pub(super) async fn register_agent(store: &Store, tenant_id: Id, i: usize) -> an
 }
 
 impl Served {
+    /// Stops the server (writing its output to `BENCH_SERVER_LOG_FILE`, if set: with
+    /// `BENCH_SERVER_LOG=warn,sqlx::query=debug`, every statement with its duration).
     pub(super) async fn stop(self) -> anyhow::Result<()> {
+        if let Ok(path) = std::env::var("BENCH_SERVER_LOG_FILE") {
+            let mut lines = self.server.stdout.snapshot();
+            lines.extend(self.server.stderr.snapshot());
+            std::fs::write(path, lines.join("\n"))?;
+        }
         self.server.kill().await?;
         self.db.cleanup().await
     }
