@@ -257,8 +257,11 @@ impl Store {
     /// On Postgres, objects are parsed once into `jsonb`, so each `->>` is a lookup: with
     /// `json` every `->>` parsed the object again (a 15-field row: 57 µs, against 24 µs with
     /// `jsonb`, measured on 2,000-row arrays) — the largest part of the bulk statements.
-    /// SQLite's `json_each` parses each object again too (19 µs for such a row), but its
-    /// binary form (`jsonb_each`) arrived after the SQLite that sqlx bundles (3.46).
+    /// SQLite's `json_each` yields each object as text, which every `->>` parsed again too;
+    /// so each object is turned into SQLite's binary JSON (`jsonb`) once, in a `MATERIALIZED`
+    /// table the statement reads (a plain subquery is flattened into the outer query, and
+    /// `jsonb(value)` then ran once per `->>` again). Extracting 11 fields of 2,000 rows: 23–33 ms
+    /// from text, 12–14 ms from the materialised `jsonb` (measured with SQLite 3.51).
     ///
     /// On Postgres the elements are capped by the array's own length: a no-op that gives the
     /// planner a row estimate (a set-returning function is otherwise assumed to yield 100 rows,
@@ -266,7 +269,11 @@ impl Store {
     /// — 2 ms a statement — instead of a primary-key lookup per id: 0.1 ms).
     pub(crate) fn json_array_rows(&self, param: &str, elements: Elements) -> String {
         match (&self.backend, elements) {
-            (Backend::Sqlite { .. }, _) => format!("json_each({param})"),
+            (Backend::Sqlite { .. }, Elements::Text) => format!("json_each({param})"),
+            (Backend::Sqlite { .. }, Elements::Json) => format!(
+                "(WITH json_rows AS MATERIALIZED (SELECT jsonb(value) AS value FROM json_each({param})) \
+                 SELECT value FROM json_rows) AS json_rows"
+            ),
             (Backend::Postgres { .. }, Elements::Text) => format!(
                 "(SELECT value FROM json_array_elements_text(CAST({param} AS json)) \
                  LIMIT json_array_length(CAST({param} AS json))) AS json_rows"
