@@ -8,7 +8,7 @@
 //!
 //! Each case prints `throughput <N> commands/s` (commands over the wall time from the first
 //! request to the last command's success) and latency percentiles. Completion is read from the
-//! database (the queue depth by status), polled every 20 ms: the benchmark's watch, not a path it measures. `server CPU` is the
+//! database (the count of unfinished commands), polled every 20 ms: the benchmark's watch, not a path it measures. `server CPU` is the
 //! CPU time the server process used in the case (from `/proc`), a figure the machine's other
 //! load moves far less than wall time.
 //!
@@ -206,18 +206,24 @@ fn cpu_per_command(seconds: f64, n: u64) -> String {
     format!("{seconds:.2} s ({:.0} µs per command)", seconds * 1e6 / n.max(1) as f64)
 }
 
-/// Until `n` commands have succeeded (bounded: 120 s).
+/// Until `n` commands have succeeded (bounded: 120 s); every command of the case exists
+/// already. The watch polls the count of unfinished commands, which reads the queue's partial
+/// indexes (counting every command by status, ~6 ms on Postgres at 20,000 commands, took a
+/// fifth of the database's CPU in the single case), then checks the statuses once.
 async fn wait_succeeded(store: &Store, n: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let depth = store.queue_depth(None).await?;
-        let succeeded = depth.get(&CommandStatus::Succeeded).copied().unwrap_or(0);
-        if succeeded >= n {
+        let unfinished = store.unfinished_commands().await?;
+        if unfinished == 0 {
+            let depth = store.queue_depth(None).await?;
+            let succeeded = depth.get(&CommandStatus::Succeeded).copied().unwrap_or(0);
+            anyhow::ensure!(succeeded >= n, "only {succeeded} of {n} commands succeeded: {depth:?}");
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {succeeded} of {n} commands succeeded within 120 s: {depth:?}"
+            "{unfinished} commands were still unfinished after 120 s: {:?}",
+            store.queue_depth(None).await?
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,4 +1,4 @@
-//! Reading the queue: `get_command`, `list_commands`, `queue_depth`.
+//! Reading the queue: `get_command`, `list_commands`, `queue_depth`, `unfinished_commands`.
 
 use botmox_contract::{
     commands::{Command, CommandStatus},
@@ -12,7 +12,8 @@ conformance!(
     get_command_is_tenant_scoped,
     list_commands_filters_newest_first,
     list_commands_paginates,
-    queue_depth_counts_every_status
+    queue_depth_counts_every_status,
+    unfinished_commands_counts_queued_and_in_flight
 );
 
 fn ids(commands: &[Command]) -> Vec<Id> {
@@ -141,5 +142,24 @@ async fn queue_depth_counts_every_status(t: Ctx) -> anyhow::Result<()> {
     assert_eq!(all[&CommandStatus::Queued], 3);
     assert_eq!(all[&CommandStatus::Running], 1);
     assert_eq!(all.values().sum::<u64>(), 11);
+    Ok(())
+}
+
+async fn unfinished_commands_counts_queued_and_in_flight(t: Ctx) -> anyhow::Result<()> {
+    assert_eq!(t.store.unfinished_commands().await?, 0);
+    // One command in every status, each on its own agent, and one queued in another tenant.
+    for status in CommandStatus::ALL {
+        let agent = t.agent(&format!("host-{status:?}")).await?;
+        t.command_in(agent.id, status).await?;
+    }
+    let other = t.tenant("other").await?;
+    let foreign_agent = t.agent_in(other, "host-x").await?;
+    t.enqueue_at(crate::new_command(other, foreign_agent.id), 0.0).await?;
+    // queued ×2, dispatched, running: what `queue_depth` says of the same statuses.
+    let depth = t.store.queue_depth(None).await?;
+    let unfinished: u64 =
+        [CommandStatus::Queued, CommandStatus::Dispatched, CommandStatus::Running].iter().map(|s| depth[s]).sum();
+    assert_eq!(unfinished, 4);
+    assert_eq!(t.store.unfinished_commands().await?, unfinished);
     Ok(())
 }

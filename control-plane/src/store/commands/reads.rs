@@ -9,7 +9,7 @@ use botmox_contract::{
 
 use super::{
     rows::{parse_status, CommandRow, COMMAND_COLUMNS},
-    CommandFilter,
+    CommandFilter, IN_FLIGHT,
 };
 use crate::store::{with_pool, Result, Store, StoreError};
 
@@ -77,6 +77,21 @@ impl Store {
         let more = commands.len() > limit as usize;
         commands.truncate(limit as usize);
         Ok((commands, more))
+    }
+
+    /// How many commands of the whole server are not finished yet (`queued`, `dispatched` or
+    /// `running`): counted from the queue's partial indexes, so it costs what the queue holds,
+    /// not what history is kept ([`Store::queue_depth`] reads every command). A watch that
+    /// waits for the queue to drain polls this.
+    pub async fn unfinished_commands(&self) -> Result<u64> {
+        // Two counts, each with exactly the predicate of partial indexes (those of queued
+        // commands, `commands_inflight_lease`): one `IN` of all three would read the table.
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM commands WHERE status = 'queued') \
+                  + (SELECT COUNT(*) FROM commands WHERE {IN_FLIGHT})"
+        );
+        let n: i64 = with_pool!(self, read, |pool| { sqlx::query_scalar(&sql).fetch_one(pool).await? });
+        Ok(n.max(0) as u64)
     }
 
     /// How many commands are in each status (every status present, zeros included), for one
