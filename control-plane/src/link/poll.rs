@@ -112,7 +112,10 @@ pub async fn next(
     post, path = "/agent/frames", tag = "agent",
     security(("agent" = [])),
     request_body = Vec<botmox_contract::protocol::AgentFrame>,
-    responses((status = 200, description = "Which frames were refused, and why; refused frames changed nothing", body = FramesOutcome))
+    responses(
+        (status = 200, description = "Which frames were refused, and why; refused frames changed nothing", body = FramesOutcome),
+        (status = 409, description = "`hello` was not sent yet (or the agent was marked offline since) and the frames do not start with one: nothing was applied; send `hello`, then the frames again", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn frames(
     State(state): State<AppState>,
@@ -120,6 +123,16 @@ pub async fn frames(
     AgentJson(frames): AgentJson<Vec<serde_json::Value>>,
 ) -> ApiResult<axum::Json<FramesOutcome>> {
     let mut session = greeted_session(&state, &principal).await?;
+    // Not greeted (never, or marked offline since: a stalled network): the request is
+    // refused as a whole, so the agent keeps its frames, says `hello` and sends them again.
+    // Refused one by one, they would be answered — and a result dropped by the agent for good.
+    let starts_with_hello = frames.first().is_some_and(|f| f.get("type").and_then(|t| t.as_str()) == Some("hello"));
+    if !session.greeted() && !starts_with_hello {
+        return Err(ApiError::Conflict {
+            code: "hello_first",
+            detail: "send a `hello` frame first (this agent is not connected now): nothing was applied".into(),
+        });
+    }
     let mut outcome = FramesOutcome { accepted: 0, refused: Vec::new() };
     let frames = frames
         .into_iter()

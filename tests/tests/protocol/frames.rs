@@ -144,12 +144,13 @@ async fn long_poll_refusals_name_the_frame(backend: Backend) -> anyhow::Result<(
     let bot_id = create_bot(&app, "polled", agent_id).await?;
     let mut agent = SimAgent::connect(sim(&app, &token).transport(Transport::LONG_POLL).without_hello()).await?;
 
-    // Before hello: frames are refused by index, and so is polling.
-    let stray = AgentFrame::Ack { command_id: uuid::Uuid::now_v7() };
-    let outcome = agent.send_frames(vec![stray]).await?.context("long-poll answers with an outcome")?;
-    assert_eq!(outcome.accepted, 0);
-    assert_eq!(outcome.refused.iter().map(|r| (r.index, r.code.as_str())).collect::<Vec<_>>(), [(0, "hello_first")]);
-    assert_eq!(agent.next_error(WAIT).await?.index, Some(0), "the simulator reports refusals too");
+    // Before hello: frames are refused as a whole (nothing applied; the agent keeps them for
+    // after its hello), and so is polling.
+    let stray = AgentFrame::BotState(state_report(bot_id, BotState::Running, Some(7)));
+    let refused = agent.send_frames(vec![stray]).await.expect_err("refused before hello");
+    assert!(refused.to_string().contains("409") && refused.to_string().contains("hello_first"), "{refused:#}");
+    assert_eq!(agent.next_error(WAIT).await?.code, "hello_first", "the simulator reports refusals too");
+    assert_eq!(bot(&app, bot_id).await?["state"], "pending", "nothing applied");
     let poll = app.request_as(Method::GET, "/api/v1/agent/commands/next?wait=0", Some(&token));
     let (status, problem) = send(poll).await?;
     assert_eq!((status, problem["code"].as_str()), (409, Some("hello_first")), "{problem}");

@@ -2,7 +2,13 @@
 //! hello snapshot restores the truth; a newer connection replaces an older one; a revoked agent
 //! is cut off at once and cannot come back; its token used again opens an incident.
 
-use botmox_contract::{agents::AgentStatus, bots::BotState, events::EventPayload, incidents::IncidentKind};
+use botmox_contract::{
+    agents::AgentStatus,
+    bots::BotState,
+    events::EventPayload,
+    incidents::IncidentKind,
+    protocol::{AgentFrame, CommandOutcome},
+};
 use botmox_e2e::{
     app::send,
     both_backends,
@@ -15,6 +21,7 @@ use super::*;
 
 both_backends!(a_silent_agent_goes_offline_and_its_snapshot_restores_its_bots);
 both_backends!(heartbeats_resuming_on_the_same_connection_bring_the_agent_back);
+both_backends!(a_long_polling_agent_marked_offline_keeps_its_frames_until_its_next_hello);
 both_backends!(a_second_connection_replaces_the_first, a_revoked_agent_is_cut_off);
 
 async fn a_silent_agent_goes_offline_and_its_snapshot_restores_its_bots(backend: Backend) -> anyhow::Result<()> {
@@ -91,6 +98,47 @@ async fn heartbeats_resuming_on_the_same_connection_bring_the_agent_back(backend
     }
     assert_eq!(get_agent(&app, agent_id).await?["status"], "online");
     // Open event streams would hold the graceful shutdown.
+    drop(events);
+    app.stop().await
+}
+
+/// A long-polling agent's network stalls long enough for it to be marked offline; what it
+/// sends next (here its command's result) is refused as a whole, not frame by frame, so it
+/// keeps it, says `hello` again and sends it then (the chaos test lost a result this way: the
+/// agent took a per-frame refusal as final).
+async fn a_long_polling_agent_marked_offline_keeps_its_frames_until_its_next_hello(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (agent_id, token) = app.pair_agent("vm-polling-stalled").await?;
+    let bot_id = create_bot(&app, "polled", agent_id).await?;
+    let mut events = events(&app).await?;
+    let mut agent = SimAgent::connect(sim(&app, &token).transport(Transport::LONG_POLL)).await?;
+    let command_id = command_id(&control(&app, bot_id, "start").await?)?;
+    assert_eq!(agent.next_command(WAIT).await?.id, command_id);
+    agent.ack(command_id).await?;
+    agent.set_heartbeats(false);
+    wait_agent_status(&mut events, agent_id, AgentStatus::Offline).await?;
+
+    let post = |frames: serde_json::Value| {
+        let request = app.request_as(reqwest::Method::POST, "/api/v1/agent/frames", Some(&token));
+        send(request.json(&frames))
+    };
+    let result = AgentFrame::Result(CommandOutcome {
+        command_id,
+        ok: true,
+        result: json!({ "pid": 41 }),
+        error: None,
+        superseded: false,
+    });
+    let (status, problem) = post(json!([result])).await?;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("hello_first")), "{problem}");
+    assert_eq!(command(&app, command_id).await?["status"], "running", "nothing applied");
+
+    let (status, outcome) = post(json!([agent.hello_frame(), result])).await?;
+    assert_eq!((status, &outcome["refused"]), (200, &json!([])), "{outcome}");
+    assert_eq!(command(&app, command_id).await?["status"], "succeeded");
+    assert_eq!(get_agent(&app, agent_id).await?["status"], "online");
     drop(events);
     app.stop().await
 }

@@ -1815,6 +1815,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description `hello` was not sent yet (or the agent was marked offline since) and the frames do not start with one: nothing was applied; send `hello`, then the frames again */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is larger than the route accepts */
             413: {
                 headers: {
