@@ -72,7 +72,8 @@ pub async fn claim(state: &AppState, tenant_id: Id, agent_id: Id) -> Result<Clai
             }
             Err(Undeliverable::Never(reason)) => {
                 tracing::warn!(command_id = %command.id, %reason, "command cannot be delivered");
-                let outcome = CommandOutcome { ok: false, result: serde_json::Value::Null, error: Some(reason) };
+                let outcome =
+                    CommandOutcome { ok: false, result: serde_json::Value::Null, error: Some(reason), acked: false };
                 let failed = state.store.complete_command(agent_id, command.id, outcome, state.clock.now()).await?;
                 state.publish(tenant_id, EventPayload::CommandStatus((&failed).into())).await;
             }

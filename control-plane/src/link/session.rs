@@ -150,7 +150,7 @@ impl AgentSession {
                     let reason = error.unwrap_or_else(|| "superseded by a newer command for the bot".into());
                     state.store.supersede_command(self.agent_id, command_id, &reason, now).await?
                 } else {
-                    let outcome = CommandOutcome { ok, result, error };
+                    let outcome = CommandOutcome { ok, result, error, acked: false };
                     one(state.results.submit((self.agent_id, vec![(command_id, outcome)])).await)?
                 };
                 state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
@@ -179,8 +179,9 @@ impl AgentSession {
     /// Applies frames that arrived together (a WebSocket read batch, a long-poll POST) with
     /// their acks applied in one statement and their results in another, instead of one
     /// statement each; answers per frame, in order. Acks go first (an agent never sends a
-    /// command's result before its ack), then every other frame in order, then the results
-    /// (an agent reports a bot's state before the command's result). A batch with a `hello`,
+    /// command's result before its ack; an ack with its result in the batch goes with the
+    /// result), then every other frame in order, then the results (an agent reports a bot's
+    /// state before the command's result). A batch with a `hello`,
     /// or of one frame, is applied frame by frame.
     pub async fn handle_batch(&mut self, frames: Vec<Result<AgentFrame, FrameError>>) -> Vec<Result<(), FrameError>> {
         let sequential =
@@ -206,6 +207,11 @@ impl AgentSession {
                 Err(refusal) => answers[index] = Some(Err(refusal)),
             }
         }
+        // An ack whose result came in the same batch is folded into the result: the result's
+        // statement moves `dispatched → succeeded` and stamps `acked_at` itself, so the
+        // command costs one write, not two; the ack is answered as its result is.
+        let finishing: std::collections::HashMap<Id, usize> = results.iter().map(|(i, o)| (o.command_id, *i)).collect();
+        let (folded, acks): (Vec<_>, Vec<_>) = acks.into_iter().partition(|(_, id)| finishing.contains_key(id));
         let state = self.state.clone();
         if !acks.is_empty() {
             let ids: Vec<Id> = acks.iter().map(|(_, id)| *id).collect();
@@ -223,11 +229,15 @@ impl AgentSession {
                 .iter()
                 .map(|(_, o)| {
                     let error = o.error.as_ref().map(|e| e.chars().take(4096).collect());
-                    (o.command_id, CommandOutcome { ok: o.ok, result: o.result.clone(), error })
+                    let acked = folded.iter().any(|(_, id)| *id == o.command_id);
+                    (o.command_id, CommandOutcome { ok: o.ok, result: o.result.clone(), error, acked })
                 })
                 .collect();
             let applied = state.results.submit((self.agent_id, outcomes)).await;
             self.answer_batch(&mut answers, results.iter().map(|(i, _)| *i), applied).await;
+        }
+        for (index, command_id) in folded {
+            answers[index] = finishing.get(&command_id).and_then(|result| answers[*result].clone());
         }
         answers.into_iter().map(|a| a.unwrap_or(Ok(()))).collect()
     }

@@ -355,5 +355,5 @@ fn new_command(tenant_id: Id, agent: &Agent) -> NewCommand {
 }
 
 fn outcome() -> CommandOutcome {
-    CommandOutcome { ok: true, result: serde_json::json!({ "pid": 4242 }), error: None }
+    CommandOutcome { ok: true, result: serde_json::json!({ "pid": 4242 }), error: None, acked: false }
 }

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use botmox_contract::{
     bots::BotState,
-    protocol::{AgentFrame, PROTOCOL_VERSION},
+    protocol::{AgentFrame, CommandOutcome, PROTOCOL_VERSION},
 };
 use botmox_e2e::{
     app::send,
@@ -20,6 +20,7 @@ use super::*;
 both_backends!(frames_before_hello_are_refused, malformed_frames_change_nothing);
 both_backends!(out_of_range_numbers_are_refused_and_nul_characters_replaced);
 both_backends!(an_agent_cannot_touch_another_agents_commands_or_bots, long_poll_refusals_name_the_frame);
+both_backends!(an_ack_sent_with_its_result_is_written_with_it);
 
 async fn frames_before_hello_are_refused(backend: Backend) -> anyhow::Result<()> {
     let app = spawn(backend).await?;
@@ -224,5 +225,52 @@ async fn out_of_range_numbers_are_refused_and_nul_characters_replaced(backend: B
     assert_eq!(get(&app, &logs).await?[0]["text"], "a\u{FFFD}b");
     drop(follow);
     assert!(agent.try_next_error().is_none());
+    app.stop().await
+}
+
+/// An agent that acks and answers a command in one batch (a healthy agent's usual burst): the
+/// ack is accepted and written by the result's statement, so the command ends `succeeded` with
+/// `acked_at` stamped; an ack and result for a command the agent never had are both refused,
+/// as each alone would be.
+async fn an_ack_sent_with_its_result_is_written_with_it(backend: Backend) -> anyhow::Result<()> {
+    let app = spawn(backend).await?;
+    let (agent_id, token) = app.pair_agent("vm-burst").await?;
+    let bot_id = create_bot(&app, "bursty", agent_id).await?;
+    let other_bot = create_bot(&app, "queued-only", agent_id).await?;
+    let mut agent = SimAgent::connect(sim(&app, &token).transport(Transport::LONG_POLL)).await?;
+
+    let id = command_id(&control(&app, bot_id, "start").await?)?;
+    assert_eq!(agent.next_command(WAIT).await?.id, id);
+    let outcome = |command_id| CommandOutcome {
+        command_id,
+        ok: true,
+        result: json!({ "pid": 77 }),
+        error: None,
+        superseded: false,
+    };
+    let burst = vec![
+        AgentFrame::Ack { command_id: id },
+        AgentFrame::BotState(state_report(bot_id, BotState::Running, Some(77))),
+        AgentFrame::Result(outcome(id)),
+    ];
+    let answer = agent.send_frames(burst).await?.context("long-poll answers with an outcome")?;
+    assert_eq!((answer.accepted, answer.refused.len()), (3, 0), "{answer:?}");
+    let done = command(&app, id).await?;
+    assert_eq!((done["status"].as_str(), &done["result"]), (Some("succeeded"), &json!({ "pid": 77 })), "{done}");
+    assert!(done["acked_at"].is_string(), "the folded ack is recorded: {done}");
+    assert_eq!(done["acked_at"], done["finished_at"], "written by one statement: {done}");
+    assert_eq!(bot(&app, bot_id).await?["state"], "running");
+
+    // An ack and a result for a command this agent never had: each refused as it would be alone.
+    let unknown = uuid::Uuid::now_v7();
+    let burst = vec![AgentFrame::Ack { command_id: unknown }, AgentFrame::Result(outcome(unknown))];
+    let answer = agent.send_frames(burst).await?.context("long-poll answers with an outcome")?;
+    let refused: Vec<(u32, &str)> = answer.refused.iter().map(|r| (r.index, r.code.as_str())).collect();
+    assert_eq!(refused, [(0, "not_found"), (1, "not_found")], "{answer:?}");
+    // A command queued later still reaches the agent and takes the usual path.
+    let next = command_id(&control(&app, other_bot, "start").await?)?;
+    assert_eq!(agent.next_command(WAIT).await?.id, next);
+    agent.ack(next).await?;
+    assert_eq!(command(&app, next).await?["status"], "running");
     app.stop().await
 }

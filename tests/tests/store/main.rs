@@ -261,8 +261,13 @@ pub fn new_command(tenant_id: Id, agent_id: Id) -> NewCommand {
 
 pub fn outcome(ok: bool) -> CommandOutcome {
     if ok {
-        CommandOutcome { ok, result: serde_json::json!({ "pid": 4242 }), error: None }
+        CommandOutcome { ok, result: serde_json::json!({ "pid": 4242 }), error: None, acked: false }
     } else {
-        CommandOutcome { ok, result: serde_json::json!({ "exit_code": 2 }), error: Some("program not found".into()) }
+        CommandOutcome {
+            ok,
+            result: serde_json::json!({ "exit_code": 2 }),
+            error: Some("program not found".into()),
+            acked: false,
+        }
     }
 }

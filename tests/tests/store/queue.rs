@@ -270,7 +270,7 @@ async fn complete_records_the_outcome(t: Ctx) -> anyhow::Result<()> {
     assert_eq!((failed.acked_at, failed.finished_at, failed.lease_expires_at), (None, Some(t.at(4.0)), None));
 
     // A null result is stored as no result.
-    let empty = CommandOutcome { ok: true, result: serde_json::Value::Null, error: None };
+    let empty = CommandOutcome { ok: true, result: serde_json::Value::Null, error: None, acked: false };
     let done = t.store.complete_command(agent.id, nulled.id, empty, t.at(5.0)).await?;
     assert_eq!((done.status, done.result), (CommandStatus::Succeeded, None));
     Ok(())

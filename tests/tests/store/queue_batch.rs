@@ -15,6 +15,7 @@ conformance!(
     enqueue_commands_answers_each_like_enqueue_command,
     ack_commands_answers_each_like_ack_command,
     complete_commands_answers_each_like_complete_command,
+    a_result_with_its_ack_folded_in_stamps_acked_at_once,
     acks_and_results_of_many_agents_move_only_each_agents_own_commands,
     claims_of_many_agents_take_each_agents_oldest_up_to_its_limit,
 );
@@ -138,7 +139,7 @@ async fn complete_commands_answers_each_like_complete_command(t: Ctx) -> anyhow:
     let done = t.store.complete_command(agent.id, done, outcome(true), t.at(1.5)).await?;
     let queued = t.enqueue(agent.id).await?;
     let foreign = t.enqueue(intruder.id).await?;
-    let empty = CommandOutcome { ok: true, result: serde_json::Value::Null, error: None };
+    let empty = CommandOutcome { ok: true, result: serde_json::Value::Null, error: None, acked: false };
 
     let request = vec![
         (running, outcome(true)),
@@ -248,5 +249,37 @@ async fn claims_of_many_agents_take_each_agents_oldest_up_to_its_limit(t: Ctx) -
     let again = t.store.claim_agents_commands(&[(a.id, 10), (b.id, 10)], t.at(2.0)).await?;
     let again: Vec<Vec<_>> = again.iter().map(|claimed| claimed.iter().map(|c| c.id).collect()).collect();
     assert_eq!(again, vec![vec![of_a[4]], vec![]]);
+    Ok(())
+}
+
+/// An ack that came in one read batch with its command's result is written by the result:
+/// `dispatched → succeeded` with `acked_at` stamped, as the ack would have; an `acked_at`
+/// already set stays, and a result without its ack leaves it empty.
+async fn a_result_with_its_ack_folded_in_stamps_acked_at_once(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(t.enqueue(agent.id).await?.id);
+    }
+    let [folded, acked_before, bare, single] = ids[..] else { unreachable!() };
+    t.store.claim_commands(agent.id, 4, t.at(1.0)).await?;
+    t.store.ack_command(agent.id, acked_before, t.at(1.5)).await?;
+    let with_ack = CommandOutcome { acked: true, ..outcome(true) };
+    let request = vec![(folded, with_ack.clone()), (acked_before, with_ack.clone()), (bare, outcome(true))];
+    let answers = t.store.complete_commands(agent.id, &request, t.at(2.0)).await?;
+    let [folded, acked_before, bare] = <[_; 3]>::try_from(answers).map_err(|_| anyhow::anyhow!("three answers"))?;
+    let (folded, acked_before, bare) = (folded?, acked_before?, bare?);
+    assert_eq!(
+        (folded.status, folded.acked_at, folded.finished_at),
+        (CommandStatus::Succeeded, Some(t.at(2.0)), Some(t.at(2.0)))
+    );
+    assert_eq!(acked_before.acked_at, Some(t.at(1.5)), "an ack already written stays");
+    assert_eq!((bare.status, bare.acked_at), (CommandStatus::Succeeded, None));
+    for command in [&folded, &acked_before, &bare] {
+        assert_eq!(&t.store.get_command(t.tenant, command.id).await?, command);
+    }
+
+    let single = t.store.complete_command(agent.id, single, with_ack, t.at(3.0)).await?;
+    assert_eq!((single.status, single.acked_at), (CommandStatus::Succeeded, Some(t.at(3.0))));
     Ok(())
 }

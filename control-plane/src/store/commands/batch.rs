@@ -160,14 +160,17 @@ impl Store {
                     // Stored as JSON text, like the single-command path.
                     "result": (!outcome.result.is_null()).then(|| to_json(&outcome.result)),
                     "error": outcome.error,
+                    "acked": if outcome.acked { "y" } else { "n" },
                 })
             })
             .collect();
         let sql = format!(
             "UPDATE commands SET status = v_status, result = v_result, error = v_error, finished_at = $1, \
+             acked_at = CASE WHEN v_acked = 'y' THEN COALESCE(acked_at, $1) ELSE acked_at END, \
              lease_expires_at = NULL, updated_at = $1 \
              FROM (SELECT value ->> 'id' AS v_id, value ->> 'agent' AS v_agent, value ->> 'status' AS v_status, \
-                          value ->> 'result' AS v_result, value ->> 'error' AS v_error FROM {}) AS v \
+                          value ->> 'result' AS v_result, value ->> 'error' AS v_error, \
+                          value ->> 'acked' AS v_acked FROM {}) AS v \
              WHERE id = v_id AND agent_id = v_agent AND status IN ('dispatched', 'running') \
              RETURNING {COMMAND_COLUMNS}",
             self.json_array_rows("$2", Elements::Json)

@@ -77,6 +77,9 @@ pub struct CommandOutcome {
     pub ok: bool,
     pub result: serde_json::Value,
     pub error: Option<String>,
+    /// The agent's ack of the command came with this result (in one read batch) and was
+    /// folded into it: the write stamps `acked_at` as the ack would have, if it is not set.
+    pub acked: bool,
 }
 
 /// What one pass of lease/deadline hygiene changed.
@@ -343,7 +346,7 @@ impl Store {
     ) -> Result<Command> {
         let to = if outcome.ok { CommandStatus::Succeeded } else { CommandStatus::Failed };
         let result = (!outcome.result.is_null()).then(|| to_json(&outcome.result));
-        self.finish_command(agent_id, command_id, to, result, outcome.error, now).await
+        self.finish_command(agent_id, command_id, to, result, outcome.error, outcome.acked, now).await
     }
 
     /// The agent did not run the command: it had run a newer one for the same bot already.
@@ -356,11 +359,14 @@ impl Store {
         reason: &str,
         now: Timestamp,
     ) -> Result<Command> {
-        self.finish_command(agent_id, command_id, CommandStatus::Cancelled, None, Some(reason.to_owned()), now).await
+        self.finish_command(agent_id, command_id, CommandStatus::Cancelled, None, Some(reason.to_owned()), false, now)
+            .await
     }
 
     /// An agent's last word on a command it holds: `dispatched | running → to`, the lease
-    /// cleared; the same word again returns the command unchanged.
+    /// cleared (and `acked_at` stamped, unless set, when the agent's ack came with it); the
+    /// same word again returns the command unchanged.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_command(
         &self,
         agent_id: Id,
@@ -368,10 +374,12 @@ impl Store {
         to: CommandStatus,
         result: Option<String>,
         error: Option<String>,
+        acked: bool,
         now: Timestamp,
     ) -> Result<Command> {
         let sql = format!(
-            "UPDATE commands SET status = $1, result = $2, error = $3, finished_at = $4, lease_expires_at = NULL, \
+            "UPDATE commands SET status = $1, result = $2, error = $3, finished_at = $4, \
+             acked_at = CASE WHEN $7 THEN COALESCE(acked_at, $4) ELSE acked_at END, lease_expires_at = NULL, \
              updated_at = $4 WHERE id = $5 AND agent_id = $6 AND status IN ('dispatched', 'running') \
              RETURNING {COMMAND_COLUMNS}"
         );
@@ -383,6 +391,7 @@ impl Store {
                 .bind(to_ms(now))
                 .bind(command_id.to_string())
                 .bind(agent_id.to_string())
+                .bind(acked)
                 .fetch_optional(pool)
                 .await?
         });
