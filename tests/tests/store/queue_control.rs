@@ -75,6 +75,16 @@ async fn an_order_sets_the_desired_state_and_takes_the_next_sequence_number(t: C
     );
     let stored = t.store.get_command(t.tenant, placed.command.id).await?;
     assert_eq!(stored, placed.command, "the answer is what was stored");
+    // Every field, also with a payload, a key and a person as the author (the answer is made
+    // from what the transaction wrote, not read back).
+    let other = t.bot("rich", agent.id, &[]).await?;
+    let mut rich = order(t.tenant, other.id, CommandKind::BotRestart, Some(DesiredState::Running));
+    rich.payload = serde_json::json!({ "reason": "deploy", "n": 1.5, "list": [1, "two", null, { "deep": true }] });
+    rich.idempotency_key = Some("rich-1".into());
+    rich.created_by = Actor { kind: botmox_contract::audit::ActorKind::User, id: Some(uuid::Uuid::now_v7()) };
+    let placed = t.store.place_orders(&[rich], TIMES, t.at(1.5)).await?;
+    let placed = placed.into_iter().next().expect("one answer")?;
+    assert_eq!(t.store.get_command(t.tenant, placed.command.id).await?, placed.command);
 
     // A second start: the next number, the desired state unchanged (so no bot in the
     // answer); a stop then changes it back; a sync keeps the current number.
@@ -245,6 +255,9 @@ async fn a_batch_is_recorded_once_per_key(t: Ctx) -> anyhow::Result<()> {
     let reasons: Vec<(&str, u64)> = record.skipped.iter().map(|s| (s.reason.as_str(), s.count)).collect();
     assert_eq!(reasons, [("agent_revoked", 1), ("not_found", 1)]);
     assert_eq!(placement.iter().filter(|p| p.is_ok()).count(), 2);
+    for placed in placement.iter().flatten() {
+        assert_eq!(t.store.get_command(t.tenant, placed.command.id).await?, placed.command, "the answer is the row");
+    }
     let (commands, more) = t.store.batch_commands(t.tenant, first.id, 1).await?;
     assert_eq!((commands.len(), more), (1, true));
     assert_eq!(commands[0].batch_id, Some(first.id));
