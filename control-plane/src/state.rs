@@ -267,19 +267,23 @@ impl AppState {
 
     /// Publishes an event to the tenant's event streams on every replica.
     pub async fn publish(&self, tenant_id: Id, payload: botmox_contract::events::EventPayload) {
-        let event = EventBus::event(payload, self.clock.now());
-        self.events.publish(tenant_id, event.clone());
-        self.broadcast(Message::Event { tenant: tenant_id, event: Box::new(event) }).await;
+        self.publish_many(vec![(tenant_id, payload)]).await;
     }
 
     /// Publishes many events (a bulk action's): each to this replica's streams, and to the
     /// other replicas packed into as few signals as fit.
     pub async fn publish_many(&self, events: Vec<(Id, botmox_contract::events::EventPayload)>) {
         let now = self.clock.now();
+        // A copy for the other replicas only while there are any (a lone server made one per
+        // event, for nobody).
+        let peers = self.cluster.has_peers();
         for (tenant, payload) in events {
             let event = EventBus::event(payload, now);
-            self.events.publish(tenant, event.clone());
-            self.broadcast(Message::Event { tenant, event: Box::new(event) }).await;
+            let copy = peers.then(|| event.clone());
+            self.events.publish(tenant, event);
+            if let Some(event) = copy {
+                self.broadcast(Message::Event { tenant, event: Box::new(event) }).await;
+            }
         }
     }
 

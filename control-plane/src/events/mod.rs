@@ -37,14 +37,24 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(events))
 }
 
-/// An event as published: who may see it and its wire form, serialised once.
+/// An event as published: who may see it and its wire form, serialised once — by the first
+/// subscriber that sends it, so events nobody listens to (a fleet driven by scripts, a bulk
+/// action's thousands) cost no serialisation at all.
 pub struct Published {
     pub tenant_id: Id,
     /// What a principal of the tenant needs to receive it.
     pub needs: Scope,
     pub id: Uuid,
     pub name: &'static str,
-    pub json: String,
+    event: Event,
+    json: std::sync::OnceLock<String>,
+}
+
+impl Published {
+    /// The event as JSON (made on first use, then shared by every subscriber).
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| serde_json::to_string(&self.event).unwrap_or_default())
+    }
 }
 
 pub struct EventBus {
@@ -91,7 +101,8 @@ impl EventBus {
             needs: access::event_scope(&event.payload),
             id: event.id,
             name: name(&event.payload),
-            json: serde_json::to_string(&event).unwrap_or_default(),
+            event,
+            json: std::sync::OnceLock::new(),
         });
         // Under the backlog lock, so a subscriber sees each event exactly once: in its replay or live.
         let mut backlog = self.backlog();
@@ -123,7 +134,7 @@ fn visible(principal: &Principal, published: &Published) -> bool {
 }
 
 fn sse(published: &Published) -> SseEvent {
-    SseEvent::default().id(published.id.to_string()).event(published.name).data(published.json.clone())
+    SseEvent::default().id(published.id.to_string()).event(published.name).data(published.json())
 }
 
 fn resync(reason: &str) -> SseEvent {
