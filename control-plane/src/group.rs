@@ -7,7 +7,9 @@
 //!
 //! Used for the queue's single orders (`control::submit`), the audit entries of state-changing
 //! requests (`auth::policy::authorize`) — the two writes every API call makes — and agents'
-//! acks, results and bot state reports (`link::session`, from every connection at once).
+//! acks, results and bot state reports (`link::session`, from every connection at once). The
+//! same mechanism batches one read: the session check of every request made with a session
+//! token (`auth::authenticate`), one statement for the requests that arrived together.
 //!
 //! A group is handed to `commit` as a shared list: if the database refuses the statement, the
 //! same inputs are written again one by one, so nothing is copied on the common path.

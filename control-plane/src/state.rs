@@ -72,6 +72,9 @@ pub struct AppStateInner {
     pub states: Arc<StateGroup>,
     /// Dispatchers' claims (`agent, limit`), taken in groups across connections.
     pub claims: Arc<ClaimGroup>,
+    /// The session check of every request made with a session token (`user, session`): a
+    /// read, grouped like the writes, so concurrent requests share one statement.
+    pub session_checks: Arc<GroupCommit<(Id, Id), Option<crate::store::LiveUser>>>,
     /// The audit entries of requests, committed in groups (each with its time).
     pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
@@ -100,6 +103,7 @@ impl AppState {
             cluster,
             orders: Arc::new(order_group(store.clone(), clock.clone(), times)),
             audit_log: Arc::new(audit_group(store.clone())),
+            session_checks: Arc::new(session_check_group(store.clone(), clock.clone())),
             acks: Arc::new(ack_group(store.clone(), clock.clone())),
             results: Arc::new(result_group(store.clone(), clock.clone())),
             states: Arc::new(state_group(store.clone())),
@@ -137,6 +141,16 @@ fn audit_group(store: Store) -> GroupCommit<(NewAuditEntry, botmox_contract::Tim
     GroupCommit::start("audit", MAX_AUDIT_GROUP, move |entries| {
         let store = store.clone();
         async move { Ok(store.append_audits(&entries).await?.into_iter().map(Ok).collect()) }
+    })
+}
+
+/// Session checks made together at most.
+const MAX_SESSION_CHECKS: usize = 512;
+
+fn session_check_group(store: Store, clock: Clock) -> GroupCommit<(Id, Id), Option<crate::store::LiveUser>> {
+    GroupCommit::start("session_checks", MAX_SESSION_CHECKS, move |checks| {
+        let (store, now) = (store.clone(), clock.now());
+        async move { Ok(store.live_session_users(&checks, now).await?.into_iter().map(Ok).collect()) }
     })
 }
 

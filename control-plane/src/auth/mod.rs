@@ -199,7 +199,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal>
         });
     }
     let claims = state.sessions.verify(token, &state.clock).ok_or_else(|| refused("session token"))?;
-    let live = state.store.live_session_user(claims.sub, claims.sid, now).await?.ok_or_else(|| refused("session"))?;
+    let live = state.session_checks.submit((claims.sub, claims.sid)).await?.ok_or_else(|| refused("session"))?;
     Ok(Principal {
         tenant_id: live.tenant_id,
         role: Some(live.role),

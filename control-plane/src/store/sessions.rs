@@ -2,7 +2,9 @@
 
 use botmox_contract::{auth::Role, Id, Timestamp};
 
-use super::{from_ms, new_id, parse_id, to_ms, with_pool, Result, Store, StoreError};
+use std::collections::HashMap;
+
+use super::{from_ms, new_id, parse_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
 
 pub struct NewSession {
     pub tenant_id: Id,
@@ -166,28 +168,31 @@ impl Store {
         }))
     }
 
-    /// The per-request check of a session access token: the user still exists and is enabled,
-    /// and the session is neither revoked nor expired. Returns the user's *current* role.
-    pub async fn live_session_user(&self, user_id: Id, session_id: Id, now: Timestamp) -> Result<Option<LiveUser>> {
-        let row: Option<(String, String)> = with_pool!(self, read, |pool| {
-            sqlx::query_as(
-                "SELECT u.tenant_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
-                 WHERE s.id = $1 AND u.id = $2 AND s.revoked_at IS NULL AND s.expires_at > $3 \
-                 AND u.disabled_at IS NULL",
-            )
-            .bind(session_id.to_string())
-            .bind(user_id.to_string())
-            .bind(to_ms(now))
-            .fetch_optional(pool)
-            .await?
+    /// Whether each `(user, session)` is live (the session neither revoked nor expired, the
+    /// user not disabled), and if so the user's tenant and role: one statement for all of
+    /// them (the check every request with a session token makes, grouped across requests by
+    /// `AppState::session_checks`). Answers in the order asked.
+    pub async fn live_session_users(&self, checks: &[(Id, Id)], now: Timestamp) -> Result<Vec<Option<LiveUser>>> {
+        if checks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sessions: Vec<String> = checks.iter().map(|(_, session)| session.to_string()).collect();
+        let sql = format!(
+            "SELECT s.id, s.user_id, u.tenant_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id IN (SELECT value FROM {}) AND s.revoked_at IS NULL AND s.expires_at > $2 \
+             AND u.disabled_at IS NULL",
+            self.json_array_rows("$1", Elements::Text)
+        );
+        let rows: Vec<(String, String, String, String)> = with_pool!(self, read, |pool| {
+            sqlx::query_as(&sql).bind(to_json(&sessions)).bind(to_ms(now)).fetch_all(pool).await?
         });
-        row.map(|(tenant_id, role)| {
-            Ok(LiveUser {
-                tenant_id: parse_id(&tenant_id)?,
-                role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role `{role}`")))?,
-            })
-        })
-        .transpose()
+        let mut live: HashMap<(Id, Id), LiveUser> = HashMap::with_capacity(rows.len());
+        for (session, user, tenant_id, role) in rows {
+            let key = (parse_id(&user)?, parse_id(&session)?);
+            let role = Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role `{role}`")))?;
+            live.insert(key, LiveUser { tenant_id: parse_id(&tenant_id)?, role });
+        }
+        Ok(checks.iter().map(|key| live.get(key).cloned()).collect())
     }
 
     /// The session a refresh token (current or used) belongs to.

@@ -1,11 +1,16 @@
-//! Tenants and users.
+//! Tenants, users and the liveness of their sessions.
 
 use botmox_contract::auth::Role;
-use botmox_control_plane::store::{NewUser, StoreError};
+use botmox_control_plane::store::{LiveUser, NewSession, NewUser, StoreError, UserChanges};
 
 use crate::Ctx;
 
-conformance!(ensure_tenant_is_idempotent, users_round_trip, usernames_are_unique_server_wide);
+conformance!(
+    ensure_tenant_is_idempotent,
+    users_round_trip,
+    usernames_are_unique_server_wide,
+    session_checks_answer_each_in_order
+);
 
 fn new_user(tenant_id: botmox_contract::Id, username: &str, role: Role) -> NewUser {
     NewUser {
@@ -81,5 +86,45 @@ async fn usernames_are_unique_server_wide(t: Ctx) -> anyhow::Result<()> {
     assert_eq!(t.store.count_users(other).await?, 0);
     let found = t.store.find_user_by_username("alice").await?.expect("alice exists");
     assert_eq!(found.user, first.user);
+    Ok(())
+}
+
+async fn session_checks_answer_each_in_order(t: Ctx) -> anyhow::Result<()> {
+    let user = t.store.create_user(new_user(t.tenant, "ada", Role::Operator), t.at(0.0)).await?.user;
+    let other = t.store.create_user(new_user(t.tenant, "bob", Role::Viewer), t.at(0.0)).await?.user;
+    let session = |user_id, expires: f64, hash: &str| NewSession {
+        tenant_id: t.tenant,
+        user_id,
+        expires_at: t.at(expires),
+        refresh_hash: hash.into(),
+        source_ip: None,
+        user_agent: None,
+    };
+    let live = t.store.create_session(session(user.id, 100.0, "h1"), t.at(1.0)).await?;
+    let expired = t.store.create_session(session(user.id, 5.0, "h2"), t.at(1.0)).await?;
+    let revoked = t.store.create_session(session(user.id, 100.0, "h3"), t.at(1.0)).await?;
+    t.store.revoke_session(revoked, "logout", t.at(2.0)).await?;
+    let bobs = t.store.create_session(session(other.id, 100.0, "h4"), t.at(1.0)).await?;
+    let unknown = uuid::Uuid::now_v7();
+
+    let checks = [
+        (user.id, live),
+        (user.id, expired),
+        (user.id, revoked),
+        (user.id, bobs),
+        (other.id, bobs),
+        (user.id, unknown),
+        (user.id, live),
+    ];
+    let answers = t.store.live_session_users(&checks, t.at(10.0)).await?;
+    let ada = Some(LiveUser { tenant_id: t.tenant, role: Role::Operator });
+    let bob = Some(LiveUser { tenant_id: t.tenant, role: Role::Viewer });
+    // Expired, revoked, another user's session (named with the wrong user), unknown: none.
+    assert_eq!(answers, [ada.clone(), None, None, None, bob, None, ada]);
+    assert_eq!(t.store.live_session_users(&[], t.at(10.0)).await?, []);
+    // A disabled user's sessions are not live either.
+    let disable = UserChanges { email: None, role: None, password_hash: None, disabled: Some(true) };
+    t.store.update_user(t.tenant, other.id, disable, t.at(11.0)).await?;
+    assert_eq!(t.store.live_session_users(&[(other.id, bobs)], t.at(12.0)).await?, [None]);
     Ok(())
 }
