@@ -212,6 +212,7 @@ impl AgentSession {
         // command costs one write, not two; the ack is answered as its result is.
         let finishing: std::collections::HashMap<Id, usize> = results.iter().map(|(i, o)| (o.command_id, *i)).collect();
         let (folded, acks): (Vec<_>, Vec<_>) = acks.into_iter().partition(|(_, id)| finishing.contains_key(id));
+        let folded_ids: std::collections::HashSet<Id> = folded.iter().map(|(_, id)| *id).collect();
         let state = self.state.clone();
         if !acks.is_empty() {
             let ids: Vec<Id> = acks.iter().map(|(_, id)| *id).collect();
@@ -229,7 +230,7 @@ impl AgentSession {
                 .iter()
                 .map(|(_, o)| {
                     let error = o.error.as_ref().map(|e| e.chars().take(4096).collect());
-                    let acked = folded.iter().any(|(_, id)| *id == o.command_id);
+                    let acked = folded_ids.contains(&o.command_id);
                     (o.command_id, CommandOutcome { ok: o.ok, result: o.result.clone(), error, acked })
                 })
                 .collect();
