@@ -6,7 +6,7 @@
 //! traded: a caller is answered only after its transaction committed.
 //!
 //! Used for the queue's single orders (`control::submit`), the audit entries of state-changing
-//! requests (`auth::policy::authorize`) — the two writes every API call makes — and agents'
+//! requests (`audit::AuditLog`, which does not hold the response for them), and agents'
 //! acks, results and bot state reports (`link::session`, from every connection at once). The
 //! same mechanism batches one read: the session check of every request made with a session
 //! token (`auth::authenticate`), one statement for the requests that arrived together.
@@ -62,9 +62,18 @@ impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out
 
     /// Writes one input in the next group transaction.
     pub async fn submit(&self, input: In) -> Result<Out> {
+        self.enqueue(input).await
+    }
+
+    /// Queues one input now (inputs are written in the order they were queued) and returns
+    /// its answer as a future that borrows nothing: a caller may go on and await it elsewhere.
+    pub fn enqueue(&self, input: In) -> impl Future<Output = Result<Out>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { input, reply }).map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let queued = self.jobs.send(Job { input, reply }).map_err(|_| stopped());
+        async move {
+            queued?;
+            answer.await.map_err(|_| stopped())?
+        }
     }
 }
 

@@ -87,6 +87,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%local, store = store.backend_name(), "listening");
 
     let background = spawn_background(&state);
+    let flushing = state.clone();
     let closing = state.clone();
     let grace = Duration::from_secs(args.shutdown_grace);
     let shutdown = async move {
@@ -102,6 +103,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     for task in background {
         task.abort();
     }
+    // The audit entries of the last requests answered are written after their responses.
+    flushing.audit_log.flush().await;
     tracing::info!("shutting down: closing the store");
     store.close().await;
     Ok(())

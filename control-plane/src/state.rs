@@ -20,7 +20,7 @@ use crate::{
         presence::Presence,
     },
     secrets::vault::MasterKey,
-    store::{CommandOutcome, NewAuditEntry, Order, Placed, Store},
+    store::{CommandOutcome, Order, Placed, Store},
 };
 
 use botmox_contract::{bots::Bot, commands::Command};
@@ -75,8 +75,8 @@ pub struct AppStateInner {
     /// The session check of every request made with a session token (`user, session`): a
     /// read, grouped like the writes, so concurrent requests share one statement.
     pub session_checks: Arc<GroupCommit<(Id, Id), Option<crate::store::LiveUser>>>,
-    /// The audit entries of requests, committed in groups (each with its time).
-    pub audit_log: Arc<GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id>>,
+    /// The audit entries of state-changing requests, committed in groups after the response.
+    pub audit_log: crate::audit::AuditLog,
     /// Cancelled when the server begins to shut down: long-lived responses (event streams, log
     /// follows, long polls) end so the graceful drain can finish.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -102,7 +102,7 @@ impl AppState {
         Ok(Self(Arc::new(AppStateInner {
             cluster,
             orders: Arc::new(order_group(store.clone(), clock.clone(), times)),
-            audit_log: Arc::new(audit_group(store.clone())),
+            audit_log: crate::audit::AuditLog::start(store.clone()),
             session_checks: Arc::new(session_check_group(store.clone(), clock.clone())),
             acks: Arc::new(ack_group(store.clone(), clock.clone())),
             results: Arc::new(result_group(store.clone(), clock.clone())),
@@ -127,20 +127,11 @@ impl AppState {
 
 /// Orders placed together at most (a bound on one transaction's size).
 const MAX_ORDER_GROUP: usize = 512;
-/// Audit entries written together at most.
-const MAX_AUDIT_GROUP: usize = 1024;
 
 fn order_group(store: Store, clock: Clock, times: crate::store::QueueTimes) -> GroupCommit<Order, Placed> {
     GroupCommit::start("orders", MAX_ORDER_GROUP, move |orders| {
         let (store, now) = (store.clone(), clock.now());
         async move { store.place_orders(&orders, times, now).await }
-    })
-}
-
-fn audit_group(store: Store) -> GroupCommit<(NewAuditEntry, botmox_contract::Timestamp), Id> {
-    GroupCommit::start("audit", MAX_AUDIT_GROUP, move |entries| {
-        let store = store.clone();
-        async move { Ok(store.append_audits(&entries).await?.into_iter().map(Ok).collect()) }
     })
 }
 

@@ -225,9 +225,7 @@ pub async fn authorize(State(state): State<AppState>, matched: MatchedPath, req:
             outcome: if status.is_success() { Outcome::Success } else { Outcome::Failure },
             data: serde_json::json!({ "method": method.as_str(), "path": concrete, "status": status.as_u16() }),
         };
-        if let Err(e) = state.audit_log.submit((entry, state.clock.now())).await {
-            tracing::error!(error = %e, "could not write the audit entry");
-        }
+        state.audit_log.record(entry, state.clock.now()).await;
     }
     response
 }

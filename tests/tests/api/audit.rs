@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 both_backends!(state_changes_are_audited_with_actor_target_and_request_id, logins_and_pairing_are_audited);
 both_backends!(filters_and_cursor_pagination_return_every_entry_once, the_audit_log_is_admin_read_only);
+both_backends!(every_answered_request_is_in_the_log_read_right_after);
 
 /// The entries `GET /audit?{query}` returns on its first page.
 async fn entries(app: &TestApp, query: &str) -> anyhow::Result<Vec<Value>> {
@@ -126,6 +127,34 @@ async fn state_changes_are_audited_with_actor_target_and_request_id(backend: Bac
     // Reads are not audited.
     let all = entries(&app, "").await?;
     assert!(all.iter().all(|e| e["data"]["method"] != "GET"), "{all:?}");
+    app.stop().await
+}
+
+/// Entries are committed just after their responses (`audit::AuditLog`), in groups; a read of
+/// the log waits for them, so whoever was answered finds the entry at once — here for a burst
+/// of concurrent requests, each read issued the moment its answer came.
+async fn every_answered_request_is_in_the_log_read_right_after(backend: Backend) -> anyhow::Result<()> {
+    let app = TestApp::spawn(backend).await?;
+    let answered = futures::future::try_join_all((0..64).map(|i| {
+        let app = &app;
+        async move {
+            let response =
+                app.post("/api/v1/agents/pairing-codes", &json!({ "name": format!("vm-{i}") })).send().await?;
+            anyhow::ensure!(response.status() == 201, "pairing code {i} answered {}", response.status());
+            let request_id = response.headers()["x-request-id"].to_str()?.to_owned();
+            let found = entries(app, "action=create_pairing_code&limit=500").await?;
+            anyhow::ensure!(
+                found.iter().any(|e| e["request_id"] == request_id.as_str()),
+                "request {request_id} was answered, and its entry is not in the log read right after"
+            );
+            Ok(request_id)
+        }
+    }))
+    .await?;
+    let found = entries(&app, "action=create_pairing_code&limit=500").await?;
+    let logged: HashSet<&str> = found.iter().filter_map(|e| e["request_id"].as_str()).collect();
+    assert_eq!(found.len(), 64, "one entry per request");
+    assert!(answered.iter().all(|id| logged.contains(id.as_str())));
     app.stop().await
 }
 

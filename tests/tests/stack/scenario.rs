@@ -377,7 +377,12 @@ async fn proxy_paths(stack: &Stack) -> anyhow::Result<()> {
         .await?;
     assert_eq!(forged.status(), 201);
     let request_id = forged.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let audit = stack.api.get("/api/v1/audit?limit=20").await?;
+    // The entry is written just after the response, by the replica that answered; another
+    // replica sees it once it is committed (milliseconds later).
+    let has_entry = |audit: &Value| {
+        audit["items"].as_array().is_some_and(|items| items.iter().any(|e| e["request_id"] == request_id.as_str()))
+    };
+    let audit = stack.api.wait_until("/api/v1/audit?limit=20", "the request's audit entry", has_entry).await?;
     let entries = audit["items"].as_array().cloned().unwrap_or_default();
     let entry = entries
         .iter()
