@@ -23,7 +23,7 @@ use crate::{
     store::{CommandOutcome, Order, Placed, Store},
 };
 
-use botmox_contract::{bots::Bot, commands::Command};
+use botmox_contract::commands::Command;
 
 /// Events kept for `Last-Event-ID` resumption.
 pub const EVENT_BACKLOG: usize = 10_000;
@@ -172,7 +172,7 @@ pub type ClaimGroup = GroupCommit<(Id, u32), Claim>;
 /// once for the whole group; `None` if that read failed (the commands then wait for their lease).
 pub struct Claim {
     pub commands: Vec<Command>,
-    pub bots: Option<Arc<HashMap<Id, Bot>>>,
+    pub bots: Option<Arc<HashMap<Id, crate::store::DispatchBot>>>,
 }
 
 /// The acks of every connection that arrived while the previous statement ran: one statement.
@@ -227,7 +227,7 @@ fn claim_group(store: Store, clock: Clock) -> ClaimGroup {
             let claimed = store.claim_agents_commands(&inputs, now).await?;
             let bot_ids: Vec<Id> =
                 claimed.iter().flatten().filter_map(|c| c.bot_id).collect::<BTreeSet<_>>().into_iter().collect();
-            let bots = match store.get_bots(&bot_ids).await {
+            let bots = match store.dispatch_bots(&bot_ids).await {
                 Ok(bots) => Some(Arc::new(bots.into_iter().map(|bot| (bot.id, bot)).collect())),
                 Err(e) => {
                     let commands: usize = claimed.iter().map(Vec::len).sum();

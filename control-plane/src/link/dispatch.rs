@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use botmox_contract::{
-    bots::Bot,
     commands::{Command, CommandKind},
     events::EventPayload,
     protocol::{BotRuntimeSpec, CommandEnvelope},
@@ -17,7 +16,7 @@ use botmox_contract::{
 use crate::{
     secrets::vault,
     state::AppState,
-    store::{definition_hash, CommandOutcome, StoreError},
+    store::{definition_hash, CommandOutcome, DispatchBot, StoreError},
 };
 
 /// At most this many commands are leased to one agent per claim.
@@ -108,7 +107,7 @@ pub async fn envelope(
     state: &AppState,
     tenant_id: Id,
     command: &Command,
-    bot: Option<Bot>,
+    bot: Option<DispatchBot>,
 ) -> Result<CommandEnvelope, Undeliverable> {
     let mut envelope = CommandEnvelope {
         id: command.id,

@@ -40,7 +40,9 @@ use sqlx::{
 
 pub use agents::{AgentAuth, AgentHello, Heartbeat, NewAgent};
 pub use audit::{AuditFilter, NewAuditEntry};
-pub use bots::{definition_hash, BotFilter, BotPage, NewBot, Refusal, Refusals, Reported, StateReports, UpdateBot};
+pub use bots::{
+    definition_hash, BotFilter, BotPage, DispatchBot, NewBot, Refusal, Refusals, Reported, StateReports, UpdateBot,
+};
 pub use commands::{
     AgentBrief, BatchPlaced, BatchRecord, CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewBatch, NewCommand,
     Order, Placed, Placement, QueueTimes, Target,
