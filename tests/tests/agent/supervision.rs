@@ -101,7 +101,13 @@ async fn the_supervisor_watches_a_real_fleet() -> anyhow::Result<()> {
     wait_until(&app, &format!("/api/v1/agents/{}", host.agent_id), "the agent offline", |a| a["status"] == "offline")
         .await?;
     let agent_subject = format!("agent:{}", host.agent_id);
-    assert_eq!(open_incidents(&app, "agent_offline", &agent_subject).await?.len(), 1);
+    // The supervisor marks the agent offline, then opens its incident: a moment apart.
+    let offline = format!("/api/v1/incidents?kind=agent_offline&open=true&subject={agent_subject}");
+    let body = wait_until(&app, &offline, "the agent-offline incident", |b| {
+        b["items"].as_array().is_some_and(|i| !i.is_empty())
+    })
+    .await?;
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(1), "one open incident per agent: {body}");
     wait_bot(&app, steady, "unknown", |b| b["state"] == "unknown").await?;
     assert!(is_running(pid), "the bot outlives its agent");
     let titles = recommendation_titles(&app).await?;
