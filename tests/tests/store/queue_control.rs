@@ -137,6 +137,18 @@ async fn a_newer_control_order_supersedes_older_queued_ones(t: Ctx) -> anyhow::R
         (synced.status, synced.error),
         (CommandStatus::Cancelled, Some(format!("superseded by {}", bot_stop.command.id)))
     );
+
+    // A bot with nothing queued before, given two orders in one transaction: the second
+    // still supersedes the first.
+    let fresh = t.bot("fresh", agent.id, &[]).await?;
+    let pair: Vec<_> = t
+        .store
+        .place_orders(&[start(t.tenant, fresh.id), stop(t.tenant, fresh.id)], TIMES, t.at(4.0))
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    assert_eq!(pair[0].command.status, CommandStatus::Cancelled);
+    assert_eq!(pair[1].superseded.iter().map(|c| c.id).collect::<Vec<_>>(), vec![pair[0].command.id]);
     Ok(())
 }
 

@@ -164,6 +164,8 @@ struct KeyRow {
 struct LockedBot {
     bot_tenant: String,
     command_seq: i64,
+    /// Whether the bot had queued commands (only then can an order supersede any).
+    queued_before: bool,
     #[sqlx(flatten)]
     bot: StatusRow,
     /// The bot's agent, read with it (not locked).
@@ -225,6 +227,9 @@ struct Statements {
     agents: String,
     update_bots: String,
     insert: String,
+    /// Postgres: the bots' update riding on the insert (a data-modifying `WITH`), so that
+    /// both take one round trip; SQLite (in-process, no such `WITH`) runs them apart.
+    update_and_insert: Option<String>,
     supersede: String,
     batch: String,
 }
@@ -318,6 +323,38 @@ impl Store {
         };
         let text = |p| self.json_array_rows(p, Elements::Text);
         let json = |p| self.json_array_rows(p, Elements::Json);
+        let update_bots = |p| {
+            format!(
+                "UPDATE bots SET command_seq = v_seq, desired_state = v_desired, updated_at = v_updated \
+                 FROM (SELECT value ->> 'id' AS v_id, CAST(value ->> 'seq' AS BIGINT) AS v_seq, \
+                              value ->> 'desired' AS v_desired, CAST(value ->> 'updated' AS BIGINT) AS v_updated \
+                       FROM {}) AS v \
+                 WHERE id = v_id",
+                json(p)
+            )
+        };
+        let insert = format!(
+            "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
+             created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
+             created_at, updated_at, batch_id, bot_seq) \
+             SELECT v_id, v_tenant, v_agent, v_bot, v_kind, 'queued', v_payload, v_key, v_by_kind, v_by_id, 0, \
+                    v_max_attempts, v_lease_ms, v_run_timeout_ms, v_expires_at, $1, $1, v_batch, v_seq \
+             FROM (SELECT value ->> 'id' AS v_id, value ->> 'tenant' AS v_tenant, value ->> 'agent' AS v_agent, \
+                          value ->> 'bot' AS v_bot, value ->> 'kind' AS v_kind, value ->> 'payload' AS v_payload, \
+                          value ->> 'key' AS v_key, value ->> 'by_kind' AS v_by_kind, value ->> 'by_id' AS v_by_id, \
+                          CAST(value ->> 'max_attempts' AS BIGINT) AS v_max_attempts, \
+                          CAST(value ->> 'lease_ms' AS BIGINT) AS v_lease_ms, \
+                          CAST(value ->> 'run_timeout_ms' AS BIGINT) AS v_run_timeout_ms, \
+                          CAST(value ->> 'expires_at' AS BIGINT) AS v_expires_at, \
+                          value ->> 'batch' AS v_batch, CAST(value ->> 'seq' AS BIGINT) AS v_seq \
+                   FROM {}) AS v \
+             ORDER BY v_id ON CONFLICT DO NOTHING RETURNING id",
+            json("$2")
+        );
+        let update_and_insert = match self.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres { .. } => Some(format!("WITH updated_bots AS ({}) {insert}", update_bots("$3"))),
+        };
         Statements {
             keys: format!(
                 "SELECT tenant_id AS key_tenant, {COMMAND_COLUMNS} FROM commands \
@@ -328,38 +365,17 @@ impl Store {
             // each with its agent (read, not locked).
             bots: format!(
                 "SELECT x.*, {AGENT_BRIEF} FROM \
-                     (SELECT tenant_id AS bot_tenant, command_seq, {STATUS_COLUMNS} FROM bots \
-                      WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}) AS x \
+                     (SELECT tenant_id AS bot_tenant, command_seq, {STATUS_COLUMNS}, \
+                             EXISTS (SELECT 1 FROM commands WHERE commands.bot_id = bots.id \
+                                     AND commands.status = 'queued') AS queued_before \
+                      FROM bots WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}) AS x \
                  JOIN agents ON agents.id = x.agent_id ORDER BY x.id",
                 text("$1")
             ),
             agents: format!("SELECT {AGENT_BRIEF} FROM agents WHERE id IN (SELECT value FROM {})", text("$1")),
-            update_bots: format!(
-                "UPDATE bots SET command_seq = v_seq, desired_state = v_desired, updated_at = v_updated \
-                 FROM (SELECT value ->> 'id' AS v_id, CAST(value ->> 'seq' AS BIGINT) AS v_seq, \
-                              value ->> 'desired' AS v_desired, CAST(value ->> 'updated' AS BIGINT) AS v_updated \
-                       FROM {}) AS v \
-                 WHERE id = v_id",
-                json("$1")
-            ),
-            insert: format!(
-                "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
-                 created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
-                 created_at, updated_at, batch_id, bot_seq) \
-                 SELECT v_id, v_tenant, v_agent, v_bot, v_kind, 'queued', v_payload, v_key, v_by_kind, v_by_id, 0, \
-                        v_max_attempts, v_lease_ms, v_run_timeout_ms, v_expires_at, $1, $1, v_batch, v_seq \
-                 FROM (SELECT value ->> 'id' AS v_id, value ->> 'tenant' AS v_tenant, value ->> 'agent' AS v_agent, \
-                              value ->> 'bot' AS v_bot, value ->> 'kind' AS v_kind, value ->> 'payload' AS v_payload, \
-                              value ->> 'key' AS v_key, value ->> 'by_kind' AS v_by_kind, value ->> 'by_id' AS v_by_id, \
-                              CAST(value ->> 'max_attempts' AS BIGINT) AS v_max_attempts, \
-                              CAST(value ->> 'lease_ms' AS BIGINT) AS v_lease_ms, \
-                              CAST(value ->> 'run_timeout_ms' AS BIGINT) AS v_run_timeout_ms, \
-                              CAST(value ->> 'expires_at' AS BIGINT) AS v_expires_at, \
-                              value ->> 'batch' AS v_batch, CAST(value ->> 'seq' AS BIGINT) AS v_seq \
-                       FROM {}) AS v \
-                 ORDER BY v_id ON CONFLICT DO NOTHING RETURNING id",
-                json("$2")
-            ),
+            update_bots: update_bots("$1"),
+            insert,
+            update_and_insert,
             supersede: format!(
                 "UPDATE commands SET status = 'cancelled', error = 'superseded by ' || v_id, finished_at = $1, \
                  lease_expires_at = NULL, updated_at = $1 \
@@ -421,16 +437,32 @@ impl Store {
                     agents.extend(rows);
                 }
                 let plan = Plan::make(orders, times, now_ms, existing, bots, agents)?;
-                for chunk in plan.bot_updates.chunks(CHUNK) {
-                    sqlx::query(&sql.update_bots).bind(to_json(&chunk)).execute(&mut *tx).await?;
-                }
                 // Only the ids come back: the rest of each row is what the plan wrote (see
                 // `NewRow::queued`); returning whole rows was ~30% of the insert's time on SQLite.
                 let mut inserted: Vec<String> = Vec::new();
-                for chunk in plan.inserts.chunks(CHUNK) {
-                    let ids: Vec<String> =
-                        sqlx::query_scalar(&sql.insert).bind(now_ms).bind(to_json(&chunk)).fetch_all(&mut *tx).await?;
-                    inserted.extend(ids);
+                if let Some(both) = &sql.update_and_insert {
+                    let rounds = plan.bot_updates.len().max(plan.inserts.len()).div_ceil(CHUNK);
+                    for round in 0..rounds {
+                        let ids: Vec<String> = sqlx::query_scalar(both)
+                            .bind(now_ms)
+                            .bind(to_json(&nth_chunk(&plan.inserts, round)))
+                            .bind(to_json(&nth_chunk(&plan.bot_updates, round)))
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        inserted.extend(ids);
+                    }
+                } else {
+                    for chunk in plan.bot_updates.chunks(CHUNK) {
+                        sqlx::query(&sql.update_bots).bind(to_json(&chunk)).execute(&mut *tx).await?;
+                    }
+                    for chunk in plan.inserts.chunks(CHUNK) {
+                        let ids: Vec<String> = sqlx::query_scalar(&sql.insert)
+                            .bind(now_ms)
+                            .bind(to_json(&chunk))
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        inserted.extend(ids);
+                    }
                 }
                 if inserted.len() != plan.inserts.len() {
                     // A key was taken after our check: start over.
@@ -480,6 +512,11 @@ impl Store {
             }
         })
     }
+}
+
+/// The `n`th chunk of `items` (empty past the end).
+fn nth_chunk<T>(items: &[T], n: usize) -> &[T] {
+    items.chunks(CHUNK).nth(n).unwrap_or(&[])
 }
 
 /// [`Attempt`] before the answers are made.
@@ -619,9 +656,15 @@ impl Plan {
         };
         // The locked bots, with the sequence number as it grows through these orders.
         let mut bots: HashMap<Id, (Id, i64, BotBrief)> = HashMap::new();
+        // Bots whose queued commands an order of these may supersede: those that had some,
+        // and those given two orders of a kind here (the second supersedes the first).
+        let mut may_supersede: HashSet<(Id, bool)> = HashSet::new();
         for row in locked {
             let tenant = parse_id(&row.bot_tenant)?;
             let bot = BotBrief::try_from(row.bot)?;
+            if row.queued_before {
+                may_supersede.extend([(bot.status.id, true), (bot.status.id, false)]);
+            }
             add_agent(row.agent)?;
             bots.insert(bot.status.id, (tenant, row.command_seq, bot));
         }
@@ -741,10 +784,13 @@ impl Plan {
             if let (Target::Bot(bot_id), Some(seq)) = (order.target, seq) {
                 let control = is_control(order.kind);
                 if control || order.kind == CommandKind::BotSync {
-                    newest.insert(
+                    let older = newest.insert(
                         (bot_id, control),
                         Supersede { id, tenant: order.tenant_id, bot: bot_id, kind: order.kind.as_str(), seq },
                     );
+                    if older.is_some() {
+                        may_supersede.insert((bot_id, control));
+                    }
                 }
             }
             inserts.push(row);
@@ -768,7 +814,8 @@ impl Plan {
                 changed_bots.insert(bot_id, bot.clone());
             }
         }
-        let mut supersedes: Vec<Supersede> = newest.into_values().collect();
+        let mut supersedes: Vec<Supersede> =
+            newest.into_iter().filter(|(key, _)| may_supersede.contains(key)).map(|(_, s)| s).collect();
         supersedes.sort_by_key(|s| s.id);
         let agents = agents.into_iter().map(|(id, (_, brief))| (id, brief)).collect();
         Ok(Plan { slots, agents, changed_bots, bot_updates, inserts, supersedes })
