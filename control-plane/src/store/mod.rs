@@ -53,7 +53,7 @@ pub use notify::MAX_PAYLOAD as MAX_NOTIFY_PAYLOAD;
 pub use pairing::{NewPairingCode, PairingHost, Redeemed};
 pub use secrets::SealedSecret;
 pub use sessions::{LiveUser, NewSession, Refresh};
-pub use supervision::{Drift, Leadership, Pruned};
+pub use supervision::{Drift, Leadership, Pruned, DRIFTING_BOTS};
 pub use tenants::DEFAULT_TENANT;
 pub use tokens::{ApiTokenAuth, NewApiToken};
 pub use users::{NewUser, UserChanges, UserRecord, LAST_ADMIN};

@@ -8,6 +8,18 @@ use sqlx::{pool::PoolConnection, Postgres};
 
 use super::{from_ms, parse_id, to_ms, with_pool, Backend, Result, Store, StoreError};
 
+/// The reconciliation's read ([`Store::drifting_bots`]; public for the test that reads its
+/// plan). `$1`: commands created after it count as recent; `$2`: at most this many bots.
+pub const DRIFTING_BOTS: &str =
+    "SELECT b.tenant_id, b.id, b.agent_id, b.desired_state, b.state, b.stop, b.updated_at FROM bots b \
+         JOIN agents a ON a.id = b.agent_id \
+         WHERE a.status = 'online' AND a.drained_at IS NULL \
+         AND ((b.desired_state = 'running' AND b.state IN ('pending', 'stopped', 'starting', 'stopping')) \
+           OR (b.desired_state = 'stopped' AND b.state IN ('starting', 'running', 'backoff', 'stopping'))) \
+         AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.bot_id = b.id \
+           AND (c.status IN ('queued', 'dispatched', 'running') OR c.created_at > $1)) \
+         ORDER BY b.id LIMIT $2";
+
 /// A bot whose observed state disagrees with what the operator wants, on an online agent,
 /// with no command for it pending or recent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,20 +99,7 @@ impl Store {
     /// ([`Drift::stuck_since`]).
     pub async fn drifting_bots(&self, quiet_since: Timestamp, limit: u32) -> Result<Vec<Drift>> {
         let rows: Vec<(String, String, String, String, String, String, i64)> = with_pool!(self, read, |pool| {
-            sqlx::query_as(
-                "SELECT b.tenant_id, b.id, b.agent_id, b.desired_state, b.state, b.stop, b.updated_at FROM bots b \
-                 JOIN agents a ON a.id = b.agent_id \
-                 WHERE a.status = 'online' AND a.drained_at IS NULL \
-                 AND ((b.desired_state = 'running' AND b.state IN ('pending', 'stopped', 'starting', 'stopping')) \
-                   OR (b.desired_state = 'stopped' AND b.state IN ('starting', 'running', 'backoff', 'stopping'))) \
-                 AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.bot_id = b.id \
-                   AND (c.status IN ('queued', 'dispatched', 'running') OR c.created_at > $1)) \
-                 ORDER BY b.id LIMIT $2",
-            )
-            .bind(to_ms(quiet_since))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
+            sqlx::query_as(DRIFTING_BOTS).bind(to_ms(quiet_since)).bind(i64::from(limit)).fetch_all(pool).await?
         });
         rows.into_iter()
             .map(|(tenant, bot, agent, desired, state, stop, updated_at)| {

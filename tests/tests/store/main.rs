@@ -50,6 +50,7 @@ mod bot_import;
 mod bots;
 mod concurrency;
 mod isolation;
+mod plans;
 mod queue;
 mod queue_batch;
 mod queue_control;
