@@ -99,9 +99,10 @@ impl AppState {
         let sessions = SessionKeys::load_or_create(&store).await?;
         let times = crate::control::queue_times(&settings);
         let cluster = Arc::new(Cluster::start(settings.replica_id.clone(), &store));
+        let hub = Arc::new(Hub::default());
         Ok(Self(Arc::new(AppStateInner {
             cluster,
-            orders: Arc::new(order_group(store.clone(), clock.clone(), times)),
+            orders: Arc::new(order_group(store.clone(), clock.clone(), times, hub.clone())),
             audit_log: crate::audit::AuditLog::start(store.clone()),
             session_checks: Arc::new(session_check_group(store.clone(), clock.clone())),
             acks: Arc::new(ack_group(store.clone(), clock.clone())),
@@ -114,7 +115,7 @@ impl AppState {
             limits: Arc::new(RateLimits::new(settings.limits)),
             settings: Arc::new(settings),
             master_key: master_key.map(Arc::new),
-            hub: Arc::default(),
+            hub,
             events: Arc::new(EventBus::new(EVENT_BACKLOG)),
             log_bus: Arc::default(),
             presence: Arc::default(),
@@ -128,10 +129,16 @@ impl AppState {
 /// Orders placed together at most (a bound on one transaction's size).
 const MAX_ORDER_GROUP: usize = 512;
 
-fn order_group(store: Store, clock: Clock, times: crate::store::QueueTimes) -> GroupCommit<Order, Placed> {
+/// Commands for agents connected here are placed already dispatched (`hub.takes_deliveries`).
+fn order_group(
+    store: Store,
+    clock: Clock,
+    times: crate::store::QueueTimes,
+    hub: Arc<Hub>,
+) -> GroupCommit<Order, Placed> {
     GroupCommit::start("orders", MAX_ORDER_GROUP, move |orders| {
-        let (store, now) = (store.clone(), clock.now());
-        async move { store.place_orders(&orders, times, now).await }
+        let (store, now, hub) = (store.clone(), clock.now(), hub.clone());
+        async move { store.place_orders_direct(&orders, times, now, &|agent| hub.takes_deliveries(agent)).await }
     })
 }
 

@@ -1,6 +1,7 @@
 //! Bulk actions: start, stop or restart every bot of a selection (ids, or a filter of any
 //! size) in one transaction — every command inserted, every desired state set, older queued
-//! commands superseded, the batch recorded — then one wake-up per agent. A dry run only
+//! commands superseded, the batch recorded — then each agent connected here is handed its
+//! commands (placed dispatched) and every other one woken once. A dry run only
 //! counts. A repeat with the same Idempotency-Key returns the first batch and changes nothing.
 
 use botmox_contract::{
@@ -81,16 +82,17 @@ pub async fn bulk(state: &AppState, request: BulkRequest) -> Result<BulkAccepted
             batch_id: Some(batch.id),
         })
         .collect();
-    let record =
-        match state.store.place_batch(&batch, &orders, super::queue_times(&state.settings), state.clock.now()).await? {
-            BatchPlaced::Created(record, placement) => {
-                let answers = placement.into_iter().map(|answer| (tenant_id, answer)).collect();
-                announce(state, answers).await;
-                tracing::info!(batch_id = %record.id, action = ?action, accepted = record.accepted, "bulk action");
-                record
-            }
-            BatchPlaced::Existing(record) => record,
-        };
+    let times = super::queue_times(&state.settings);
+    let direct = |agent| state.hub.takes_deliveries(agent);
+    let record = match state.store.place_batch_direct(&batch, &orders, times, state.clock.now(), &direct).await? {
+        BatchPlaced::Created(record, placement) => {
+            let answers = placement.into_iter().map(|answer| (tenant_id, answer)).collect();
+            announce(state, answers).await;
+            tracing::info!(batch_id = %record.id, action = ?action, accepted = record.accepted, "bulk action");
+            record
+        }
+        BatchPlaced::Existing(record) => record,
+    };
     let (commands, more_commands) = state.store.batch_commands(tenant_id, record.id, FIRST_PAGE).await?;
     Ok(BulkAccepted {
         batch_id: Some(record.id),

@@ -16,7 +16,7 @@
 
 pub mod bulk;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use botmox_contract::{
     agents::AgentStatus,
@@ -24,10 +24,12 @@ use botmox_contract::{
     bots::DesiredState,
     commands::{BotAction, Command, CommandKind},
     events::EventPayload,
+    protocol::CommandEnvelope,
     Id,
 };
 
 use crate::{
+    link::dispatch,
     state::AppState,
     store::{Order, Placed, QueueTimes, StoreError, Target},
 };
@@ -135,26 +137,50 @@ pub async fn submit_many(
     state: &AppState,
     orders: Vec<Order>,
 ) -> Result<Vec<Result<Submitted, ControlError>>, ControlError> {
-    let placement = state.store.place_orders(&orders, queue_times(&state.settings), state.clock.now()).await?;
+    let direct = |agent| state.hub.takes_deliveries(agent);
+    let placement =
+        state.store.place_orders_direct(&orders, queue_times(&state.settings), state.clock.now(), &direct).await?;
     let answers = orders.iter().map(|order| order.tenant_id).zip(placement).collect();
     Ok(announce(state, answers).await)
 }
 
-/// Tells whoever must know about what a committed transaction did: one wake-up per agent
-/// that got a command, the new and superseded commands' events, the bots' changed desired
-/// states. Each answer comes with its order's tenant (events are per tenant).
+/// Tells whoever must know about what a committed transaction did: the commands placed
+/// already dispatched go to their agents' connections here (one hand-over per agent), every
+/// other agent that got a command is woken once, then the new and superseded commands' events
+/// and the bots' changed desired states. Each answer comes with its order's tenant (events
+/// are per tenant).
 pub(crate) async fn announce(
     state: &AppState,
     answers: Vec<(Id, crate::store::Result<Placed>)>,
 ) -> Vec<Result<Submitted, ControlError>> {
     let mut agents = BTreeSet::new();
+    // Per agent: its tenant, and the envelopes of the commands placed dispatched to it.
+    let mut deliveries: BTreeMap<Id, (Id, Vec<CommandEnvelope>)> = BTreeMap::new();
     let mut events: Vec<(Id, EventPayload)> = Vec::new();
     let mut results = Vec::with_capacity(answers.len());
     for (tenant_id, answer) in answers {
         results.push(match answer {
-            Ok(Placed { command, created, agent, bot, superseded }) => {
+            Ok(Placed { command, created, agent, bot, superseded, deliver }) => {
                 if created {
-                    agents.insert(command.agent_id);
+                    match deliver {
+                        // No secrets to read (the store places none such dispatched): this
+                        // only assembles the envelope, or says why it cannot be.
+                        Some(bot) => match dispatch::envelope(state, tenant_id, &command, Some(bot)).await {
+                            Ok(envelope) => deliveries
+                                .entry(command.agent_id)
+                                .or_insert_with(|| (tenant_id, Vec::new()))
+                                .1
+                                .push(envelope),
+                            Err(_) => {
+                                // Unreachable in practice; the lease brings it back to the
+                                // queue and the claim fails it with the reason.
+                                tracing::warn!(command_id = %command.id, "a command placed dispatched has no envelope");
+                            }
+                        },
+                        None => {
+                            agents.insert(command.agent_id);
+                        }
+                    }
                     events.push((tenant_id, EventPayload::CommandStatus((&command).into())));
                     if let Some(bot) = bot {
                         events.push((tenant_id, EventPayload::BotState(bot)));
@@ -174,6 +200,21 @@ pub(crate) async fn announce(
             }
             Err(e) => Err(e.into()),
         });
+    }
+    for (agent_id, (tenant_id, envelopes)) in deliveries {
+        metrics::histogram!("botmox_command_dispatch_latency_seconds").record_many(0.0, envelopes.len());
+        if let Err(returned) = state.hub.deliver(agent_id, envelopes) {
+            // The connection went away since the transaction: back to the queue, for the
+            // agent's next connection (here or on another replica) to claim.
+            let ids: Vec<Id> = returned.iter().map(|envelope| envelope.id).collect();
+            match state.store.return_undelivered(agent_id, &ids, state.clock.now()).await {
+                Ok(requeued) => {
+                    events.extend(requeued.iter().map(|c| (tenant_id, EventPayload::CommandStatus(c.into()))));
+                }
+                Err(e) => tracing::warn!(%agent_id, error = %e, "undelivered commands wait for their lease"),
+            }
+            agents.insert(agent_id);
+        }
     }
     for agent_id in agents {
         state.wake_agent(agent_id).await;

@@ -10,7 +10,7 @@ use std::{
     },
 };
 
-use botmox_contract::Id;
+use botmox_contract::{protocol::CommandEnvelope, Id};
 use tokio::sync::{mpsc, Notify};
 
 /// Close codes the agent can act on.
@@ -34,6 +34,9 @@ struct Entry {
     conn_id: u64,
     wake: Arc<Notify>,
     control: mpsc::UnboundedSender<Control>,
+    /// Commands placed already dispatched to this connection (see [`Hub::deliver`]); set once
+    /// its dispatcher runs (WebSocket connections only, after the agent's hello).
+    deliveries: Option<mpsc::UnboundedSender<Vec<CommandEnvelope>>>,
 }
 
 /// What a connection holds while it is registered.
@@ -61,7 +64,8 @@ impl Hub {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let (tx, rx) = mpsc::unbounded_channel();
-        let previous = self.entries().insert(agent_id, Entry { conn_id, wake: wake.clone(), control: tx });
+        let previous =
+            self.entries().insert(agent_id, Entry { conn_id, wake: wake.clone(), control: tx, deliveries: None });
         if let Some(old) = previous {
             let _ = old.control.send(Control::Close { code: CLOSE_REPLACED, reason: "replaced by a newer connection" });
         }
@@ -85,6 +89,33 @@ impl Hub {
     pub fn wake(&self, agent_id: Id) {
         if let Some(entry) = self.entries().get(&agent_id) {
             entry.wake.notify_one();
+        }
+    }
+
+    /// Opens the connection's delivery channel (its dispatcher reads it): from now on commands
+    /// for the agent may be placed already dispatched to it. `None` if the connection has been
+    /// replaced meanwhile.
+    pub fn open_deliveries(&self, agent_id: Id, conn_id: u64) -> Option<mpsc::UnboundedReceiver<Vec<CommandEnvelope>>> {
+        let mut entries = self.entries();
+        let entry = entries.get_mut(&agent_id).filter(|e| e.conn_id == conn_id)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        entry.deliveries = Some(tx);
+        Some(rx)
+    }
+
+    /// Whether the agent has a connection here whose dispatcher takes deliveries: a command
+    /// for it may skip the queue (placed `dispatched`, handed to [`Hub::deliver`] after the commit).
+    pub fn takes_deliveries(&self, agent_id: Id) -> bool {
+        self.entries().get(&agent_id).and_then(|e| e.deliveries.as_ref()).is_some_and(|d| !d.is_closed())
+    }
+
+    /// Hands commands placed already dispatched to the agent's connection here. They come back
+    /// if it has none (any more): the caller returns them to the queue.
+    pub fn deliver(&self, agent_id: Id, envelopes: Vec<CommandEnvelope>) -> Result<(), Vec<CommandEnvelope>> {
+        let entries = self.entries();
+        match entries.get(&agent_id).and_then(|e| e.deliveries.as_ref()) {
+            Some(deliveries) => deliveries.send(envelopes).map_err(|e| e.0),
+            None => Err(envelopes),
         }
     }
 
@@ -155,5 +186,44 @@ mod tests {
         let notified = registration.wake.notified();
         futures::pin_mut!(notified);
         assert!(futures::FutureExt::now_or_never(notified).is_some());
+    }
+
+    fn envelope() -> CommandEnvelope {
+        CommandEnvelope {
+            id: uuid::Uuid::now_v7(),
+            kind: botmox_contract::commands::CommandKind::BotStop,
+            attempt: 1,
+            payload: serde_json::json!({}),
+            seq: Some(1),
+            bot: None,
+            secrets: Default::default(),
+        }
+    }
+
+    #[test]
+    fn deliveries_reach_only_the_connection_that_opened_them() {
+        let hub = Hub::default();
+        let agent = uuid::Uuid::now_v7();
+        let first = hub.register(agent);
+        assert!(!hub.takes_deliveries(agent), "a connection takes deliveries only once its dispatcher runs");
+        assert!(hub.deliver(agent, vec![envelope()]).is_err());
+        let mut deliveries = hub.open_deliveries(agent, first.conn_id).expect("the current connection");
+        assert!(hub.takes_deliveries(agent));
+        let sent = envelope();
+        assert!(hub.deliver(agent, vec![sent.clone()]).is_ok());
+        assert_eq!(deliveries.try_recv().map(|e| e[0].id), Ok(sent.id));
+
+        // Replaced: the old connection cannot open deliveries, and the new one has none yet.
+        let second = hub.register(agent);
+        assert!(hub.open_deliveries(agent, first.conn_id).is_none());
+        assert!(!hub.takes_deliveries(agent));
+        let returned = hub.deliver(agent, vec![sent.clone()]).expect_err("nobody takes it");
+        assert_eq!(returned[0].id, sent.id);
+
+        // A dispatcher that ended (its receiver dropped) takes nothing either.
+        let deliveries = hub.open_deliveries(agent, second.conn_id).expect("the current connection");
+        drop(deliveries);
+        assert!(!hub.takes_deliveries(agent));
+        assert!(hub.deliver(agent, vec![envelope()]).is_err());
     }
 }

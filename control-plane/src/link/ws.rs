@@ -13,7 +13,7 @@ use axum::{
 };
 use botmox_contract::{
     agents::ServerSettings,
-    protocol::{AgentFrame, ServerFrame},
+    protocol::{AgentFrame, CommandEnvelope, ServerFrame},
     Id,
 };
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -163,8 +163,9 @@ async fn run(state: AppState, tenant_id: Id, agent_id: Id, socket: WebSocket) {
                 drop(gate);
                 if first && session.greeted() {
                     let _ = out.send(Outbound::Frame(ServerFrame::Settings(server_settings(&state)))).await;
+                    let deliveries = state.hub.open_deliveries(agent_id, registration.conn_id);
                     dispatcher = Some(tokio::spawn(dispatch_loop(
-                        state.clone(), tenant_id, agent_id, registration.wake.clone(), out.clone(),
+                        state.clone(), tenant_id, agent_id, registration.wake.clone(), deliveries, out.clone(),
                     )));
                 }
                 // A frame the store could not take now: say so (the agent then treats every
@@ -238,14 +239,27 @@ fn error_frame(refusal: FrameError) -> Outbound {
     Outbound::Frame(ServerFrame::Error { code: refusal.code.into(), detail: refusal.detail })
 }
 
-/// Pushes the agent's commands as they are queued: claim, send, wait for a wake-up.
+/// Pushes the agent's commands: those handed over already dispatched (`deliveries`, see
+/// `control::announce`) as they come, and the queued ones it claims (claim, send, wait for a
+/// wake-up).
 async fn dispatch_loop(
     state: AppState,
     tenant_id: Id,
     agent_id: Id,
     wake: std::sync::Arc<tokio::sync::Notify>,
+    mut deliveries: Option<mpsc::UnboundedReceiver<Vec<CommandEnvelope>>>,
     out: mpsc::Sender<Outbound>,
 ) {
+    let send = |envelopes: Vec<CommandEnvelope>| {
+        let out = out.clone();
+        async move {
+            for envelope in envelopes {
+                // The connection is gone: the lease brings the command back to the queue.
+                out.send(Outbound::Frame(ServerFrame::Command(Box::new(envelope)))).await.map_err(|_| ())?;
+            }
+            Ok::<_, ()>(())
+        }
+    };
     // After a failed claim (the store busy or away), try again soon rather than waiting for
     // the next wake-up: the commands that woke us are still queued, and nothing else may come.
     let mut retry = RETRY_FIRST;
@@ -254,11 +268,8 @@ async fn dispatch_loop(
             Ok(mut claimed) => {
                 retry = RETRY_FIRST;
                 let full = claimed.full;
-                for envelope in std::mem::take(&mut claimed.envelopes) {
-                    if out.send(Outbound::Frame(ServerFrame::Command(Box::new(envelope)))).await.is_err() {
-                        // The connection is gone: the lease brings the command back to the queue.
-                        return;
-                    }
+                if send(std::mem::take(&mut claimed.envelopes)).await.is_err() {
+                    return;
                 }
                 claimed.announce(&state).await;
                 if full {
@@ -275,10 +286,19 @@ async fn dispatch_loop(
                 continue;
             }
         }
-        tokio::select! {
-            () = wake.notified() => {}
-            () = tokio::time::sleep(SAFETY_RECHECK + Duration::from_millis(rand::random::<u64>() % 10_000)) => {}
-            () = out.closed() => return,
+        let recheck = tokio::time::sleep(SAFETY_RECHECK + Duration::from_millis(rand::random::<u64>() % 10_000));
+        tokio::pin!(recheck);
+        loop {
+            tokio::select! {
+                () = wake.notified() => break,
+                () = &mut recheck => break,
+                () = out.closed() => return,
+                Some(envelopes) = async { deliveries.as_mut()?.recv().await } => {
+                    if send(envelopes).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

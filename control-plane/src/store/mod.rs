@@ -44,8 +44,8 @@ pub use bots::{
     definition_hash, BotFilter, BotPage, DispatchBot, NewBot, Refusal, Refusals, Reported, StateReports, UpdateBot,
 };
 pub use commands::{
-    AgentBrief, BatchPlaced, BatchRecord, CommandFilter, CommandOutcome, Enqueued, LeaseSweep, NewBatch, NewCommand,
-    Order, Placed, Placement, QueueTimes, Target,
+    AgentBrief, BatchPlaced, BatchRecord, CommandFilter, CommandOutcome, Direct, Enqueued, LeaseSweep, NewBatch,
+    NewCommand, Order, Placed, Placement, QueueTimes, Target,
 };
 pub use incidents::{IncidentFilter, NewIncident};
 pub use logs::LogQuery;

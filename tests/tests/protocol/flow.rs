@@ -6,6 +6,7 @@ use botmox_contract::{
     agents::AgentStatus,
     bots::BotState,
     commands::{CommandKind, CommandStatus},
+    events::EventPayload,
 };
 use botmox_e2e::{
     app::send,
@@ -42,7 +43,24 @@ async fn start_reaches_the_agent_and_running_shows_everywhere(backend: Backend) 
     assert_eq!(accepted["agent_online"], true, "{accepted}");
     assert_eq!(accepted["command"]["kind"], "bot.start");
     assert_eq!(accepted["command"]["bot_id"], bot_id.to_string());
+    // The agent is connected to this server: the command skips the queue, placed dispatched
+    // (its lease running) and handed to the connection once committed; no claim, and no
+    // `queued` event before the `dispatched` one.
+    let placed = &accepted["command"];
+    assert_eq!((placed["status"].as_str(), placed["attempt"].as_u64()), (Some("dispatched"), Some(1)), "{accepted}");
+    assert!(placed["lease_expires_at"].is_string() && placed["dispatched_at"].is_string(), "{accepted}");
     let id = command_id(&accepted)?;
+    let first = wait_event(
+        &mut events,
+        "the start's first event",
+        |p| matches!(p, EventPayload::CommandStatus(c) if c.id == id),
+    )
+    .await?;
+    assert!(
+        matches!(&first.payload, EventPayload::CommandStatus(c) if c.status == CommandStatus::Dispatched && c.attempt == 1),
+        "{:?}",
+        first.payload
+    );
 
     let envelope = agent.next_command(WAIT).await?;
     assert_eq!((envelope.id, envelope.kind, envelope.attempt), (id, CommandKind::BotStart, 1));

@@ -10,9 +10,9 @@ use botmox_contract::{
     commands::{BotAction, CommandKind, CommandStatus},
     Id,
 };
-use botmox_control_plane::store::{BatchPlaced, NewBatch, Order, QueueTimes, StoreError, Target};
+use botmox_control_plane::store::{BatchPlaced, NewBatch, NewBot, Order, QueueTimes, StoreError, Target};
 
-use crate::Ctx;
+use crate::{bot_spec, Ctx};
 
 conformance!(
     an_order_sets_the_desired_state_and_takes_the_next_sequence_number,
@@ -21,6 +21,7 @@ conformance!(
     concurrent_orders_with_one_key_agree_on_one_command,
     orders_that_cannot_be_placed_say_why_and_change_nothing,
     a_batch_is_recorded_once_per_key,
+    commands_for_a_connected_agent_are_placed_dispatched,
 );
 
 const TIMES: QueueTimes = QueueTimes {
@@ -282,5 +283,90 @@ async fn a_batch_is_recorded_once_per_key(t: Ctx) -> anyhow::Result<()> {
     let (all, _) = t.store.batch_commands(t.tenant, first.id, 100).await?;
     assert_eq!(all.len(), 2, "nothing placed twice");
     assert_eq!(t.store.get_batch(t.tenant, first.id).await?.accepted, 2);
+    Ok(())
+}
+
+/// An order for a bot of an agent the caller says is connected (`place_orders_direct`) skips
+/// the queue: placed `dispatched` (attempt 1, lease running), with the bot to build its
+/// envelope from. Not a start that needs secret values, nor the older of two orders of a kind
+/// for one bot in one transaction (queued, and superseded). A hand-over that found no
+/// connection goes back to the queue, uncounted (`return_undelivered`).
+async fn commands_for_a_connected_agent_are_placed_dispatched(t: Ctx) -> anyhow::Result<()> {
+    let here = t.agent("here").await?;
+    let away = t.agent("away").await?;
+    let plain = |name: &str, agent_id: Id| {
+        let mut spec = bot_spec(name, agent_id, &[]);
+        spec.exec.secret_env.clear();
+        NewBot { tenant_id: t.tenant, spec }
+    };
+    let bot = t.store.create_bot(plain("plain", here.id), t.t0).await?;
+    let secretive = t.bot("secretive", here.id, &[]).await?;
+    let elsewhere = t.store.create_bot(plain("elsewhere", away.id), t.t0).await?;
+    let connected = |agent: Id| agent == here.id;
+    let placed: Vec<_> = t
+        .store
+        .place_orders_direct(
+            &[start(t.tenant, bot.id), start(t.tenant, secretive.id), start(t.tenant, elsewhere.id)],
+            TIMES,
+            t.at(1.0),
+            &connected,
+        )
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let direct = &placed[0];
+    assert_eq!((direct.command.status, direct.command.attempt), (CommandStatus::Dispatched, 1));
+    assert_eq!(direct.command.dispatched_at, Some(t.at(1.0)));
+    assert_eq!(direct.command.lease_expires_at, Some(t.at(31.0)));
+    let runtime = direct.deliver.as_ref().expect("a dispatched command comes with its bot");
+    assert_eq!((runtime.id, runtime.agent_id, runtime.exec.program.as_str()), (bot.id, here.id, "python3"));
+    // What the answer says is what was written.
+    let stored = t.store.get_command(t.tenant, direct.command.id).await?;
+    assert_eq!(
+        (stored.status, stored.attempt, stored.dispatched_at, stored.lease_expires_at),
+        (CommandStatus::Dispatched, 1, Some(t.at(1.0)), Some(t.at(31.0)))
+    );
+    for queued in &placed[1..] {
+        assert_eq!((queued.command.status, queued.command.attempt), (CommandStatus::Queued, 0), "{queued:?}");
+        assert!(queued.deliver.is_none());
+    }
+    // The claim finds only the one that needs its secrets read.
+    let claimed = t.store.claim_commands(here.id, 10, t.at(1.5)).await?;
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![placed[1].command.id]);
+
+    // A stop needs no secrets: dispatched. A start then a stop in one transaction: the start
+    // stays queued and the stop supersedes it.
+    let pair: Vec<_> = t
+        .store
+        .place_orders_direct(
+            &[stop(t.tenant, secretive.id), start(t.tenant, bot.id), stop(t.tenant, bot.id)],
+            TIMES,
+            t.at(2.0),
+            &connected,
+        )
+        .await?
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    assert_eq!(pair[0].command.status, CommandStatus::Dispatched);
+    assert_eq!(pair[1].command.status, CommandStatus::Cancelled);
+    assert!(pair[1].deliver.is_none());
+    assert_eq!((pair[2].command.status, pair[2].command.seq), (CommandStatus::Dispatched, Some(3)));
+    assert_eq!(pair[2].superseded.iter().map(|c| c.id).collect::<Vec<_>>(), vec![pair[1].command.id]);
+
+    // The connection was gone at hand-over: back to the queue at once, the attempt not
+    // counted; only the agent's own, only while still dispatched.
+    let ids = [pair[0].command.id, pair[2].command.id];
+    assert!(t.store.return_undelivered(away.id, &ids, t.at(2.5)).await?.is_empty(), "another agent's");
+    let returned = t.store.return_undelivered(here.id, &ids, t.at(2.5)).await?;
+    assert_eq!(returned.len(), 2);
+    for command in &returned {
+        assert_eq!(
+            (command.status, command.attempt, command.dispatched_at, command.lease_expires_at),
+            (CommandStatus::Queued, 0, None, None)
+        );
+    }
+    assert!(t.store.return_undelivered(here.id, &ids, t.at(2.6)).await?.is_empty(), "returned once");
+    let claimed = t.store.claim_commands(here.id, 10, t.at(3.0)).await?;
+    assert_eq!(claimed.iter().map(|c| (c.id, c.attempt)).collect::<Vec<_>>(), ids.map(|id| (id, 1)).to_vec());
     Ok(())
 }

@@ -16,6 +16,16 @@
 //!    supersedes older syncs. Commands already dispatched are the agent's to refuse: it never
 //!    runs a command whose sequence number is below one it already ran for the bot.
 //!
+//! A command for a bot whose agent is connected to this replica and ready (the caller says
+//! which agents are: [`Direct`]) skips the queue: it is inserted `dispatched` (attempt 1, its
+//! lease running) and its answer carries the bot as the transaction read it, for the caller
+//! to build the envelope and hand it to the connection once committed — no claim, no second
+//! write. Not for a bot whose start needs secret values (the claim reads them), nor for two
+//! orders of a kind for one bot in one transaction (the older stays queued, to be superseded).
+//! A delivery that finds the connection gone is returned to the queue by the caller
+//! ([`Store::return_undelivered`]); one lost later comes back when its lease expires, like any
+//! claimed command.
+//!
 //! Everything the caller is told comes from this transaction (`RETURNING` and the rows it
 //! locked), never from a read after it. If a concurrent transaction takes one of the keys
 //! between the check and the insert, the whole transaction is rolled back and run again (the
@@ -38,7 +48,7 @@ use super::{
     rows::{CommandRow, COMMAND_COLUMNS},
 };
 use crate::store::{
-    bots::{desired_str, BotBrief, StatusRow, STATUS_COLUMNS},
+    bots::{desired_str, BotBrief, DispatchBot, StatusRow, STATUS_COLUMNS},
     from_ms, new_id, parse_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError,
 };
 
@@ -86,6 +96,10 @@ pub struct AgentBrief {
     pub present: bool,
 }
 
+/// Which agents take commands straight from the transaction that places them (connected to
+/// this replica, their dispatcher running): see the module's doc.
+pub type Direct<'a> = &'a (dyn Fn(Id) -> bool + Send + Sync);
+
 /// What became of one order.
 #[derive(Debug, Clone)]
 pub struct Placed {
@@ -97,6 +111,9 @@ pub struct Placed {
     pub bot: Option<BotStatus>,
     /// The older commands this one superseded (now `cancelled`).
     pub superseded: Vec<Command>,
+    /// The command was placed `dispatched` (see [`Direct`]): its bot as the transaction read
+    /// it, to build the envelope from. The caller hands it to the agent's connection.
+    pub deliver: Option<DispatchBot>,
 }
 
 /// What one transaction did: an answer per order, in order.
@@ -164,6 +181,9 @@ struct KeyRow {
 struct LockedBot {
     bot_tenant: String,
     command_seq: i64,
+    /// The definition's JSON, parsed only for a command placed `dispatched`.
+    exec: String,
+    restart: String,
     /// Whether the bot had queued commands (only then can an order supersede any).
     queued_before: bool,
     #[sqlx(flatten)]
@@ -239,10 +259,22 @@ impl Store {
     /// database's (nothing was placed); an order that cannot be placed gets its own error:
     /// `NotFound("bot")`, `Reference` (no such agent), `Conflict` (the agent is revoked).
     pub async fn place_orders(&self, orders: &[Order], times: QueueTimes, now: Timestamp) -> Result<Placement> {
+        self.place_orders_direct(orders, times, now, &|_| false).await
+    }
+
+    /// [`Store::place_orders`], placing `dispatched` the commands for bots of the agents
+    /// `direct` names (see the module's doc).
+    pub async fn place_orders_direct(
+        &self,
+        orders: &[Order],
+        times: QueueTimes,
+        now: Timestamp,
+        direct: Direct<'_>,
+    ) -> Result<Placement> {
         if orders.is_empty() {
             return Ok(Placement::new());
         }
-        match self.place(orders, None, times, now).await? {
+        match self.place(orders, None, times, now, direct).await? {
             Attempt::Done(placement, _) => Ok(placement),
             Attempt::Raced | Attempt::BatchExists => Err(raced()),
         }
@@ -257,10 +289,23 @@ impl Store {
         times: QueueTimes,
         now: Timestamp,
     ) -> Result<BatchPlaced> {
+        self.place_batch_direct(batch, orders, times, now, &|_| false).await
+    }
+
+    /// [`Store::place_batch`], placing `dispatched` the commands for bots of the agents
+    /// `direct` names (see the module's doc).
+    pub async fn place_batch_direct(
+        &self,
+        batch: &NewBatch,
+        orders: &[Order],
+        times: QueueTimes,
+        now: Timestamp,
+        direct: Direct<'_>,
+    ) -> Result<BatchPlaced> {
         if let Some(existing) = self.batch_by_key(batch).await? {
             return Ok(BatchPlaced::Existing(existing));
         }
-        match self.place(orders, Some(batch), times, now).await? {
+        match self.place(orders, Some(batch), times, now, direct).await? {
             Attempt::Done(placement, Some(record)) => Ok(BatchPlaced::Created(record, placement)),
             Attempt::BatchExists => self.batch_by_key(batch).await?.map(BatchPlaced::Existing).ok_or_else(raced),
             Attempt::Done(_, None) | Attempt::Raced => Err(raced()),
@@ -273,12 +318,13 @@ impl Store {
         batch: Option<&NewBatch>,
         times: QueueTimes,
         now: Timestamp,
+        direct: Direct<'_>,
     ) -> Result<Attempt> {
         let statements = self.control_statements();
         // A key taken by a concurrent transaction between our check and our insert: run again
         // (the check then sees it). Two rounds suffice unless keys keep racing.
         for _ in 0..4 {
-            match self.try_place(&statements, orders, batch, times, now).await? {
+            match self.try_place(&statements, orders, batch, times, now, direct).await? {
                 Attempt::Raced => continue,
                 other => return Ok(other),
             }
@@ -336,9 +382,10 @@ impl Store {
         let insert = format!(
             "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
              created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
-             created_at, updated_at, batch_id, bot_seq) \
-             SELECT v_id, v_tenant, v_agent, v_bot, v_kind, 'queued', v_payload, v_key, v_by_kind, v_by_id, 0, \
-                    v_max_attempts, v_lease_ms, v_run_timeout_ms, v_expires_at, $1, $1, v_batch, v_seq \
+             created_at, updated_at, batch_id, bot_seq, dispatched_at, lease_expires_at) \
+             SELECT v_id, v_tenant, v_agent, v_bot, v_kind, v_status, v_payload, v_key, v_by_kind, v_by_id, \
+                    v_attempt, v_max_attempts, v_lease_ms, v_run_timeout_ms, v_expires_at, $1, $1, v_batch, v_seq, \
+                    v_dispatched_at, v_lease_expires_at \
              FROM (SELECT value ->> 'id' AS v_id, value ->> 'tenant' AS v_tenant, value ->> 'agent' AS v_agent, \
                           value ->> 'bot' AS v_bot, value ->> 'kind' AS v_kind, value ->> 'payload' AS v_payload, \
                           value ->> 'key' AS v_key, value ->> 'by_kind' AS v_by_kind, value ->> 'by_id' AS v_by_id, \
@@ -346,7 +393,10 @@ impl Store {
                           CAST(value ->> 'lease_ms' AS BIGINT) AS v_lease_ms, \
                           CAST(value ->> 'run_timeout_ms' AS BIGINT) AS v_run_timeout_ms, \
                           CAST(value ->> 'expires_at' AS BIGINT) AS v_expires_at, \
-                          value ->> 'batch' AS v_batch, CAST(value ->> 'seq' AS BIGINT) AS v_seq \
+                          value ->> 'batch' AS v_batch, CAST(value ->> 'seq' AS BIGINT) AS v_seq, \
+                          value ->> 'status' AS v_status, CAST(value ->> 'attempt' AS BIGINT) AS v_attempt, \
+                          CAST(value ->> 'dispatched_at' AS BIGINT) AS v_dispatched_at, \
+                          CAST(value ->> 'lease_expires_at' AS BIGINT) AS v_lease_expires_at \
                    FROM {}) AS v \
              ORDER BY v_id ON CONFLICT DO NOTHING RETURNING id",
             json("$2")
@@ -365,7 +415,7 @@ impl Store {
             // each with its agent (read, not locked).
             bots: format!(
                 "SELECT x.*, {AGENT_BRIEF} FROM \
-                     (SELECT tenant_id AS bot_tenant, command_seq, {STATUS_COLUMNS}, \
+                     (SELECT tenant_id AS bot_tenant, command_seq, exec, restart, {STATUS_COLUMNS}, \
                              EXISTS (SELECT 1 FROM commands WHERE commands.bot_id = bots.id \
                                      AND commands.status = 'queued') AS queued_before \
                       FROM bots WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}) AS x \
@@ -403,6 +453,7 @@ impl Store {
         batch: Option<&NewBatch>,
         times: QueueTimes,
         now: Timestamp,
+        direct: Direct<'_>,
     ) -> Result<Attempt> {
         let now_ms = to_ms(now);
         let keys: Vec<String> = orders.iter().filter_map(|o| o.idempotency_key.clone()).collect();
@@ -436,7 +487,7 @@ impl Store {
                         sqlx::query_as(&sql.agents).bind(to_json(&chunk)).fetch_all(&mut *tx).await?;
                     agents.extend(rows);
                 }
-                let plan = Plan::make(orders, times, now_ms, existing, bots, agents)?;
+                let plan = Plan::make(orders, times, now_ms, existing, bots, agents, direct)?;
                 // Only the ids come back: the rest of each row is what the plan wrote (see
                 // `NewRow::queued`); returning whole rows was ~30% of the insert's time on SQLite.
                 let mut inserted: Vec<String> = Vec::new();
@@ -561,6 +612,8 @@ struct Plan {
     bot_updates: Vec<BotUpdate>,
     inserts: Vec<NewRow>,
     supersedes: Vec<Supersede>,
+    /// Commands placed `dispatched`, with their bots.
+    deliveries: HashMap<Id, DispatchBot>,
 }
 
 // The rows the statements read from their bound JSON arrays (typed, serialised straight to
@@ -587,6 +640,34 @@ struct NewRow {
     expires_at: i64,
     batch: Option<Id>,
     seq: Option<i64>,
+    status: &'static str,
+    attempt: i64,
+    dispatched_at: Option<i64>,
+    lease_expires_at: Option<i64>,
+}
+
+impl NewRow {
+    /// Placed already dispatched (see [`Direct`]): attempt 1, its lease running from `now_ms`.
+    fn dispatch(&mut self, now_ms: i64) {
+        let lease_expires_at = now_ms.saturating_add(self.lease_ms);
+        (self.status, self.attempt) = (CommandStatus::Dispatched.as_str(), 1);
+        (self.dispatched_at, self.lease_expires_at) = (Some(now_ms), Some(lease_expires_at));
+        self.queued.status = CommandStatus::Dispatched;
+        self.queued.attempt = 1;
+        self.queued.dispatched_at = from_ms(now_ms).ok();
+        self.queued.lease_expires_at = from_ms(lease_expires_at).ok();
+    }
+
+    /// Back to a plain queued command (a newer order of its bot in the same transaction
+    /// supersedes it).
+    fn queue(&mut self) {
+        (self.status, self.attempt, self.dispatched_at, self.lease_expires_at) =
+            (CommandStatus::Queued.as_str(), 0, None, None);
+        self.queued.status = CommandStatus::Queued;
+        self.queued.attempt = 0;
+        self.queued.dispatched_at = None;
+        self.queued.lease_expires_at = None;
+    }
 }
 
 /// A bot's new sequence number and desired state.
@@ -633,6 +714,7 @@ impl Plan {
         existing: Vec<KeyRow>,
         locked: Vec<LockedBot>,
         agent_rows: Vec<AgentRow>,
+        direct: Direct<'_>,
     ) -> Result<Self> {
         let mut by_key: HashMap<(Id, String), Command> = HashMap::new();
         for row in existing {
@@ -659,9 +741,12 @@ impl Plan {
         // Bots whose queued commands an order of these may supersede: those that had some,
         // and those given two orders of a kind here (the second supersedes the first).
         let mut may_supersede: HashSet<(Id, bool)> = HashSet::new();
+        // The definitions' JSON (exec, restart), parsed only for commands placed `dispatched`.
+        let mut definitions: HashMap<Id, (String, String)> = HashMap::new();
         for row in locked {
             let tenant = parse_id(&row.bot_tenant)?;
             let bot = BotBrief::try_from(row.bot)?;
+            definitions.insert(bot.status.id, (row.exec, row.restart));
             if row.queued_before {
                 may_supersede.extend([(bot.status.id, true), (bot.status.id, false)]);
             }
@@ -678,6 +763,9 @@ impl Plan {
         // Per bot: (seq, desired) after these orders, and the newest control and sync orders.
         let mut touched: BTreeMap<Id, (i64, i64, Option<DesiredState>)> = BTreeMap::new();
         let mut newest: HashMap<(Id, bool), Supersede> = HashMap::new();
+        let mut deliveries: HashMap<Id, DispatchBot> = HashMap::new();
+        // Per bot and kind of order: the index in `inserts` of the newest one.
+        let mut newest_insert: HashMap<(Id, bool), usize> = HashMap::new();
         for order in orders {
             if let Some(key) = &order.idempotency_key {
                 let tk = (order.tenant_id, key.clone());
@@ -780,7 +868,12 @@ impl Plan {
                 expires_at,
                 batch: order.batch_id,
                 seq,
+                status: CommandStatus::Queued.as_str(),
+                attempt: 0,
+                dispatched_at: None,
+                lease_expires_at: None,
             };
+            let mut row = row;
             if let (Target::Bot(bot_id), Some(seq)) = (order.target, seq) {
                 let control = is_control(order.kind);
                 if control || order.kind == CommandKind::BotSync {
@@ -790,6 +883,22 @@ impl Plan {
                     );
                     if older.is_some() {
                         may_supersede.insert((bot_id, control));
+                    }
+                    // The older order of the kind stays queued, for this one to supersede.
+                    if let Some(older) = newest_insert.insert((bot_id, control), inserts.len()) {
+                        let older: &mut NewRow = &mut inserts[older];
+                        if deliveries.remove(&older.id).is_some() {
+                            older.queue();
+                        }
+                    }
+                    if direct(agent_id) {
+                        if let Some(bot) = bots
+                            .get(&bot_id)
+                            .and_then(|(_, _, bot)| deliverable(bot, definitions.get(&bot_id)?, order.kind))
+                        {
+                            row.dispatch(now_ms);
+                            deliveries.insert(id, bot);
+                        }
                     }
                 }
             }
@@ -818,7 +927,7 @@ impl Plan {
             newest.into_iter().filter(|(key, _)| may_supersede.contains(key)).map(|(_, s)| s).collect();
         supersedes.sort_by_key(|s| s.id);
         let agents = agents.into_iter().map(|(id, (_, brief))| (id, brief)).collect();
-        Ok(Plan { slots, agents, changed_bots, bot_updates, inserts, supersedes })
+        Ok(Plan { slots, agents, changed_bots, bot_updates, inserts, supersedes, deliveries })
     }
 
     /// A batch's counts: the orders placed, and the refused ones grouped by why.
@@ -885,6 +994,7 @@ impl Plan {
         };
         let mut answers = Vec::with_capacity(self.slots.len());
         let mut changed_bots = self.changed_bots;
+        let mut deliveries = self.deliveries;
         for slot in self.slots {
             answers.push(match slot {
                 Slot::Refused(e) => Err(e),
@@ -894,6 +1004,7 @@ impl Plan {
                     agent,
                     bot: None,
                     superseded: Vec::new(),
+                    deliver: None,
                 }),
                 Slot::Existing(ExistingRef::Inserted(id)) => match commands.get(&id) {
                     Some(command) => agent(command, &self.agents).map(|agent| Placed {
@@ -902,6 +1013,7 @@ impl Plan {
                         agent,
                         bot: None,
                         superseded: Vec::new(),
+                        deliver: None,
                     }),
                     None => Err(StoreError::Corrupt(format!("command {id} was not inserted"))),
                 },
@@ -917,6 +1029,7 @@ impl Plan {
                             older.sort_by_key(|c| c.id);
                             older
                         },
+                        deliver: deliveries.remove(&id),
                     }),
                     None => Err(StoreError::Corrupt(format!("command {id} was not inserted"))),
                 },
@@ -924,6 +1037,24 @@ impl Plan {
         }
         Ok(answers)
     }
+}
+
+/// The bot as the envelope of a command placed `dispatched` needs it, if the command may be:
+/// not a start needing secret values (the claim reads them), nor a definition that does not
+/// parse (the claim fails the command with the reason).
+fn deliverable(bot: &BotBrief, (exec, restart): &(String, String), kind: CommandKind) -> Option<DispatchBot> {
+    let exec: botmox_contract::bots::ExecSpec = crate::store::parse_json("bot exec", exec).ok()?;
+    if is_start(kind) && !exec.secret_env.is_empty() {
+        return None;
+    }
+    Some(DispatchBot {
+        id: bot.status.id,
+        agent_id: bot.status.agent_id,
+        name: bot.status.name.clone(),
+        exec,
+        restart: crate::store::parse_json("bot restart", restart).ok()?,
+        stop: bot.stop.clone(),
+    })
 }
 
 fn revoked(name: &str) -> StoreError {

@@ -39,7 +39,9 @@ use botmox_contract::{
     Id, Timestamp,
 };
 
-pub use self::control::{AgentBrief, BatchPlaced, BatchRecord, NewBatch, Order, Placed, Placement, QueueTimes, Target};
+pub use self::control::{
+    AgentBrief, BatchPlaced, BatchRecord, Direct, NewBatch, Order, Placed, Placement, QueueTimes, Target,
+};
 use self::rows::{into_commands, CommandRow, COMMAND_COLUMNS};
 use super::{new_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError};
 
@@ -451,6 +453,25 @@ impl Store {
                 .bind(agent_id.to_string())
                 .fetch_all(pool)
                 .await?
+        });
+        into_commands(rows)
+    }
+
+    /// Commands placed `dispatched` for a connection that was gone when they were handed to it
+    /// (see [`Store::place_orders_direct`]): back to `queued` at once (no agent saw them: the
+    /// attempt is not counted, the lease is cleared) rather than after their lease, for the
+    /// agent's next connection to claim. Only the agent's own, still `dispatched`; returns them.
+    pub async fn return_undelivered(&self, agent_id: Id, ids: &[Id], now: Timestamp) -> Result<Vec<Command>> {
+        let sql = format!(
+            "UPDATE commands SET status = 'queued', attempt = attempt - 1, dispatched_at = NULL, \
+             lease_expires_at = NULL, updated_at = $1 \
+             WHERE agent_id = $2 AND status = 'dispatched' AND attempt > 0 AND id IN (SELECT value FROM {}) \
+             RETURNING {COMMAND_COLUMNS}",
+            self.json_array_rows("$3", Elements::Text)
+        );
+        let ids: Vec<String> = ids.iter().map(Id::to_string).collect();
+        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+            sqlx::query_as(&sql).bind(to_ms(now)).bind(agent_id.to_string()).bind(to_json(&ids)).fetch_all(pool).await?
         });
         into_commands(rows)
     }
