@@ -7,7 +7,8 @@ use botmox_contract::{
 };
 
 use super::{
-    from_ms, new_id, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Elements, Result, Store, StoreError,
+    from_ms, json_rows, new_id, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Elements, Result, Store,
+    StoreError,
 };
 
 pub struct NewAgent {
@@ -420,7 +421,7 @@ impl Store {
         );
         // Relaxed durability: a flush lost in a database crash is rewritten by the next one.
         with_pool!(self, relaxed, |pool| {
-            sqlx::query(&sql).bind(to_json(&values)).execute(pool).await?;
+            sqlx::query(&sql).bind(json_rows(&values)).execute(pool).await?;
         });
         Ok(())
     }

@@ -6,7 +6,9 @@ use botmox_contract::{
     Id, Timestamp,
 };
 
-use super::{from_ms, new_id, parse_id, parse_json, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
+use super::{
+    from_ms, json_rows, new_id, parse_id, parse_json, to_json, to_ms, with_pool, Elements, Result, Store, StoreError,
+};
 
 #[derive(Debug, Clone)]
 pub struct NewAuditEntry {
@@ -112,7 +114,9 @@ impl Store {
              FROM {}",
             self.json_array_rows("$1", Elements::Json)
         );
-        with_pool!(self, write, |pool| { sqlx::query(&sql).bind(to_json(&rows)).execute(pool).await?.rows_affected() });
+        with_pool!(self, write, |pool| {
+            sqlx::query(&sql).bind(json_rows(&rows)).execute(pool).await?.rows_affected()
+        });
         Ok(ids)
     }
 

@@ -4,7 +4,7 @@ use botmox_contract::{auth::Role, Id, Timestamp};
 
 use std::collections::HashMap;
 
-use super::{from_ms, new_id, parse_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
+use super::{from_ms, json_rows, new_id, parse_id, to_ms, with_pool, Elements, Result, Store, StoreError};
 
 pub struct NewSession {
     pub tenant_id: Id,
@@ -184,7 +184,7 @@ impl Store {
             self.json_array_rows("$1", Elements::Text)
         );
         let rows: Vec<(String, String, String, String)> = with_pool!(self, read, |pool| {
-            sqlx::query_as(&sql).bind(to_json(&sessions)).bind(to_ms(now)).fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(json_rows(&sessions)).bind(to_ms(now)).fetch_all(pool).await?
         });
         let mut live: HashMap<(Id, Id), LiveUser> = HashMap::with_capacity(rows.len());
         for (session, user, tenant_id, role) in rows {

@@ -19,7 +19,7 @@ use botmox_contract::{
 };
 
 use super::{definition_hash, desired_str, BotRow, NewBot, BOT_COLUMNS};
-use crate::store::{new_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
+use crate::store::{json_rows, new_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
 
 /// Definitions per statement: keeps each bound JSON array at a few MB at most.
 const CHUNK: usize = 2000;
@@ -117,7 +117,7 @@ impl Store {
                     let got: Vec<BotRow> = sqlx::query_as(&insert)
                         .bind(&tenant)
                         .bind(to_ms(now))
-                        .bind(to_json(&chunk))
+                        .bind(json_rows(&chunk))
                         .fetch_all(&mut *tx)
                         .await?;
                     if got.len() < chunk.len() {
@@ -127,7 +127,7 @@ impl Store {
                     inserted.extend(got);
                 }
                 for chunk in tags.chunks(CHUNK) {
-                    sqlx::query(&insert_tags).bind(&tenant).bind(to_json(&chunk)).execute(&mut *tx).await?;
+                    sqlx::query(&insert_tags).bind(&tenant).bind(json_rows(&chunk)).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(Some(inserted))
@@ -177,12 +177,12 @@ impl Store {
         with_pool!(self, read, |pool| {
             for chunk in names.chunks(CHUNK) {
                 let rows: Vec<String> =
-                    sqlx::query_scalar(&names_sql).bind(&tenant).bind(to_json(&chunk)).fetch_all(pool).await?;
+                    sqlx::query_scalar(&names_sql).bind(&tenant).bind(json_rows(&chunk)).fetch_all(pool).await?;
                 taken.extend(rows);
             }
             for chunk in agents.chunks(CHUNK) {
                 let rows: Vec<String> =
-                    sqlx::query_scalar(&agents_sql).bind(&tenant).bind(to_json(&chunk)).fetch_all(pool).await?;
+                    sqlx::query_scalar(&agents_sql).bind(&tenant).bind(json_rows(&chunk)).fetch_all(pool).await?;
                 known.extend(rows);
             }
         });

@@ -17,8 +17,8 @@ use botmox_contract::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    from_ms, is_unique_violation, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result, Store,
-    StoreError,
+    from_ms, is_unique_violation, json_rows, opt_from_ms, parse_id, parse_json, to_json, to_ms, with_pool, Result,
+    Store, StoreError,
 };
 
 /// `tenant_id = $1`, written so that no index serves it: in a lookup of given ids, SQLite's
@@ -336,9 +336,9 @@ impl Store {
             "SELECT id, agent_id, name, exec, restart, stop FROM bots WHERE id IN (SELECT value FROM {})",
             self.json_array_rows("$1", crate::store::Elements::Text)
         );
-        let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
+        let ids: Vec<String> = ids.iter().map(Id::to_string).collect();
         let rows: Vec<DispatchBotRow> =
-            with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(&ids).fetch_all(pool).await? });
+            with_pool!(self, read, |pool| { sqlx::query_as(&sql).bind(json_rows(&ids)).fetch_all(pool).await? });
         rows.into_iter()
             .map(|row| {
                 Ok(DispatchBot {
@@ -437,9 +437,9 @@ impl Store {
             "SELECT id, {AGENT_OF_BOT} FROM bots WHERE {TENANT_NOT_INDEXED} AND id IN (SELECT value FROM {})",
             self.json_array_rows("$2", crate::store::Elements::Text)
         );
-        let ids = to_json(&ids.iter().map(Id::to_string).collect::<Vec<_>>());
+        let ids: Vec<String> = ids.iter().map(Id::to_string).collect();
         let rows: Vec<(String, String)> = with_pool!(self, read, |pool| {
-            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(&ids).fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(tenant_id.to_string()).bind(json_rows(&ids)).fetch_all(pool).await?
         });
         rows.into_iter().map(with_agent_status).collect()
     }
@@ -605,7 +605,7 @@ impl Store {
             self.json_array_rows("$1", crate::store::Elements::Text)
         );
         let rows: Vec<ReportedRow> =
-            with_pool!(self, read, |pool| { sqlx::query_as(&before_sql).bind(to_json(&ids)).fetch_all(pool).await? });
+            with_pool!(self, read, |pool| { sqlx::query_as(&before_sql).bind(json_rows(&ids)).fetch_all(pool).await? });
         let mut found: HashMap<Id, Reported> = HashMap::with_capacity(rows.len());
         for row in rows {
             let (bot, _) = row.bot.parse()?;
@@ -673,7 +673,7 @@ impl Store {
             self.json_array_rows("$1", crate::store::Elements::Json)
         );
         let after: Vec<StatusRow> =
-            with_pool!(self, write, |pool| { sqlx::query_as(&sql).bind(to_json(&values)).fetch_all(pool).await? });
+            with_pool!(self, write, |pool| { sqlx::query_as(&sql).bind(json_rows(&values)).fetch_all(pool).await? });
         let after = after.into_iter().map(|row| Ok(row.parse()?.0)).collect::<Result<Vec<BotStatus>>>()?;
         // Each batch gets the rows its own news changed.
         for ((agent_id, reports), answer) in batches.iter().zip(&mut answers) {

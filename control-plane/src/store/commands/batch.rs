@@ -17,7 +17,7 @@ use super::{
     rows::{CommandRow, COMMAND_COLUMNS},
     CommandOutcome, Enqueued, NewCommand,
 };
-use crate::store::{new_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
+use crate::store::{json_rows, new_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
 
 impl Store {
     /// [`Store::enqueue_command`] for many commands, in one statement (so all of them or, on a
@@ -74,7 +74,7 @@ impl Store {
             self.json_array_rows("$2", Elements::Json)
         );
         let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql).bind(now_ms).bind(to_json(&values)).fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(now_ms).bind(json_rows(&values)).fetch_all(pool).await?
         });
         let mut inserted: HashMap<Id, Command> =
             rows.into_iter().map(|row| Command::try_from(row).map(|c| (c.id, c))).collect::<Result<_>>()?;
@@ -117,7 +117,7 @@ impl Store {
         );
         // Relaxed durability, as for one ack (see `Store::ack_command`).
         let rows: Vec<CommandRow> = with_pool!(self, relaxed, |pool| {
-            sqlx::query_as(&sql).bind(to_ms(now)).bind(to_json(&values)).fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(to_ms(now)).bind(json_rows(&values)).fetch_all(pool).await?
         });
         let requests = acks.iter().map(|(agent, id)| (*agent, *id, CommandStatus::Running));
         self.answer_each(requests, rows).await
@@ -176,7 +176,7 @@ impl Store {
             self.json_array_rows("$2", Elements::Json)
         );
         let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql).bind(to_ms(now)).bind(to_json(&values)).fetch_all(pool).await?
+            sqlx::query_as(&sql).bind(to_ms(now)).bind(json_rows(&values)).fetch_all(pool).await?
         });
         let requests = outcomes.iter().map(|(agent, id, outcome)| (*agent, *id, status_of(outcome)));
         self.answer_each(requests, rows).await

@@ -49,7 +49,7 @@ use super::{
 };
 use crate::store::{
     bots::{desired_str, BotBrief, DispatchBot, StatusRow, STATUS_COLUMNS},
-    from_ms, new_id, parse_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError,
+    from_ms, json_rows, new_id, parse_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError,
 };
 
 /// What an order is for.
@@ -471,20 +471,21 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 let mut existing = Vec::new();
                 for chunk in keys.chunks(CHUNK) {
-                    let rows: Vec<KeyRow> = sqlx::query_as(&sql.keys).bind(to_json(&chunk)).fetch_all(&mut *tx).await?;
+                    let rows: Vec<KeyRow> =
+                        sqlx::query_as(&sql.keys).bind(json_rows(&chunk)).fetch_all(&mut *tx).await?;
                     existing.extend(rows);
                 }
                 let mut bots = Vec::new();
                 for chunk in bot_ids.chunks(CHUNK) {
                     let rows: Vec<LockedBot> =
-                        sqlx::query_as(&sql.bots).bind(to_json(&chunk)).fetch_all(&mut *tx).await?;
+                        sqlx::query_as(&sql.bots).bind(json_rows(&chunk)).fetch_all(&mut *tx).await?;
                     bots.extend(rows);
                 }
                 let agent_ids = agents_to_read(orders, &bots, &existing);
                 let mut agents = Vec::new();
                 for chunk in agent_ids.chunks(CHUNK) {
                     let rows: Vec<AgentRow> =
-                        sqlx::query_as(&sql.agents).bind(to_json(&chunk)).fetch_all(&mut *tx).await?;
+                        sqlx::query_as(&sql.agents).bind(json_rows(&chunk)).fetch_all(&mut *tx).await?;
                     agents.extend(rows);
                 }
                 let plan = Plan::make(orders, times, now_ms, existing, bots, agents, direct)?;
@@ -496,20 +497,20 @@ impl Store {
                     for round in 0..rounds {
                         let ids: Vec<String> = sqlx::query_scalar(both)
                             .bind(now_ms)
-                            .bind(to_json(&nth_chunk(&plan.inserts, round)))
-                            .bind(to_json(&nth_chunk(&plan.bot_updates, round)))
+                            .bind(json_rows(&nth_chunk(&plan.inserts, round)))
+                            .bind(json_rows(&nth_chunk(&plan.bot_updates, round)))
                             .fetch_all(&mut *tx)
                             .await?;
                         inserted.extend(ids);
                     }
                 } else {
                     for chunk in plan.bot_updates.chunks(CHUNK) {
-                        sqlx::query(&sql.update_bots).bind(to_json(&chunk)).execute(&mut *tx).await?;
+                        sqlx::query(&sql.update_bots).bind(json_rows(&chunk)).execute(&mut *tx).await?;
                     }
                     for chunk in plan.inserts.chunks(CHUNK) {
                         let ids: Vec<String> = sqlx::query_scalar(&sql.insert)
                             .bind(now_ms)
-                            .bind(to_json(&chunk))
+                            .bind(json_rows(&chunk))
                             .fetch_all(&mut *tx)
                             .await?;
                         inserted.extend(ids);
@@ -547,7 +548,7 @@ impl Store {
                 let mut superseded = Vec::new();
                 for chunk in plan.supersedes.chunks(CHUNK) {
                     let rows: Vec<CommandRow> =
-                        sqlx::query_as(&sql.supersede).bind(now_ms).bind(to_json(&chunk)).fetch_all(&mut *tx).await?;
+                        sqlx::query_as(&sql.supersede).bind(now_ms).bind(json_rows(&chunk)).fetch_all(&mut *tx).await?;
                     superseded.extend(rows);
                 }
                 tx.commit().await?;

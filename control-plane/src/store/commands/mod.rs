@@ -43,7 +43,7 @@ pub use self::control::{
     AgentBrief, BatchPlaced, BatchRecord, Direct, NewBatch, Order, Placed, Placement, QueueTimes, Target,
 };
 use self::rows::{into_commands, CommandRow, COMMAND_COLUMNS};
-use super::{new_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError};
+use super::{json_rows, new_id, to_json, to_ms, with_pool, Backend, Elements, Result, Store, StoreError};
 
 /// What to enqueue.
 #[derive(Debug, Clone)]
@@ -292,7 +292,7 @@ impl Store {
                 );
                 let values: Vec<serde_json::Value> =
                     limits.iter().map(|(agent, limit)| serde_json::json!({ "agent": agent, "limit": limit })).collect();
-                sqlx::query_as(&sql).bind(to_json(&values)).bind(to_ms(now)).fetch_all(relaxed).await?
+                sqlx::query_as(&sql).bind(json_rows(&values)).bind(to_ms(now)).fetch_all(relaxed).await?
             }
         };
         // Oldest first, per agent; each claim takes its share in turn.
@@ -471,7 +471,12 @@ impl Store {
         );
         let ids: Vec<String> = ids.iter().map(Id::to_string).collect();
         let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
-            sqlx::query_as(&sql).bind(to_ms(now)).bind(agent_id.to_string()).bind(to_json(&ids)).fetch_all(pool).await?
+            sqlx::query_as(&sql)
+                .bind(to_ms(now))
+                .bind(agent_id.to_string())
+                .bind(json_rows(&ids))
+                .fetch_all(pool)
+                .await?
         });
         into_commands(rows)
     }
