@@ -2,11 +2,15 @@
 //! supervisor's reconciliation — puts commands on the queue. It knows nothing of HTTP:
 //!
 //! ```text
-//! handler / supervisor ──Order──▶ control::submit ──▶ group commit ──▶ store::place_orders
+//! handler / supervisor ──Order──▶ control::submit ──▶ group commit ──▶ store::place_orders_direct
 //!                                                    (one transaction: desired state, sequence,
 //!                                                     insert, supersede; RETURNING)
-//!                         ◀──Submitted── wake each agent once ◀── publish events ◀──┘
+//!        ◀──Submitted── hand over or wake each agent once ◀── publish events ◀──┘
 //! ```
+//!
+//! A command for an agent whose connection is here and ready is placed already `dispatched`
+//! and handed to that connection once committed (`hub.deliver`): no claim, no wake-up. Any
+//! other agent is woken and claims its queued commands (see the store's `control` module).
 //!
 //! Single orders go through [`crate::group::GroupCommit`]: orders that arrive while a transaction is
 //! committing share the next one (one statement set, one durable commit), so concurrent
