@@ -302,18 +302,16 @@ async fn commands_for_a_connected_agent_are_placed_dispatched(t: Ctx) -> anyhow:
     let bot = t.store.create_bot(plain("plain", here.id), t.t0).await?;
     let secretive = t.bot("secretive", here.id, &[]).await?;
     let elsewhere = t.store.create_bot(plain("elsewhere", away.id), t.t0).await?;
-    let connected = |agent: Id| agent == here.id;
-    let placed: Vec<_> = t
-        .store
-        .place_orders_direct(
-            &[start(t.tenant, bot.id), start(t.tenant, secretive.id), start(t.tenant, elsewhere.id)],
-            TIMES,
-            t.at(1.0),
-            &connected,
-        )
-        .await?
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    // Every answer of orders placed with only `here` connected.
+    let (ctx, here_id) = (&t, here.id);
+    let place_here = move |orders: Vec<Order>, at: f64| async move {
+        let connected = move |agent: Id| agent == here_id;
+        let placement = ctx.store.place_orders_direct(&orders, TIMES, ctx.at(at), &connected).await?;
+        anyhow::Ok(placement.into_iter().collect::<Result<Vec<_>, _>>()?)
+    };
+    let placed =
+        place_here(vec![start(t.tenant, bot.id), start(t.tenant, secretive.id), start(t.tenant, elsewhere.id)], 1.0)
+            .await?;
     let direct = &placed[0];
     assert_eq!((direct.command.status, direct.command.attempt), (CommandStatus::Dispatched, 1));
     assert_eq!(direct.command.dispatched_at, Some(t.at(1.0)));
@@ -336,17 +334,8 @@ async fn commands_for_a_connected_agent_are_placed_dispatched(t: Ctx) -> anyhow:
 
     // A stop needs no secrets: dispatched. A start then a stop in one transaction: the start
     // stays queued and the stop supersedes it.
-    let pair: Vec<_> = t
-        .store
-        .place_orders_direct(
-            &[stop(t.tenant, secretive.id), start(t.tenant, bot.id), stop(t.tenant, bot.id)],
-            TIMES,
-            t.at(2.0),
-            &connected,
-        )
-        .await?
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let pair =
+        place_here(vec![stop(t.tenant, secretive.id), start(t.tenant, bot.id), stop(t.tenant, bot.id)], 2.0).await?;
     assert_eq!(pair[0].command.status, CommandStatus::Dispatched);
     assert_eq!(pair[1].command.status, CommandStatus::Cancelled);
     assert!(pair[1].deliver.is_none());

@@ -831,7 +831,7 @@ impl Plan {
                 keys_here.insert((order.tenant_id, key.clone()), id);
             }
             let expires_at = now_ms.saturating_add(duration_ms(times.ttl));
-            let row = NewRow {
+            let mut row = NewRow {
                 queued: Command {
                     id,
                     agent_id,
@@ -874,7 +874,6 @@ impl Plan {
                 dispatched_at: None,
                 lease_expires_at: None,
             };
-            let mut row = row;
             if let (Target::Bot(bot_id), Some(seq)) = (order.target, seq) {
                 let control = is_control(order.kind);
                 if control || order.kind == CommandKind::BotSync {
