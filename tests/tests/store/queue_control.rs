@@ -22,6 +22,7 @@ conformance!(
     orders_that_cannot_be_placed_say_why_and_change_nothing,
     a_batch_is_recorded_once_per_key,
     commands_for_a_connected_agent_are_placed_dispatched,
+    concurrent_orders_for_the_same_bots_take_one_sequence_number_each,
 );
 
 const TIMES: QueueTimes = QueueTimes {
@@ -357,5 +358,55 @@ async fn commands_for_a_connected_agent_are_placed_dispatched(t: Ctx) -> anyhow:
     assert!(t.store.return_undelivered(here.id, &ids, t.at(2.6)).await?.is_empty(), "returned once");
     let claimed = t.store.claim_commands(here.id, 10, t.at(3.0)).await?;
     assert_eq!(claimed.iter().map(|c| (c.id, c.attempt)).collect::<Vec<_>>(), ids.map(|id| (id, 1)).to_vec());
+    Ok(())
+}
+
+/// Orders racing for the same bots from many connections (on Postgres, orders for bots with
+/// nothing queued are written without a lock, each only if its bot is still as read, and placed
+/// again locked if not): every order gets its own sequence number, the bot's number is the
+/// last one given, and its desired state is the one that order set.
+async fn concurrent_orders_for_the_same_bots_take_one_sequence_number_each(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let mut bots = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        let mut spec = bot_spec(name, agent.id, &[]);
+        spec.exec.secret_env.clear();
+        bots.push(t.store.create_bot(NewBot { tenant_id: t.tenant, spec }, t.t0).await?.id);
+    }
+    // Placed `dispatched` (the agent counts as connected): nothing stays queued, so every
+    // order may take the path without the lock.
+    let (tasks, rounds) = (8, 12);
+    let place = |task: usize| {
+        let (store, tenant, bots) = (t.store.clone(), t.tenant, bots.clone());
+        let at = t.at(1.0);
+        async move {
+            let mut placed = Vec::new();
+            for round in 0..rounds {
+                let bot = bots[(task + round) % bots.len()];
+                let order = if (task + round).is_multiple_of(2) { start(tenant, bot) } else { stop(tenant, bot) };
+                let answer = store.place_orders_direct(&[order], TIMES, at, &|_| true).await?;
+                placed.push(answer.into_iter().next().expect("one answer")?);
+            }
+            anyhow::Ok(placed)
+        }
+    };
+    let placed: Vec<_> = futures::future::try_join_all((0..tasks).map(place)).await?.into_iter().flatten().collect();
+    assert_eq!(placed.len(), tasks * rounds);
+    for bot_id in bots {
+        let mut mine: Vec<_> = placed.iter().filter(|p| p.command.bot_id == Some(bot_id)).collect();
+        assert!(mine.iter().all(|p| p.created && p.command.status == CommandStatus::Dispatched));
+        mine.sort_by_key(|p| p.command.seq);
+        let seqs: Vec<u64> = mine.iter().filter_map(|p| p.command.seq).collect();
+        let expected: Vec<u64> = (1..=mine.len() as u64).collect();
+        assert_eq!(seqs, expected, "bot {bot_id}: one number per order, none skipped");
+        let stored = t.store.get_bot(t.tenant, bot_id).await?;
+        let last = mine.last().expect("orders for every bot");
+        let desired =
+            if last.command.kind == CommandKind::BotStart { DesiredState::Running } else { DesiredState::Stopped };
+        assert_eq!(stored.desired_state, desired, "bot {bot_id}: the desired state of its last order");
+        for p in &mine {
+            assert_eq!(t.store.get_command(t.tenant, p.command.id).await?, p.command, "answered as stored");
+        }
+    }
     Ok(())
 }
