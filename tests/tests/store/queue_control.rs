@@ -361,10 +361,9 @@ async fn commands_for_a_connected_agent_are_placed_dispatched(t: Ctx) -> anyhow:
     Ok(())
 }
 
-/// Orders racing for the same bots from many connections (on Postgres, orders for bots with
-/// nothing queued are written without a lock, each only if its bot is still as read, and placed
-/// again locked if not): every order gets its own sequence number, the bot's number is the
-/// last one given, and its desired state is the one that order set.
+/// Orders racing for the same bots from many connections (each transaction locks its bots):
+/// every order gets its own sequence number, the bot's number is the last one given, and its
+/// desired state is the one that order set.
 async fn concurrent_orders_for_the_same_bots_take_one_sequence_number_each(t: Ctx) -> anyhow::Result<()> {
     let agent = t.agent("host-1").await?;
     let mut bots = Vec::new();
@@ -373,8 +372,8 @@ async fn concurrent_orders_for_the_same_bots_take_one_sequence_number_each(t: Ct
         spec.exec.secret_env.clear();
         bots.push(t.store.create_bot(NewBot { tenant_id: t.tenant, spec }, t.t0).await?.id);
     }
-    // Placed `dispatched` (the agent counts as connected): nothing stays queued, so every
-    // order may take the path without the lock.
+    // Placed `dispatched` (the agent counts as connected): nothing stays queued for a newer
+    // order to supersede, so every command stays as placed.
     let (tasks, rounds) = (8, 12);
     let place = |task: usize| {
         let (store, tenant, bots) = (t.store.clone(), t.tenant, bots.clone());

@@ -26,14 +26,6 @@
 //! ([`Store::return_undelivered`]); one lost later comes back when its lease expires, like any
 //! claimed command.
 //!
-//! On Postgres, the orders of one request (or of one group commit) that are plain — each a
-//! start, stop or restart of its own bot, with no Idempotency-Key, for bots with nothing
-//! queued — skip the lock: the bots are read, the plan is made as below, and one statement
-//! writes each bot and inserts its command only if the bot is still as read (its sequence
-//! number, agent and definition, and still nothing queued). That is two round trips instead
-//! of four (`BEGIN`, locked read, write, `COMMIT`). An order whose bot changed in between is
-//! not written at all and goes through the locked transaction ([`Store::place_unlocked`]).
-//!
 //! Everything the caller is told comes from this transaction (`RETURNING` and the rows it
 //! locked), never from a read after it. If a concurrent transaction takes one of the keys
 //! between the check and the insert, the whole transaction is rolled back and run again (the
@@ -260,16 +252,6 @@ struct Statements {
     update_and_insert: Option<String>,
     supersede: String,
     batch: String,
-    /// Postgres: the statements of orders placed without a lock (see [`Unlocked`]).
-    unlocked: Option<Unlocked>,
-}
-
-/// Orders that may skip the locked transaction (Postgres; see `Store::place_unlocked`): the
-/// bots read without a lock, then one statement that writes each order only if its bot is
-/// still as read.
-struct Unlocked {
-    bots: String,
-    write: String,
 }
 
 impl Store {
@@ -292,87 +274,10 @@ impl Store {
         if orders.is_empty() {
             return Ok(Placement::new());
         }
-        let statements = self.control_statements();
-        let Some(mut answers) = self.place_unlocked(&statements, orders, times, now, direct).await? else {
-            return match self.place(&statements, orders, None, times, now, direct).await? {
-                Attempt::Done(placement, _) => Ok(placement),
-                Attempt::Raced | Attempt::BatchExists => Err(raced()),
-            };
-        };
-        // The orders whose bot changed since it was read: through the locked transaction.
-        let retry: Vec<usize> = (0..orders.len()).filter(|i| answers[*i].is_none()).collect();
-        if !retry.is_empty() {
-            let again: Vec<Order> = retry.iter().map(|i| orders[*i].clone()).collect();
-            let placement = match self.place(&statements, &again, None, times, now, direct).await? {
-                Attempt::Done(placement, _) => placement,
-                Attempt::Raced | Attempt::BatchExists => return Err(raced()),
-            };
-            for (i, answer) in retry.into_iter().zip(placement) {
-                answers[i] = Some(answer);
-            }
+        match self.place(orders, None, times, now, direct).await? {
+            Attempt::Done(placement, _) => Ok(placement),
+            Attempt::Raced | Attempt::BatchExists => Err(raced()),
         }
-        Ok(answers.into_iter().map(|answer| answer.unwrap_or_else(|| Err(not_inserted()))).collect())
-    }
-
-    /// Postgres: orders placed without the locked transaction, in two round trips instead of
-    /// four — when every order is a start, stop or restart of its own bot, with no
-    /// Idempotency-Key, and no bot has a queued command (nothing to supersede). The bots are
-    /// read without a lock, the plan is made from them as in the transaction, and one
-    /// statement writes each order's bot and command only if the bot is still as read
-    /// (sequence number, agent, definition, nothing queued): an order is all written or not
-    /// at all, each on its own. `None`: the orders are not such (nothing written). An answer
-    /// is `None` for an order whose bot changed since the read: the caller places it again,
-    /// locked.
-    async fn place_unlocked(
-        &self,
-        sql: &Statements,
-        orders: &[Order],
-        times: QueueTimes,
-        now: Timestamp,
-        direct: Direct<'_>,
-    ) -> Result<Option<Vec<Option<Result<Placed>>>>> {
-        let (Backend::Postgres { pool, .. }, Some(unlocked)) = (&self.backend, &sql.unlocked) else {
-            return Ok(None);
-        };
-        let mut bot_ids = HashSet::new();
-        let plain = orders.len() <= CHUNK
-            && orders.iter().all(|order| {
-                order.idempotency_key.is_none()
-                    && is_control(order.kind)
-                    && matches!(order.target, Target::Bot(id) if bot_ids.insert(id))
-            });
-        if !plain {
-            return Ok(None);
-        }
-        let ids: Vec<String> = bot_ids.iter().map(ToString::to_string).collect();
-        let bots: Vec<LockedBot> = sqlx::query_as(&unlocked.bots).bind(json_rows(&ids)).fetch_all(pool).await?;
-        if bots.iter().any(|bot| bot.queued_before) {
-            return Ok(None);
-        }
-        let now_ms = to_ms(now);
-        let mut plan = Plan::make(orders, times, now_ms, Vec::new(), bots, Vec::new(), direct)?;
-        debug_assert!(plan.supersedes.is_empty(), "distinct bots with nothing queued supersede nothing");
-        let written: Vec<StatusRow> = if plan.inserts.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(&unlocked.write)
-                .bind(now_ms)
-                .bind(json_rows(&plan.inserts))
-                .bind(json_rows(&plan.bot_updates))
-                .fetch_all(pool)
-                .await?
-        };
-        let mut placed = HashSet::new();
-        for row in written {
-            let bot = BotBrief::try_from(row)?.status;
-            placed.insert(bot.id);
-            if let Some(changed) = plan.changed_bots.get_mut(&bot.id) {
-                *changed = bot;
-            }
-        }
-        let inserted = plan.inserts.iter().filter(|row| row.bot.is_some_and(|b| placed.contains(&b)));
-        let inserted = inserted.map(|row| row.id.to_string()).collect();
-        Ok(Some(plan.answer_each(inserted, Vec::new())?))
     }
 
     /// Places a bulk action's orders and its record in one transaction; with a key already
@@ -400,7 +305,7 @@ impl Store {
         if let Some(existing) = self.batch_by_key(batch).await? {
             return Ok(BatchPlaced::Existing(existing));
         }
-        match self.place(&self.control_statements(), orders, Some(batch), times, now, direct).await? {
+        match self.place(orders, Some(batch), times, now, direct).await? {
             Attempt::Done(placement, Some(record)) => Ok(BatchPlaced::Created(record, placement)),
             Attempt::BatchExists => self.batch_by_key(batch).await?.map(BatchPlaced::Existing).ok_or_else(raced),
             Attempt::Done(_, None) | Attempt::Raced => Err(raced()),
@@ -409,17 +314,17 @@ impl Store {
 
     async fn place(
         &self,
-        statements: &Statements,
         orders: &[Order],
         batch: Option<&NewBatch>,
         times: QueueTimes,
         now: Timestamp,
         direct: Direct<'_>,
     ) -> Result<Attempt> {
+        let statements = self.control_statements();
         // A key taken by a concurrent transaction between our check and our insert: run again
         // (the check then sees it). Two rounds suffice unless keys keep racing.
         for _ in 0..4 {
-            match self.try_place(statements, orders, batch, times, now, direct).await? {
+            match self.try_place(&statements, orders, batch, times, now, direct).await? {
                 Attempt::Raced => continue,
                 other => return Ok(other),
             }
@@ -474,10 +379,8 @@ impl Store {
                 json(p)
             )
         };
-        // `filter`: which of the array's rows are inserted (all, but in `Unlocked::write`).
-        let insert = |filter: &str| {
-            format!(
-                "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
+        let insert = format!(
+            "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
              created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
              created_at, updated_at, batch_id, bot_seq, dispatched_at, lease_expires_at) \
              SELECT v_id, v_tenant, v_agent, v_bot, v_kind, v_status, v_payload, v_key, v_by_kind, v_by_id, \
@@ -494,55 +397,13 @@ impl Store {
                           value ->> 'status' AS v_status, CAST(value ->> 'attempt' AS BIGINT) AS v_attempt, \
                           CAST(value ->> 'dispatched_at' AS BIGINT) AS v_dispatched_at, \
                           CAST(value ->> 'lease_expires_at' AS BIGINT) AS v_lease_expires_at \
-                   FROM {}) AS v {filter} \
+                   FROM {}) AS v \
              ORDER BY v_id ON CONFLICT DO NOTHING RETURNING id",
-                json("$2")
-            )
-        };
-        // Locked in id order, so concurrent transactions never wait on each other in a cycle;
-        // each with its agent (read, not locked).
-        let bots = |lock: &str| {
-            format!(
-                "SELECT x.*, {AGENT_BRIEF} FROM \
-                     (SELECT tenant_id AS bot_tenant, command_seq, exec, restart, {STATUS_COLUMNS}, \
-                             EXISTS (SELECT 1 FROM commands WHERE commands.bot_id = bots.id \
-                                     AND commands.status = 'queued') AS queued_before \
-                      FROM bots WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}) AS x \
-                 JOIN agents ON agents.id = x.agent_id ORDER BY x.id",
-                text("$1")
-            )
-        };
-        let (update_and_insert, unlocked) = match self.backend {
-            Backend::Sqlite { .. } => (None, None),
-            Backend::Postgres { .. } => (
-                Some(format!("WITH updated_bots AS ({}) {}", update_bots("$3"), insert(""))),
-                Some(Unlocked {
-                    bots: bots(""),
-                    // A bot is written only if it is as read: same sequence number, agent and
-                    // definition, and still nothing queued (nothing to supersede); its command
-                    // is inserted only if its bot was (and always then: no key, a new id). Its
-                    // `updated_at` moves only with its desired state (a state report since the
-                    // read may have moved it on), and it comes back as written, for its event.
-                    write: format!(
-                        "WITH updated_bots AS (\
-                             UPDATE bots SET command_seq = v_seq, desired_state = v_desired, \
-                                    updated_at = CASE WHEN desired_state = v_desired THEN updated_at ELSE v_updated END \
-                             FROM (SELECT value ->> 'id' AS v_id, CAST(value ->> 'seq' AS BIGINT) AS v_seq, \
-                                          CAST(value ->> 'expect' AS BIGINT) AS v_expect, \
-                                          value ->> 'agent' AS v_agent, CAST(value ->> 'version' AS BIGINT) AS v_version, \
-                                          value ->> 'desired' AS v_desired, CAST(value ->> 'updated' AS BIGINT) AS v_updated \
-                                   FROM {}) AS v \
-                             WHERE id = v_id AND command_seq = v_expect AND agent_id = v_agent AND version = v_version \
-                               AND NOT EXISTS (SELECT 1 FROM commands WHERE commands.bot_id = bots.id \
-                                               AND commands.status = 'queued') \
-                             RETURNING {STATUS_COLUMNS}), \
-                         inserted AS ({}) \
-                         SELECT {STATUS_COLUMNS} FROM updated_bots",
-                        json("$3"),
-                        insert("WHERE v_bot IN (SELECT id FROM updated_bots)")
-                    ),
-                }),
-            ),
+            json("$2")
+        );
+        let update_and_insert = match self.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres { .. } => Some(format!("WITH updated_bots AS ({}) {insert}", update_bots("$3"))),
         };
         Statements {
             keys: format!(
@@ -550,10 +411,20 @@ impl Store {
                  WHERE idempotency_key IN (SELECT value FROM {})",
                 text("$1")
             ),
-            bots: bots(lock),
+            // Locked in id order, so concurrent transactions never wait on each other in a cycle;
+            // each with its agent (read, not locked).
+            bots: format!(
+                "SELECT x.*, {AGENT_BRIEF} FROM \
+                     (SELECT tenant_id AS bot_tenant, command_seq, exec, restart, {STATUS_COLUMNS}, \
+                             EXISTS (SELECT 1 FROM commands WHERE commands.bot_id = bots.id \
+                                     AND commands.status = 'queued') AS queued_before \
+                      FROM bots WHERE id IN (SELECT value FROM {}) ORDER BY id {lock}) AS x \
+                 JOIN agents ON agents.id = x.agent_id ORDER BY x.id",
+                text("$1")
+            ),
             agents: format!("SELECT {AGENT_BRIEF} FROM agents WHERE id IN (SELECT value FROM {})", text("$1")),
             update_bots: update_bots("$1"),
-            insert: insert(""),
+            insert,
             update_and_insert,
             supersede: format!(
                 "UPDATE commands SET status = 'cancelled', error = 'superseded by ' || v_id, finished_at = $1, \
@@ -571,7 +442,6 @@ impl Store {
                     created_by_kind, created_by_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                     ON CONFLICT DO NOTHING RETURNING id"
                 .into(),
-            unlocked,
         }
     }
 
@@ -808,11 +678,6 @@ struct BotUpdate {
     seq: i64,
     desired: &'static str,
     updated: i64,
-    /// The bot as read, for a write without the lock to check that it still is: its sequence
-    /// number before these orders, its agent, its definition's version.
-    expect: i64,
-    agent: Id,
-    version: u64,
 }
 
 /// The newest order of a bot, which supersedes its older queued ones.
@@ -1051,15 +916,7 @@ impl Plan {
             }
             let new_desired = desired.unwrap_or(bot.desired_state);
             let updated = if desired_changes { now_ms } else { to_ms(bot.updated_at) };
-            bot_updates.push(BotUpdate {
-                id: bot_id,
-                seq,
-                desired: desired_str(new_desired),
-                updated,
-                expect: seq_before,
-                agent: bot.agent_id,
-                version: bot.version,
-            });
+            bot_updates.push(BotUpdate { id: bot_id, seq, desired: desired_str(new_desired), updated });
             if desired_changes {
                 bot.desired_state = new_desired;
                 bot.updated_at = from_ms(now_ms)?;
@@ -1113,12 +970,6 @@ impl Plan {
 
     /// Answers in the orders' order, from the inserted rows (with what superseding did to them).
     fn answer(self, inserted: Vec<String>, superseded: Vec<CommandRow>) -> Result<Placement> {
-        let answers = self.answer_each(inserted, superseded)?;
-        Ok(answers.into_iter().map(|answer| answer.unwrap_or_else(|| Err(not_inserted()))).collect())
-    }
-
-    /// [`Plan::answer`], with `None` for an order whose command was not inserted.
-    fn answer_each(self, inserted: Vec<String>, superseded: Vec<CommandRow>) -> Result<Vec<Option<Result<Placed>>>> {
         let inserted: HashSet<Id> = inserted.iter().map(|id| parse_id(id)).collect::<Result<_>>()?;
         let mut commands: HashMap<Id, Command> =
             self.inserts.into_iter().filter(|row| inserted.contains(&row.id)).map(|row| (row.id, row.queued)).collect();
@@ -1145,7 +996,7 @@ impl Plan {
         let mut changed_bots = self.changed_bots;
         let mut deliveries = self.deliveries;
         for slot in self.slots {
-            answers.push(Some(match slot {
+            answers.push(match slot {
                 Slot::Refused(e) => Err(e),
                 Slot::Existing(ExistingRef::Row(command)) => agent(&command, &self.agents).map(|agent| Placed {
                     command: *command,
@@ -1164,7 +1015,7 @@ impl Plan {
                         superseded: Vec::new(),
                         deliver: None,
                     }),
-                    None => Err(not_inserted()),
+                    None => Err(StoreError::Corrupt(format!("command {id} was not inserted"))),
                 },
                 Slot::New { id, bot } => match commands.get(&id) {
                     Some(command) => agent(command, &self.agents).map(|agent| Placed {
@@ -1180,12 +1031,9 @@ impl Plan {
                         },
                         deliver: deliveries.remove(&id),
                     }),
-                    None => {
-                        answers.push(None);
-                        continue;
-                    }
+                    None => Err(StoreError::Corrupt(format!("command {id} was not inserted"))),
                 },
-            }));
+            });
         }
         Ok(answers)
     }
@@ -1207,10 +1055,6 @@ fn deliverable(bot: &BotBrief, (exec, restart): &(String, String), kind: Command
         restart: crate::store::parse_json("bot restart", restart).ok()?,
         stop: bot.stop.clone(),
     })
-}
-
-fn not_inserted() -> StoreError {
-    StoreError::Corrupt("an order's command was not inserted".into())
 }
 
 fn revoked(name: &str) -> StoreError {
