@@ -53,6 +53,13 @@ fn start(tenant_id: Id, bot_id: Id) -> Order {
     order(tenant_id, bot_id, CommandKind::BotStart, Some(DesiredState::Running))
 }
 
+/// A bot whose start needs no secret values (so its commands may be placed `dispatched`).
+async fn plain_bot(t: &Ctx, name: &str, agent_id: Id) -> anyhow::Result<botmox_contract::bots::Bot> {
+    let mut spec = bot_spec(name, agent_id, &[]);
+    spec.exec.secret_env.clear();
+    Ok(t.store.create_bot(NewBot { tenant_id: t.tenant, spec }, t.t0).await?)
+}
+
 async fn an_order_sets_the_desired_state_and_takes_the_next_sequence_number(t: Ctx) -> anyhow::Result<()> {
     let agent = t.agent("host-1").await?;
     let bot = t.bot("b", agent.id, &[]).await?;
@@ -295,14 +302,9 @@ async fn a_batch_is_recorded_once_per_key(t: Ctx) -> anyhow::Result<()> {
 async fn commands_for_a_connected_agent_are_placed_dispatched(t: Ctx) -> anyhow::Result<()> {
     let here = t.agent("here").await?;
     let away = t.agent("away").await?;
-    let plain = |name: &str, agent_id: Id| {
-        let mut spec = bot_spec(name, agent_id, &[]);
-        spec.exec.secret_env.clear();
-        NewBot { tenant_id: t.tenant, spec }
-    };
-    let bot = t.store.create_bot(plain("plain", here.id), t.t0).await?;
+    let bot = plain_bot(&t, "plain", here.id).await?;
     let secretive = t.bot("secretive", here.id, &[]).await?;
-    let elsewhere = t.store.create_bot(plain("elsewhere", away.id), t.t0).await?;
+    let elsewhere = plain_bot(&t, "elsewhere", away.id).await?;
     // Every answer of orders placed with only `here` connected.
     let (ctx, here_id) = (&t, here.id);
     let place_here = move |orders: Vec<Order>, at: f64| async move {
@@ -368,9 +370,7 @@ async fn concurrent_orders_for_the_same_bots_take_one_sequence_number_each(t: Ct
     let agent = t.agent("host-1").await?;
     let mut bots = Vec::new();
     for name in ["b1", "b2", "b3"] {
-        let mut spec = bot_spec(name, agent.id, &[]);
-        spec.exec.secret_env.clear();
-        bots.push(t.store.create_bot(NewBot { tenant_id: t.tenant, spec }, t.t0).await?.id);
+        bots.push(plain_bot(&t, name, agent.id).await?.id);
     }
     // Placed `dispatched` (the agent counts as connected): nothing stays queued for a newer
     // order to supersede, so every command stays as placed.
