@@ -162,8 +162,8 @@ const MAX_FRAME_GROUP: usize = 64;
 /// dispatch latency did not move (issue 10's closing notes).
 const FRAME_GROUPS_AT_ONCE: usize = 1;
 
-/// One answer per frame of a connection's batch.
-pub type Answers = Vec<crate::store::Result<Command>>;
+/// One answer per frame of a connection's batch: the command as its event carries it.
+pub type Answers = Vec<crate::store::Result<botmox_contract::events::CommandSummary>>;
 /// A connection's acks: `(agent, commands)`.
 pub type AckInput = (Id, Vec<Id>);
 /// A connection's results: `(agent, [(command, outcome)])`.

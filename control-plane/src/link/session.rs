@@ -3,7 +3,7 @@
 //! changes nothing and comes back as a [`FrameError`] naming the problem.
 
 use botmox_contract::{
-    events::{BotStatus, EventPayload},
+    events::{BotStatus, CommandSummary, EventPayload},
     logs::LogLine,
     protocol::{AgentFrame, CommandOutcome as WireOutcome, PROTOCOL_VERSION},
     Id,
@@ -25,9 +25,7 @@ pub struct FrameError {
 }
 
 /// The one answer of a group submission of one frame.
-fn one(
-    answers: crate::store::Result<Vec<crate::store::Result<botmox_contract::commands::Command>>>,
-) -> crate::store::Result<botmox_contract::commands::Command> {
+fn one(answers: crate::store::Result<crate::state::Answers>) -> crate::store::Result<CommandSummary> {
     answers?.pop().unwrap_or_else(|| Err(StoreError::Corrupt("no answer for a frame".into())))
 }
 
@@ -142,18 +140,18 @@ impl AgentSession {
             }
             AgentFrame::Ack { command_id } => {
                 let command = one(state.acks.submit((self.agent_id, vec![command_id])).await)?;
-                state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
+                state.publish(self.tenant_id, EventPayload::CommandStatus(command)).await;
             }
             AgentFrame::Result(WireOutcome { command_id, ok, result, error, superseded }) => {
                 let error: Option<String> = error.map(|e| e.chars().take(4096).collect());
                 let command = if superseded {
                     let reason = error.unwrap_or_else(|| "superseded by a newer command for the bot".into());
-                    state.store.supersede_command(self.agent_id, command_id, &reason, now).await?
+                    (&state.store.supersede_command(self.agent_id, command_id, &reason, now).await?).into()
                 } else {
                     let outcome = CommandOutcome { ok, result, error, acked: false };
                     one(state.results.submit((self.agent_id, vec![(command_id, outcome)])).await)?
                 };
-                state.publish(self.tenant_id, EventPayload::CommandStatus((&command).into())).await;
+                state.publish(self.tenant_id, EventPayload::CommandStatus(command)).await;
             }
             // An agent may only report about the bots placed on it *now*: the store statements
             // check that as they write (nothing is remembered per connection, so a bot moved
@@ -315,7 +313,7 @@ impl AgentSession {
         &self,
         answers: &mut [Option<Result<(), FrameError>>],
         indexes: impl Iterator<Item = usize>,
-        applied: crate::store::Result<Vec<crate::store::Result<botmox_contract::commands::Command>>>,
+        applied: crate::store::Result<crate::state::Answers>,
     ) {
         let indexes: Vec<usize> = indexes.collect();
         match applied {
@@ -324,7 +322,7 @@ impl AgentSession {
                 for (index, answer) in indexes.into_iter().zip(each) {
                     answers[index] = Some(match answer {
                         Ok(command) => {
-                            events.push((self.tenant_id, EventPayload::CommandStatus((&command).into())));
+                            events.push((self.tenant_id, EventPayload::CommandStatus(command)));
                             Ok(())
                         }
                         Err(e) => Err(e.into()),

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use botmox_contract::{
     audit::{Actor, ActorKind},
-    commands::{CommandKind, CommandStatus},
+    commands::{Command, CommandKind, CommandStatus},
+    events::{CommandSummary, EVENT_ERROR_CHARS},
 };
 use botmox_control_plane::store::{CommandOutcome, Enqueued, StoreError};
 
@@ -16,6 +17,7 @@ conformance!(
     ack_commands_answers_each_like_ack_command,
     complete_commands_answers_each_like_complete_command,
     a_result_with_its_ack_folded_in_stamps_acked_at_once,
+    a_batch_answer_carries_the_error_as_events_do,
     acks_and_results_of_many_agents_move_only_each_agents_own_commands,
     claims_of_many_agents_take_each_agents_oldest_up_to_its_limit,
 );
@@ -104,21 +106,21 @@ async fn ack_commands_answers_each_like_ack_command(t: Ctx) -> anyhow::Result<()
     let mut answers = answers.into_iter();
     let mut next = || answers.next().expect("one answer per request");
 
-    let second_running = next()?;
-    assert_eq!((second_running.id, second_running.status), (second.id, CommandStatus::Running));
+    let second_running = t.store.get_command(t.tenant, second.id).await?;
+    assert_eq!(second_running.status, CommandStatus::Running);
     assert_eq!(second_running.acked_at, Some(t.at(2.0)));
     assert_eq!(second_running.lease_expires_at, Some(t.at(2.0 + RUN_TIMEOUT_SECS)));
+    assert_eq!(next()?, summary(&second_running), "the answer is the command as its event carries it");
     assert_err!(next(), StoreError::InvalidTransition { from: "queued", to: "running", .. });
-    assert_eq!(next()?, already, "a repeated ack returns the command unchanged");
+    assert_eq!(next()?, summary(&already), "a repeated ack returns the command unchanged");
     assert_err!(next(), StoreError::NotFound(_));
-    let first_running = next()?;
-    assert_eq!((first_running.id, first_running.status), (first.id, CommandStatus::Running));
+    let first_running = t.store.get_command(t.tenant, first.id).await?;
+    assert_eq!((first_running.status, first_running.acked_at), (CommandStatus::Running, Some(t.at(2.0))));
+    assert_eq!(next()?, summary(&first_running));
     assert_err!(next(), StoreError::NotFound(_));
-    assert_eq!(next()?, second_running, "a duplicate in the batch gets the same command");
+    assert_eq!(next()?, summary(&second_running), "a duplicate in the batch gets the same command");
 
-    for command in [&second_running, &first_running, &already] {
-        assert_eq!(&t.store.get_command(t.tenant, command.id).await?, command);
-    }
+    assert_eq!(t.store.get_command(t.tenant, already.id).await?, already, "repeated: unchanged");
     assert_eq!(t.store.get_command(t.tenant, queued.id).await?, queued, "refused: unchanged");
     assert_eq!(t.store.get_command(t.tenant, foreign.id).await?.status, CommandStatus::Dispatched);
     Ok(())
@@ -156,33 +158,55 @@ async fn complete_commands_answers_each_like_complete_command(t: Ctx) -> anyhow:
     let mut answers = answers.into_iter();
     let mut next = || answers.next().expect("one answer per request");
 
-    let succeeded = next()?;
-    assert_eq!((succeeded.id, succeeded.status), (running, CommandStatus::Succeeded));
+    let succeeded = t.store.get_command(t.tenant, running).await?;
+    assert_eq!(succeeded.status, CommandStatus::Succeeded);
     assert_eq!(succeeded.result, Some(serde_json::json!({ "pid": 4242 })));
     assert_eq!(
         (succeeded.error.clone(), succeeded.finished_at, succeeded.lease_expires_at),
         (None, Some(t.at(2.0)), None)
     );
-    let failed = next()?;
-    assert_eq!((failed.id, failed.status), (dispatched, CommandStatus::Failed));
+    assert_eq!(next()?, summary(&succeeded));
+    let failed = t.store.get_command(t.tenant, dispatched).await?;
+    assert_eq!(failed.status, CommandStatus::Failed);
     assert_eq!(failed.error.as_deref(), Some("program not found"));
     assert_eq!(failed.result, Some(serde_json::json!({ "exit_code": 2 })));
-    assert_eq!(next()?, done, "the same answer again returns the command unchanged");
+    assert_eq!(next()?, summary(&failed));
+    assert_eq!(next()?, summary(&done), "the same answer again returns the command unchanged");
     assert_err!(next(), StoreError::InvalidTransition { from: "succeeded", to: "failed", .. });
     assert_err!(next(), StoreError::InvalidTransition { from: "queued", to: "succeeded", .. });
     assert_err!(next(), StoreError::NotFound(_));
     // Two answers for one command in one batch: the first counts, the second is judged against it.
-    let first_answer = next()?;
+    let first_answer = t.store.get_command(t.tenant, conflicting).await?;
     assert_eq!((first_answer.status, first_answer.result.clone()), (CommandStatus::Succeeded, None));
+    assert_eq!(next()?, summary(&first_answer));
     assert_err!(next(), StoreError::InvalidTransition { from: "succeeded", to: "failed", .. });
 
-    assert_eq!(t.store.get_command(t.tenant, running).await?, succeeded);
-    assert_eq!(t.store.get_command(t.tenant, dispatched).await?, failed);
-    assert_eq!(t.store.get_command(t.tenant, conflicting).await?, first_answer);
     assert_eq!(t.store.get_command(t.tenant, done.id).await?, done);
     assert_eq!(t.store.get_command(t.tenant, queued.id).await?, queued);
     assert_eq!(t.store.get_command(t.tenant, foreign.id).await?.status, CommandStatus::Queued);
     Ok(())
+}
+
+/// A failed result's error as the answer carries it: cut to what an event carries (the row
+/// keeps it whole).
+async fn a_batch_answer_carries_the_error_as_events_do(t: Ctx) -> anyhow::Result<()> {
+    let agent = t.agent("host-1").await?;
+    let id = t.enqueue(agent.id).await?.id;
+    t.store.claim_commands(agent.id, 1, t.at(1.0)).await?;
+    let long = "e".repeat(EVENT_ERROR_CHARS + 100);
+    let failing = CommandOutcome { ok: false, result: serde_json::Value::Null, error: Some(long.clone()), acked: true };
+    let answers = t.store.complete_commands(agent.id, &[(id, failing)], t.at(2.0)).await?;
+    let [answer] = <[_; 1]>::try_from(answers).map_err(|_| anyhow::anyhow!("one answer"))?;
+    let answer = answer?;
+    assert_eq!(answer.error.as_deref().map(str::len), Some(EVENT_ERROR_CHARS));
+    let stored = t.store.get_command(t.tenant, id).await?;
+    assert_eq!(stored.error, Some(long), "the command keeps its whole error");
+    assert_eq!(answer, summary(&stored));
+    Ok(())
+}
+
+fn summary(command: &Command) -> CommandSummary {
+    command.into()
 }
 
 /// What the server's grouped statements do with the frames of many connections at once.
@@ -267,17 +291,20 @@ async fn a_result_with_its_ack_folded_in_stamps_acked_at_once(t: Ctx) -> anyhow:
     let with_ack = CommandOutcome { acked: true, ..outcome(true) };
     let request = vec![(folded, with_ack.clone()), (acked_before, with_ack.clone()), (bare, outcome(true))];
     let answers = t.store.complete_commands(agent.id, &request, t.at(2.0)).await?;
-    let [folded, acked_before, bare] = <[_; 3]>::try_from(answers).map_err(|_| anyhow::anyhow!("three answers"))?;
-    let (folded, acked_before, bare) = (folded?, acked_before?, bare?);
+    let answers = <[_; 3]>::try_from(answers).map_err(|_| anyhow::anyhow!("three answers"))?;
+    let mut stored = Vec::new();
+    for (answer, id) in answers.into_iter().zip([folded, acked_before, bare]) {
+        let command = t.store.get_command(t.tenant, id).await?;
+        assert_eq!(answer?, summary(&command));
+        stored.push(command);
+    }
+    let [folded, acked_before, bare] = <[_; 3]>::try_from(stored).map_err(|_| anyhow::anyhow!("three commands"))?;
     assert_eq!(
         (folded.status, folded.acked_at, folded.finished_at),
         (CommandStatus::Succeeded, Some(t.at(2.0)), Some(t.at(2.0)))
     );
     assert_eq!(acked_before.acked_at, Some(t.at(1.5)), "an ack already written stays");
     assert_eq!((bare.status, bare.acked_at), (CommandStatus::Succeeded, None));
-    for command in [&folded, &acked_before, &bare] {
-        assert_eq!(&t.store.get_command(t.tenant, command.id).await?, command);
-    }
 
     let single = t.store.complete_command(agent.id, single, with_ack, t.at(3.0)).await?;
     assert_eq!((single.status, single.acked_at), (CommandStatus::Succeeded, Some(t.at(3.0))));

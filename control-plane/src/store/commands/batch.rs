@@ -9,12 +9,13 @@ use std::collections::{HashMap, HashSet};
 
 use botmox_contract::{
     commands::{Command, CommandStatus},
+    events::CommandSummary,
     Id, Timestamp,
 };
 
 use super::{
     duration_ms, refused,
-    rows::{CommandRow, COMMAND_COLUMNS},
+    rows::{CommandRow, SummaryRow, COMMAND_COLUMNS, SUMMARY_COLUMNS},
     CommandOutcome, Enqueued, NewCommand,
 };
 use crate::store::{json_rows, new_id, to_json, to_ms, with_pool, Elements, Result, Store, StoreError};
@@ -92,15 +93,22 @@ impl Store {
     }
 
     /// [`Store::ack_command`] for several commands of one agent, in one statement. The answers
-    /// come in the order of `command_ids`; the outer error is the database's.
-    pub async fn ack_commands(&self, agent_id: Id, command_ids: &[Id], now: Timestamp) -> Result<Vec<Result<Command>>> {
+    /// come in the order of `command_ids`, each the command as its event carries it (what the
+    /// caller publishes; [`Store::get_command`] reads the whole row); the outer error is the
+    /// database's.
+    pub async fn ack_commands(
+        &self,
+        agent_id: Id,
+        command_ids: &[Id],
+        now: Timestamp,
+    ) -> Result<Vec<Result<CommandSummary>>> {
         let acks: Vec<(Id, Id)> = command_ids.iter().map(|id| (agent_id, *id)).collect();
         self.ack_agents_commands(&acks, now).await
     }
 
     /// Acks of several agents (`(agent, command)`), in one statement: what the connections'
     /// frames that arrived together come to. Each command moves only if it is its agent's.
-    pub async fn ack_agents_commands(&self, acks: &[(Id, Id)], now: Timestamp) -> Result<Vec<Result<Command>>> {
+    pub async fn ack_agents_commands(&self, acks: &[(Id, Id)], now: Timestamp) -> Result<Vec<Result<CommandSummary>>> {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
@@ -112,11 +120,11 @@ impl Store {
             "UPDATE commands SET status = 'running', acked_at = $1, lease_expires_at = $1 + run_timeout_ms, \
              updated_at = $1 \
              FROM (SELECT value ->> 'id' AS v_id, value ->> 'agent' AS v_agent FROM {}) AS v \
-             WHERE id = v_id AND agent_id = v_agent AND status = 'dispatched' RETURNING {COMMAND_COLUMNS}",
+             WHERE id = v_id AND agent_id = v_agent AND status = 'dispatched' RETURNING {SUMMARY_COLUMNS}",
             self.json_array_rows("$2", Elements::Json)
         );
         // Relaxed durability, as for one ack (see `Store::ack_command`).
-        let rows: Vec<CommandRow> = with_pool!(self, relaxed, |pool| {
+        let rows: Vec<SummaryRow> = with_pool!(self, relaxed, |pool| {
             sqlx::query_as(&sql).bind(to_ms(now)).bind(json_rows(&values)).fetch_all(pool).await?
         });
         let requests = acks.iter().map(|(agent, id)| (*agent, *id, CommandStatus::Running));
@@ -124,13 +132,13 @@ impl Store {
     }
 
     /// [`Store::complete_command`] for several commands of one agent, in one statement.
-    /// The answers come in the order of `outcomes`.
+    /// The answers come in the order of `outcomes`, as summaries (see [`Store::ack_commands`]).
     pub async fn complete_commands(
         &self,
         agent_id: Id,
         outcomes: &[(Id, CommandOutcome)],
         now: Timestamp,
-    ) -> Result<Vec<Result<Command>>> {
+    ) -> Result<Vec<Result<CommandSummary>>> {
         let outcomes: Vec<(Id, Id, CommandOutcome)> =
             outcomes.iter().map(|(id, outcome)| (agent_id, *id, outcome.clone())).collect();
         self.complete_agents_commands(&outcomes, now).await
@@ -142,7 +150,7 @@ impl Store {
         &self,
         outcomes: &[(Id, Id, CommandOutcome)],
         now: Timestamp,
-    ) -> Result<Vec<Result<Command>>> {
+    ) -> Result<Vec<Result<CommandSummary>>> {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
@@ -172,10 +180,10 @@ impl Store {
                           value ->> 'result' AS v_result, value ->> 'error' AS v_error, \
                           value ->> 'acked' AS v_acked FROM {}) AS v \
              WHERE id = v_id AND agent_id = v_agent AND status IN ('dispatched', 'running') \
-             RETURNING {COMMAND_COLUMNS}",
+             RETURNING {SUMMARY_COLUMNS}",
             self.json_array_rows("$2", Elements::Json)
         );
-        let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
+        let rows: Vec<SummaryRow> = with_pool!(self, write, |pool| {
             sqlx::query_as(&sql).bind(to_ms(now)).bind(json_rows(&values)).fetch_all(pool).await?
         });
         let requests = outcomes.iter().map(|(agent, id, outcome)| (*agent, *id, status_of(outcome)));
@@ -187,17 +195,18 @@ impl Store {
     async fn answer_each(
         &self,
         requests: impl Iterator<Item = (Id, Id, CommandStatus)>,
-        moved: Vec<CommandRow>,
-    ) -> Result<Vec<Result<Command>>> {
-        let mut moved: HashMap<(Id, Id), Command> = moved
+        moved: Vec<SummaryRow>,
+    ) -> Result<Vec<Result<CommandSummary>>> {
+        let mut moved: HashMap<(Id, Id), CommandSummary> = moved
             .into_iter()
-            .map(|row| Command::try_from(row).map(|c| ((c.agent_id, c.id), c)))
+            .map(|row| CommandSummary::try_from(row).map(|c| ((c.agent_id, c.id), c)))
             .collect::<Result<_>>()?;
         let mut answers = Vec::new();
         for (agent_id, id, to) in requests {
             let answer = match moved.remove(&(agent_id, id)) {
                 Some(command) => Ok(command),
-                None => refused(id, self.agent_command_row(agent_id, id).await?, to, true),
+                None => refused(id, self.agent_command_row(agent_id, id).await?, to, true)
+                    .map(|command| CommandSummary::from(&command)),
             };
             answers.push(answer);
         }
