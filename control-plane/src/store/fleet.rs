@@ -37,11 +37,11 @@ impl Store {
     }
 
     /// Bots by observed state, of one tenant (`None` = every tenant, for `/metrics`) and
-    /// optionally one agent: read from `bot_state_counts`, which triggers keep (migration 0006).
+    /// optionally one agent: read from `bot_counts`, which triggers keep (migrations 0006, 0013).
     pub async fn bot_counts(&self, tenant_id: Option<Id>, agent_id: Option<Id>) -> Result<BTreeMap<BotState, u64>> {
         let rows: Vec<(String, i64)> = with_pool!(self, read, |pool| {
             sqlx::query_as(
-                "SELECT state, CAST(SUM(n) AS BIGINT) FROM bot_state_counts \
+                "SELECT state, CAST(SUM(n) AS BIGINT) FROM bot_counts \
                  WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR agent_id = $2) GROUP BY state",
             )
             .bind(tenant_id.map(|t| t.to_string()))

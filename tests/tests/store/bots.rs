@@ -19,6 +19,7 @@ conformance!(
     update_bot_refusals_change_nothing,
     delete_bot_checks_the_version,
     kept_counts_follow_every_change,
+    drifting_bots_are_found_through_the_counts,
     state_reports_in_one_statement_touch_only_the_agents_bots,
     state_reports_not_newer_than_the_applied_one_change_nothing,
     several_agents_reports_share_one_statement,
@@ -327,6 +328,14 @@ async fn kept_counts_follow_every_change(t: Ctx) -> anyhow::Result<()> {
             let kept = t.store.list_bots(t.tenant, &BotFilter { limit: 1, ..Default::default() }).await?.counts;
             assert_eq!(kept, counted, "after {step}: kept counts differ from the bots");
             assert_eq!(t.store.bot_counts(Some(t.tenant), None).await?, counted, "after {step}");
+            // A state filter goes through the counts (no index covers the state): the same bots.
+            let every = t.store.list_bots(t.tenant, &BotFilter { limit: 100, ..Default::default() }).await?.items;
+            for state in BotState::ALL {
+                let filter = BotFilter { state: Some(state), limit: 100, ..Default::default() };
+                let listed = t.store.list_bots(t.tenant, &filter).await?.items;
+                let expected: Vec<&str> = every.iter().filter(|b| b.state == state).map(|b| b.name.as_str()).collect();
+                assert_eq!(names(&listed), expected, "after {step}: the bots {state:?}");
+            }
             for agent in [a1.id, a2.id] {
                 let counted = t.store.list_bots(t.tenant, &BotFilter { agent_id: Some(agent), ..all.clone() }).await?;
                 assert_eq!(t.store.bot_counts(Some(t.tenant), Some(agent)).await?, counted.counts, "after {step}");
@@ -389,6 +398,80 @@ async fn kept_counts_follow_every_change(t: Ctx) -> anyhow::Result<()> {
         .await?;
     assert_eq!(check("another tenant's bot").await?.values().sum::<u64>(), 4);
     assert_eq!(t.store.bot_counts(None, None).await?.values().sum::<u64>(), 5, "every tenant: /metrics");
+    Ok(())
+}
+
+/// The supervisor's drift (desired and observed state disagree, on an online agent, with no
+/// command pending or recent) is read through the counts: it must follow state reports and
+/// control orders alike, on every agent.
+async fn drifting_bots_are_found_through_the_counts(t: Ctx) -> anyhow::Result<()> {
+    let hello = |host: &str| AgentHello {
+        hostname: host.into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        version: "test".into(),
+    };
+    let (a1, a2, offline) = (t.agent("host-1").await?, t.agent("host-2").await?, t.agent("host-3").await?);
+    t.store.agent_connected(a1.id, "r1", &hello("host-1"), t.at(1.0)).await?;
+    t.store.agent_connected(a2.id, "r1", &hello("host-2"), t.at(1.0)).await?;
+    let mut bots = Vec::new();
+    for (i, agent) in [a1.id, a1.id, a2.id, a2.id, offline.id].into_iter().enumerate() {
+        bots.push(t.bot(&format!("b{i}"), agent, &[]).await?);
+    }
+    let drifting = || async {
+        let found = t.store.drifting_bots(t.at(50.0), 100).await?;
+        anyhow::Ok(found.iter().map(|d| (d.bot_id, d.desired, d.state)).collect::<Vec<_>>())
+    };
+    assert!(drifting().await?.is_empty(), "pending and meant to be stopped: no drift");
+
+    let report = |bot: &Bot, state: BotState, at: f64| BotStateReport {
+        bot_id: bot.id,
+        state,
+        pid: None,
+        started_at: None,
+        exit_code: None,
+        exit_signal: None,
+        restart_count: 0,
+        error: None,
+        at: t.at(at),
+    };
+    // Running though meant to be stopped: on a1, on a2, and on the agent that is not online.
+    t.store.report_bot_state(a1.id, &report(&bots[1], BotState::Running, 2.0)).await?;
+    t.store.report_bot_state(a2.id, &report(&bots[3], BotState::Running, 2.0)).await?;
+    t.store.report_bot_state(offline.id, &report(&bots[4], BotState::Running, 2.0)).await?;
+    let mut expected = vec![
+        (bots[1].id, DesiredState::Stopped, BotState::Running),
+        (bots[3].id, DesiredState::Stopped, BotState::Running),
+    ];
+    assert_eq!(drifting().await?, expected);
+
+    // Meant to run (an order), its command long finished, still pending.
+    let start = botmox_control_plane::store::Order {
+        tenant_id: t.tenant,
+        target: botmox_control_plane::store::Target::Bot(bots[2].id),
+        kind: botmox_contract::commands::CommandKind::BotStart,
+        desired: Some(DesiredState::Running),
+        payload: serde_json::json!({}),
+        idempotency_key: None,
+        created_by: botmox_contract::audit::Actor::supervisor(),
+        batch_id: None,
+    };
+    let times = botmox_control_plane::store::QueueTimes {
+        ttl: std::time::Duration::from_secs(60),
+        lease: std::time::Duration::from_secs(30),
+        run_timeout: std::time::Duration::from_secs(300),
+        max_attempts: 3,
+    };
+    let placed = t.store.place_orders(&[start], times, t.at(3.0)).await?.pop().expect("one answer")?;
+    t.store.claim_commands(a2.id, 10, t.at(3.0)).await?;
+    t.store.complete_command(a2.id, placed.command.id, crate::outcome(false), t.at(4.0)).await?;
+    expected.insert(1, (bots[2].id, DesiredState::Running, BotState::Pending));
+    assert_eq!(drifting().await?, expected, "in id order");
+
+    // Reports that end the drift take the bots out.
+    t.store.report_bot_state(a1.id, &report(&bots[1], BotState::Stopped, 5.0)).await?;
+    t.store.report_bot_state(a2.id, &report(&bots[2], BotState::Running, 5.0)).await?;
+    assert_eq!(drifting().await?, vec![(bots[3].id, DesiredState::Stopped, BotState::Running)]);
     Ok(())
 }
 
