@@ -639,17 +639,19 @@ async fn several_agents_reports_share_one_statement(t: Ctx) -> anyhow::Result<()
 }
 
 /// An agent's report about `bot` at `at` seconds (pid 7 when running, 2 restarts, error "why").
+/// A report as an agent sends it: its times to the microsecond (the bot keeps milliseconds).
 fn state_report(t: &Ctx, bot: &Bot, state: BotState, exit_code: Option<i32>, at: f64) -> BotStateReport {
+    let micros = chrono::Duration::microseconds(456);
     BotStateReport {
         bot_id: bot.id,
         state,
         pid: (state == BotState::Running).then_some(7),
-        started_at: None,
+        started_at: (state == BotState::Running).then(|| t.at(at - 1.0) + micros),
         exit_code,
         exit_signal: None,
         restart_count: 2,
         error: Some("why".into()),
-        at: t.at(at),
+        at: t.at(at) + micros,
     }
 }
 
