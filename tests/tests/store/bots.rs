@@ -315,7 +315,7 @@ async fn delete_bot_checks_the_version(t: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The counts kept by triggers (migration 0006) against counting the bots themselves (a tag
+/// The counts kept by triggers (migrations 0006, 0013) against counting the bots themselves (a tag
 /// filter makes `list_bots` count them), after every kind of change a bot's state or agent sees.
 async fn kept_counts_follow_every_change(t: Ctx) -> anyhow::Result<()> {
     let a1 = t.agent("host-1").await?;
