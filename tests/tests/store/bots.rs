@@ -424,17 +424,7 @@ async fn drifting_bots_are_found_through_the_counts(t: Ctx) -> anyhow::Result<()
     };
     assert!(drifting().await?.is_empty(), "pending and meant to be stopped: no drift");
 
-    let report = |bot: &Bot, state: BotState, at: f64| BotStateReport {
-        bot_id: bot.id,
-        state,
-        pid: None,
-        started_at: None,
-        exit_code: None,
-        exit_signal: None,
-        restart_count: 0,
-        error: None,
-        at: t.at(at),
-    };
+    let report = |bot: &Bot, state: BotState, at: f64| state_report(&t, bot, state, None, at);
     // Running though meant to be stopped: on a1, on a2, and on the agent that is not online.
     t.store.report_bot_state(a1.id, &report(&bots[1], BotState::Running, 2.0)).await?;
     t.store.report_bot_state(a2.id, &report(&bots[3], BotState::Running, 2.0)).await?;
