@@ -95,6 +95,13 @@ mod tests {
         let n = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut stdout, &mut buf))
             .await??;
         let child: u32 = std::str::from_utf8(&buf[..n])?.trim().parse()?;
+        // `$!` names the child once forked, before it has exec'd `sleep`; while it execs, its
+        // `environ` reads empty. Wait until it is `sleep` (a condition, checked every 5 ms).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|cmdline| cmdline.starts_with(b"sleep")) {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the child never became `sleep`");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
 
         let mut found: Vec<(u32, u32, Uuid)> =
             bot_processes(dir.path()).into_iter().map(|p| (p.pid, p.pgrp, p.bot_id)).collect();
