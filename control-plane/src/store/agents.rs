@@ -325,6 +325,13 @@ impl Store {
                 if deleted == 0 {
                     return Err(StoreError::NotFound("agent"));
                 }
+                // After the agent's row: a transaction that placed a command for it held the
+                // row (`FOR KEY SHARE`) until it committed, so this sees that command too.
+                sqlx::query("DELETE FROM commands WHERE tenant_id = $1 AND agent_id = $2")
+                    .bind(tenant_id.to_string())
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -303,6 +303,16 @@ impl Store {
         }
     }
 
+    /// The lock a statement takes on a parent row it writes a reference to, where no foreign
+    /// key does (migration 0014): `FOR KEY SHARE` on Postgres, so the row cannot be deleted
+    /// before the transaction ends; nothing on SQLite, whose one writer runs transactions in turn.
+    pub(crate) fn key_share(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "",
+            Backend::Postgres { .. } => "FOR KEY SHARE",
+        }
+    }
+
     /// Opens (and for SQLite creates) the database. Does not migrate.
     pub async fn connect(url: &DatabaseUrl, options: &PoolOptions) -> Result<Self> {
         let backend = match url {

@@ -1,12 +1,17 @@
 //! The agent registry.
 
-use botmox_contract::agents::{AgentMetrics, AgentStatus};
+use botmox_contract::{
+    agents::{AgentMetrics, AgentStatus},
+    commands::CommandStatus,
+};
 use botmox_control_plane::store::{AgentHello, Heartbeat, StoreError};
 
-use crate::{new_agent, Ctx};
+use anyhow::Context as _;
+
+use crate::{exec_order, new_agent, Ctx, TIMES};
 
 conformance!(agents_round_trip, agents_list_by_name, agent_status_changes, heartbeats_are_written_in_one_batch);
-conformance!(a_drain_outlives_presence_changes_and_yields_to_revocation);
+conformance!(a_drain_outlives_presence_changes_and_yields_to_revocation, a_deleted_agent_takes_its_commands_along);
 
 async fn agents_round_trip(t: Ctx) -> anyhow::Result<()> {
     let mut new = new_agent(t.tenant, "host-1");
@@ -141,5 +146,31 @@ async fn a_drain_outlives_presence_changes_and_yields_to_revocation(t: Ctx) -> a
     assert_eq!(t.store.revoke_agent(t.tenant, agent.id, t.at(75.0)).await?.status, AgentStatus::Revoked);
     assert_err!(t.store.set_agent_drained(t.tenant, agent.id, false, t.at(76.0)).await, StoreError::Conflict(_));
     assert_eq!(t.store.get_agent(t.tenant, agent.id).await?.status, AgentStatus::Revoked, "revocation wins");
+    Ok(())
+}
+
+/// No foreign key deletes an agent's commands with it on Postgres (migration 0014): the
+/// store does, in the deleting transaction; an agent with bots is refused and keeps them.
+async fn a_deleted_agent_takes_its_commands_along(t: Ctx) -> anyhow::Result<()> {
+    let gone = t.agent("host-gone").await?;
+    let kept = t.agent("host-kept").await?;
+    let hosting = t.agent("host-with-bot").await?;
+    t.bot("b", hosting.id, &[]).await?;
+    // Finished and queued commands, and one placed by an order.
+    let mut commands = vec![t.command_in(gone.id, CommandStatus::Succeeded).await?.id, t.enqueue(gone.id).await?.id];
+    let placed = t.store.place_orders(&[exec_order(t.tenant, gone.id)], TIMES, t.at(1.0)).await?;
+    commands.push(placed.into_iter().next().context("no answer")??.command.id);
+    let neighbours = [t.enqueue(kept.id).await?.id, t.enqueue(hosting.id).await?.id];
+
+    assert_err!(t.store.delete_agent(t.tenant, hosting.id).await, StoreError::Conflict(_));
+    t.store.delete_agent(t.tenant, gone.id).await?;
+    assert_err!(t.store.get_agent(t.tenant, gone.id).await, StoreError::NotFound(_));
+    for id in commands {
+        assert_err!(t.store.get_command(t.tenant, id).await, StoreError::NotFound(_));
+    }
+    for id in neighbours {
+        assert!(t.store.get_command(t.tenant, id).await.is_ok(), "another agent's command {id} went too");
+    }
+    assert_err!(t.store.delete_agent(t.tenant, gone.id).await, StoreError::NotFound(_));
     Ok(())
 }

@@ -7,7 +7,7 @@ use botmox_contract::commands::CommandStatus;
 use botmox_control_plane::store::{Enqueued, StoreError};
 use futures::future::try_join_all;
 
-use crate::{outcome, Ctx, LEASE_SECS};
+use crate::{exec_order, outcome, Ctx, LEASE_SECS, TIMES};
 
 conformance!(
     eight_claimers_take_every_command_exactly_once,
@@ -15,6 +15,7 @@ conformance!(
     cancel_and_complete_race_has_one_winner,
     ack_and_sweep_race_stays_consistent,
     tenant_and_server_value_races_agree,
+    commands_placed_while_their_agent_is_deleted_go_with_it,
 );
 
 const COMMANDS: usize = 500;
@@ -175,5 +176,45 @@ async fn tenant_and_server_value_races_agree(t: Ctx) -> anyhow::Result<()> {
     let values: BTreeSet<_> = try_join_all(values).await?.into_iter().collect::<Result<_, _>>()?;
     assert_eq!(values.len(), 1, "one value wins: {values:?}");
     assert_eq!(t.store.get_server_value("signing_key").await?, values.into_iter().next());
+    Ok(())
+}
+
+/// Agent-wide orders racing the agent's deletion: each order either finds no agent or is
+/// placed, and whatever was placed is deleted with the agent — no command outlives its agent
+/// (the store's lock does what a foreign key did: migration 0014).
+async fn commands_placed_while_their_agent_is_deleted_go_with_it(t: Ctx) -> anyhow::Result<()> {
+    const ROUNDS: usize = 20;
+    const ORDERS: usize = 6;
+    let (mut placed, mut refused) = (0, 0);
+    for round in 0..ROUNDS {
+        let agent = t.agent(&format!("host-{round}")).await?;
+        let orders = (0..ORDERS).map(|_| {
+            let (store, order, now) = (t.store.clone(), exec_order(t.tenant, agent.id), t.at(1.0));
+            tokio::spawn(async move { store.place_orders(&[order], TIMES, now).await })
+        });
+        let delete = {
+            let store = t.store.clone();
+            let tenant = t.tenant;
+            tokio::spawn(async move { store.delete_agent(tenant, agent.id).await })
+        };
+        let answers = try_join_all(orders).await?;
+        delete.await??;
+        for answer in answers {
+            match answer?.into_iter().next() {
+                Some(Ok(command)) => {
+                    placed += 1;
+                    let left = t.store.get_command(t.tenant, command.command.id).await;
+                    assert!(
+                        matches!(left, Err(StoreError::NotFound(_))),
+                        "command {} outlived its deleted agent: {left:?}",
+                        command.command.id
+                    );
+                }
+                Some(Err(StoreError::Reference(_))) => refused += 1,
+                other => anyhow::bail!("an order answered {other:?}"),
+            }
+        }
+    }
+    assert_eq!(placed + refused, ROUNDS * ORDERS);
     Ok(())
 }

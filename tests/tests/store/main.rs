@@ -13,7 +13,7 @@ use botmox_contract::{
     commands::{Command, CommandKind, CommandStatus},
     Id, Timestamp,
 };
-use botmox_control_plane::store::{CommandOutcome, NewAgent, NewBot, NewCommand, Store};
+use botmox_control_plane::store::{CommandOutcome, NewAgent, NewBot, NewCommand, Order, QueueTimes, Store, Target};
 use botmox_e2e::db::{Backend, TestDb};
 use futures::FutureExt as _;
 
@@ -259,6 +259,28 @@ pub fn new_command(tenant_id: Id, agent_id: Id) -> NewCommand {
         max_attempts: 3,
     }
 }
+
+/// An `agent.exec` order for `agent_id` (an agent-wide command: no bot keeps its agent).
+pub fn exec_order(tenant_id: Id, agent_id: Id) -> Order {
+    Order {
+        tenant_id,
+        target: Target::Agent { agent_id, bot_id: None },
+        kind: CommandKind::AgentExec,
+        desired: None,
+        payload: serde_json::json!({ "program": "true" }),
+        idempotency_key: None,
+        created_by: Actor::supervisor(),
+        batch_id: None,
+    }
+}
+
+/// The queue's timing for the orders the tests place.
+pub const TIMES: QueueTimes = QueueTimes {
+    ttl: Duration::from_secs(60),
+    lease: Duration::from_secs(30),
+    run_timeout: Duration::from_secs(300),
+    max_attempts: 3,
+};
 
 pub fn outcome(ok: bool) -> CommandOutcome {
     if ok {

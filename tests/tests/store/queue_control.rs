@@ -1,8 +1,6 @@
 //! Control orders (`place_orders`, `place_batch`): desired state, sequence number, insert and
 //! superseding in one transaction, on both backends.
 
-use std::time::Duration;
-
 use botmox_contract::{
     agents::AgentStatus,
     audit::Actor,
@@ -10,9 +8,9 @@ use botmox_contract::{
     commands::{BotAction, CommandKind, CommandStatus},
     Id,
 };
-use botmox_control_plane::store::{BatchPlaced, NewBatch, NewBot, Order, QueueTimes, StoreError, Target};
+use botmox_control_plane::store::{BatchPlaced, NewBatch, NewBot, Order, StoreError, Target};
 
-use crate::{bot_spec, Ctx};
+use crate::{bot_spec, exec_order, Ctx, TIMES};
 
 conformance!(
     an_order_sets_the_desired_state_and_takes_the_next_sequence_number,
@@ -24,13 +22,6 @@ conformance!(
     commands_for_a_connected_agent_are_placed_dispatched,
     concurrent_orders_for_the_same_bots_take_one_sequence_number_each,
 );
-
-const TIMES: QueueTimes = QueueTimes {
-    ttl: Duration::from_secs(60),
-    lease: Duration::from_secs(30),
-    run_timeout: Duration::from_secs(300),
-    max_attempts: 3,
-};
 
 fn order(tenant_id: Id, bot_id: Id, kind: CommandKind, desired: Option<DesiredState>) -> Order {
     Order {
@@ -213,23 +204,13 @@ async fn orders_that_cannot_be_placed_say_why_and_change_nothing(t: Ctx) -> anyh
     let bot = t.bot("b", agent.id, &[]).await?;
     let orphan = t.bot("on-revoked", revoked.id, &[]).await?;
     t.store.revoke_agent(t.tenant, revoked.id, t.at(0.5)).await?;
-    let exec = |tenant_id, agent_id| Order {
-        tenant_id,
-        target: Target::Agent { agent_id, bot_id: None },
-        kind: CommandKind::AgentExec,
-        desired: None,
-        payload: serde_json::json!({ "program": "true" }),
-        idempotency_key: None,
-        created_by: Actor::supervisor(),
-        batch_id: None,
-    };
     let orders = [
         stop(other_tenant, bot.id),
         stop(t.tenant, orphan.id),
-        exec(t.tenant, uuid::Uuid::now_v7()),
-        exec(other_tenant, agent.id),
+        exec_order(t.tenant, uuid::Uuid::now_v7()),
+        exec_order(other_tenant, agent.id),
         stop(t.tenant, uuid::Uuid::now_v7()),
-        exec(t.tenant, agent.id),
+        exec_order(t.tenant, agent.id),
     ];
     let answers = t.store.place_orders(&orders, TIMES, t.at(1.0)).await?;
     let kinds: Vec<&str> = answers

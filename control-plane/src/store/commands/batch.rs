@@ -70,9 +70,10 @@ impl Store {
                           CAST(value ->> 'expires_at' AS BIGINT) AS v_expires_at \
                    FROM {}) AS v \
              WHERE EXISTS (SELECT 1 FROM agents WHERE agents.tenant_id = v_tenant AND agents.id = v_agent \
-                           AND agents.status <> 'revoked') \
+                           AND agents.status <> 'revoked' {}) \
              ORDER BY v_id ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}",
-            self.json_array_rows("$2", Elements::Json)
+            self.json_array_rows("$2", Elements::Json),
+            self.key_share()
         );
         let rows: Vec<CommandRow> = with_pool!(self, write, |pool| {
             sqlx::query_as(&sql).bind(now_ms).bind(json_rows(&values)).fetch_all(pool).await?

@@ -422,7 +422,13 @@ impl Store {
                  JOIN agents ON agents.id = x.agent_id ORDER BY x.id",
                 text("$1")
             ),
-            agents: format!("SELECT {AGENT_BRIEF} FROM agents WHERE id IN (SELECT value FROM {})", text("$1")),
+            // Kept until the commit (no foreign key does it: migration 0014); a bot's agent is
+            // kept by the bot's own key while the bot is locked.
+            agents: format!(
+                "SELECT {AGENT_BRIEF} FROM agents WHERE id IN (SELECT value FROM {}) {}",
+                text("$1"),
+                self.key_share()
+            ),
             update_bots: update_bots("$1"),
             insert,
             update_and_insert,

@@ -159,15 +159,16 @@ impl Store {
     pub async fn enqueue_command(&self, new: NewCommand, now: Timestamp) -> Result<Enqueued> {
         let now_ms = to_ms(now);
         let tenant = new.tenant_id.to_string();
-        // One statement: the agent check (it exists in the tenant and is not revoked) is the
-        // SELECT, the idempotency check is the conflict.
+        // One statement: the agent check (it exists in the tenant and is not revoked, and is
+        // kept until the command is committed) is the SELECT, the idempotency check is the conflict.
         let sql = format!(
             "INSERT INTO commands (id, tenant_id, agent_id, bot_id, kind, status, payload, idempotency_key, \
              created_by_kind, created_by_id, attempt, max_attempts, lease_ms, run_timeout_ms, expires_at, \
              created_at, updated_at) \
              SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, 0, $10, $11, $12, $13, $14, $14 \
-             FROM agents WHERE tenant_id = $2 AND id = $3 AND status <> 'revoked' \
-             ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}"
+             FROM agents WHERE tenant_id = $2 AND id = $3 AND status <> 'revoked' {} \
+             ON CONFLICT DO NOTHING RETURNING {COMMAND_COLUMNS}",
+            self.key_share()
         );
         let inserted: Option<CommandRow> = with_pool!(self, write, |pool| {
             sqlx::query_as(&sql)
