@@ -446,13 +446,7 @@ async fn drifting_bots_are_found_through_the_counts(t: Ctx) -> anyhow::Result<()
         created_by: botmox_contract::audit::Actor::supervisor(),
         batch_id: None,
     };
-    let times = botmox_control_plane::store::QueueTimes {
-        ttl: std::time::Duration::from_secs(60),
-        lease: std::time::Duration::from_secs(30),
-        run_timeout: std::time::Duration::from_secs(300),
-        max_attempts: 3,
-    };
-    let placed = t.store.place_orders(&[start], times, t.at(3.0)).await?.pop().expect("one answer")?;
+    let placed = t.store.place_orders(&[start], crate::TIMES, t.at(3.0)).await?.pop().expect("one answer")?;
     t.store.claim_commands(a2.id, 10, t.at(3.0)).await?;
     t.store.complete_command(a2.id, placed.command.id, crate::outcome(false), t.at(4.0)).await?;
     expected.insert(1, (bots[2].id, DesiredState::Running, BotState::Pending));

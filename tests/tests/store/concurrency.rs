@@ -216,5 +216,6 @@ async fn commands_placed_while_their_agent_is_deleted_go_with_it(t: Ctx) -> anyh
         }
     }
     assert_eq!(placed + refused, ROUNDS * ORDERS);
+    assert!(placed > 0, "no order was placed before its agent's deletion: the race was never run");
     Ok(())
 }
