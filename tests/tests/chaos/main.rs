@@ -446,26 +446,30 @@ fn started_twice(dirs: &[&Path]) -> anyhow::Result<Vec<String>> {
     Ok(twice)
 }
 
-/// Bots whose server view and host reality disagree with their desired state (empty once
-/// converged), plus the number of commands not yet terminal.
 /// Bots whose observed state is not their desired one (each described), and the commands
-/// not yet terminal (also described in `wrong`, so a failure says which and where).
-async fn divergence(api: &Api, bots: &[Uuid]) -> anyhow::Result<(Vec<String>, u64)> {
+/// not yet terminal (also described in `wrong`, so a failure says which and where). A bot
+/// that should be stopped is converged when it is `stopped` with no process — or `pending`
+/// (the product's "never ran", which it does not count as drift) if its program never
+/// started, as its starts file (`ran`) says.
+async fn divergence(api: &Api, bots: &[Uuid], ran: impl Fn(usize) -> bool) -> anyhow::Result<(Vec<String>, u64)> {
     let leaders = tokio::task::spawn_blocking(all_bot_leaders).await?;
     let mut wrong = Vec::new();
-    for bot in bots {
+    for (n, bot) in bots.iter().enumerate() {
         let view = api.get(&format!("/api/v1/bots/{bot}")).await?;
         let pids = leaders.get(&bot.to_string()).cloned().unwrap_or_default();
         let ok = match view["desired_state"].as_str() {
             Some("running") => {
                 view["state"] == "running" && pids.len() == 1 && view["pid"].as_u64() == Some(u64::from(pids[0]))
             }
-            _ => view["state"] == "stopped" && pids.is_empty(),
+            _ => pids.is_empty() && (view["state"] == "stopped" || (view["state"] == "pending" && !ran(n))),
         };
         if !ok {
             wrong.push(format!(
-                "bot {bot}: desired {} state {} pid {} on host {pids:?}",
-                view["desired_state"], view["state"], view["pid"]
+                "bot {bot}: desired {} state {} pid {} on host {pids:?}, its program {}",
+                view["desired_state"],
+                view["state"],
+                view["pid"],
+                if ran(n) { "ran" } else { "never ran" }
             ));
         }
     }
@@ -489,6 +493,11 @@ async fn divergence(api: &Api, bots: &[Uuid]) -> anyhow::Result<(Vec<String>, u6
     Ok((wrong, pending))
 }
 
+/// Where bot `n`'s program writes its pid each time it starts.
+fn starts_file(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("bot-{n}.starts"))
+}
+
 async fn bots_converge_after_random_faults(backend: Backend) -> anyhow::Result<()> {
     let seed = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
@@ -505,7 +514,7 @@ async fn bots_converge_after_random_faults(backend: Backend) -> anyhow::Result<(
     let scripts = tempfile::tempdir()?;
     let mut bots = Vec::new();
     for n in 0..BOTS {
-        let starts: PathBuf = scripts.path().join(format!("bot-{n}.starts"));
+        let starts = starts_file(scripts.path(), n);
         let program = script(
             scripts.path(),
             &format!("bot-{n}.sh"),
@@ -561,7 +570,8 @@ async fn bots_converge_after_random_faults(backend: Backend) -> anyhow::Result<(
 
     // Convergence.
     let converged = loop {
-        let (wrong, pending) = divergence(&api, &bots).await?;
+        let ran = |n: usize| starts_file(scripts.path(), n).exists();
+        let (wrong, pending) = divergence(&api, &bots, ran).await?;
         if wrong.is_empty() && pending == 0 {
             break last_fault.elapsed();
         }
@@ -581,9 +591,7 @@ async fn bots_converge_after_random_faults(backend: Backend) -> anyhow::Result<(
         *statuses.entry(command["status"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
     }
     let starts: usize = (0..BOTS)
-        .map(|n| {
-            std::fs::read_to_string(scripts.path().join(format!("bot-{n}.starts"))).map_or(0, |t| t.lines().count())
-        })
+        .map(|n| std::fs::read_to_string(starts_file(scripts.path(), n)).map_or(0, |t| t.lines().count()))
         .sum();
     println!(
         "chaos on {backend:?}: {} commands sent, {} accepted ({statuses:?}), {} refused (503/401), {} unanswered; \
