@@ -3,7 +3,8 @@
 //! burst of requests, instead of one commit each. Nothing waits on a timer: a write arriving
 //! at an idle server is committed at once, and under load the group is whatever queued up
 //! during the previous commit (PostgreSQL's own group commit, one level up). Durability is not
-//! traded: a caller is answered only after its transaction committed.
+//! traded: a caller is answered only after its transaction committed. The one exception to
+//! "no timer" is a group no caller waits for ([`GroupCommit::start_paced`]: the audit entries).
 //!
 //! Used for the queue's single orders (`control::submit`), the audit entries of state-changing
 //! requests (`audit::AuditLog`, which does not hold the response for them), and agents'
@@ -14,7 +15,7 @@
 //! A group is handed to `commit` as a shared list: if the database refuses the statement, the
 //! same inputs are written again one by one, so nothing is copied on the common path.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -51,11 +52,33 @@ impl<In: Clone + Send + Sync + 'static, Out: Send + 'static> GroupCommit<In, Out
         F: Fn(Arc<Vec<In>>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
     {
+        Self::spawn(name, max_group, parallel, None, commit)
+    }
+
+    /// As [`GroupCommit::start`], but a commit starts at most once every `pace`: what queues
+    /// meanwhile waits for the next one. Only for writes no caller waits for (the audit
+    /// entries, written after the response): the timer makes the groups larger and the
+    /// transactions fewer, and on SQLite, whose one writer takes every group's transaction in
+    /// turn, each transaction fewer is the writer's time given back to the ones callers wait for.
+    /// An input arriving while the group is idle past its pace is still committed at once.
+    pub fn start_paced<F, Fut>(name: &'static str, max_group: usize, pace: Duration, commit: F) -> Self
+    where
+        F: Fn(Arc<Vec<In>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
+    {
+        Self::spawn(name, max_group, 1, Some(pace), commit)
+    }
+
+    fn spawn<F, Fut>(name: &'static str, max_group: usize, parallel: usize, pace: Option<Duration>, commit: F) -> Self
+    where
+        F: Fn(Arc<Vec<In>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<Out>>>> + Send + 'static,
+    {
         let (jobs, queue) = mpsc::unbounded_channel();
         let queue = Arc::new(Mutex::new(queue));
         let commit = Arc::new(commit);
         for _ in 0..parallel.max(1) {
-            tokio::spawn(commit_loop(name, max_group.max(1), commit.clone(), queue.clone()));
+            tokio::spawn(commit_loop(name, max_group.max(1), pace, commit.clone(), queue.clone()));
         }
         Self { jobs }
     }
@@ -84,6 +107,7 @@ fn stopped() -> StoreError {
 async fn commit_loop<In, Out, F, Fut>(
     name: &'static str,
     max_group: usize,
+    pace: Option<Duration>,
     commit: Arc<F>,
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Job<In, Out>>>>,
 ) where
@@ -104,6 +128,7 @@ async fn commit_loop<In, Out, F, Fut>(
             }
             jobs
         };
+        let started = tokio::time::Instant::now();
         metrics::histogram!("botmox_group_commit_size", "group" => name).record(jobs.len() as f64);
         let (inputs, replies): (Vec<In>, Vec<_>) = jobs.into_iter().map(|job| (job.input, job.reply)).unzip();
         let inputs = Arc::new(inputs);
@@ -130,6 +155,9 @@ async fn commit_loop<In, Out, F, Fut>(
                     let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
                 }
             }
+        }
+        if let Some(pace) = pace {
+            tokio::time::sleep_until(started + pace).await;
         }
     }
 }
@@ -211,6 +239,33 @@ mod tests {
         }
         let used = statements.load(Ordering::SeqCst);
         assert!(used < 200, "200 concurrent writes took {used} statements");
+    }
+
+    /// Under a paced group, what queues while it waits out its pace joins one commit; an input
+    /// arriving after the group was idle for longer than its pace is committed at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_group_gathers_what_queues_within_its_pace() {
+        let pace = std::time::Duration::from_millis(10);
+        let commits: Arc<std::sync::Mutex<Vec<(tokio::time::Instant, usize)>>> = Arc::default();
+        let seen = commits.clone();
+        let group = Arc::new(GroupCommit::start_paced("test", 64, pace, move |inputs: Arc<Vec<i32>>| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push((tokio::time::Instant::now(), inputs.len()));
+            let answers = inputs.iter().map(|n| Ok(*n)).collect();
+            async move { Ok(answers) }
+        }));
+        let start = tokio::time::Instant::now();
+        assert_eq!(group.submit(0).await.ok(), Some(0));
+        let burst = futures::future::join_all((1..=5).map(|n| group.submit(n))).await;
+        assert!(burst.iter().enumerate().all(|(i, a)| a.as_ref().ok() == Some(&(i as i32 + 1))), "{burst:?}");
+        tokio::time::sleep(pace * 5).await;
+        let late = tokio::time::Instant::now();
+        assert_eq!(group.submit(6).await.ok(), Some(6));
+        let commits = commits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sizes: Vec<usize> = commits.iter().map(|(_, n)| *n).collect();
+        assert_eq!(sizes, [1, 5, 1], "the burst is one commit");
+        assert_eq!(commits[0].0, start, "the first input is committed at once");
+        assert!(commits[1].0 >= start + pace, "the burst waited for the pace");
+        assert_eq!(commits[2].0, late, "after an idle pace, at once again");
     }
 
     #[tokio::test]
