@@ -17,7 +17,7 @@ fn random_string() -> String {
 
 /// Hex SHA-256 of a presented secret: the form in which secrets are stored and looked up.
 pub fn hash(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 pub fn new_api_token() -> String {

@@ -155,36 +155,63 @@ pub async fn submit_many(
 /// are per tenant).
 pub(crate) async fn announce(
     state: &AppState,
-    answers: Vec<(Id, crate::store::Result<Placed>)>,
+    mut answers: Vec<(Id, crate::store::Result<Placed>)>,
 ) -> Vec<Result<Submitted, ControlError>> {
     let mut agents = BTreeSet::new();
-    // Per agent: its tenant, and the envelopes of the commands placed dispatched to it.
+    // Per agent: its tenant, and the envelopes of the commands placed dispatched to it. Handed
+    // over before the events and answers are assembled: the agents start while this goes on.
     let mut deliveries: BTreeMap<Id, (Id, Vec<CommandEnvelope>)> = BTreeMap::new();
-    let mut events: Vec<(Id, EventPayload)> = Vec::new();
+    for (tenant_id, answer) in &mut answers {
+        let Ok(placed) = answer else { continue };
+        if !placed.created {
+            continue;
+        }
+        match placed.deliver.take() {
+            // No secrets to read (the store places none such dispatched): this only
+            // assembles the envelope, or says why it cannot be.
+            Some(bot) => match dispatch::envelope(state, *tenant_id, &placed.command, Some(bot)).await {
+                Ok(envelope) => deliveries
+                    .entry(placed.command.agent_id)
+                    .or_insert_with(|| (*tenant_id, Vec::new()))
+                    .1
+                    .push(envelope),
+                Err(_) => {
+                    // Unreachable in practice; the lease brings it back to the queue and the
+                    // claim fails it with the reason.
+                    tracing::warn!(command_id = %placed.command.id, "a command placed dispatched has no envelope");
+                }
+            },
+            None => {
+                agents.insert(placed.command.agent_id);
+            }
+        }
+    }
+    // Commands returned to the queue: their events go after the ones saying they were placed.
+    let mut requeued_events: Vec<(Id, EventPayload)> = Vec::new();
+    for (agent_id, (tenant_id, envelopes)) in deliveries {
+        metrics::histogram!("botmox_command_dispatch_latency_seconds").record_many(0.0, envelopes.len());
+        if let Err(returned) = state.hub.deliver(agent_id, envelopes) {
+            // The connection went away since the transaction: back to the queue, for the
+            // agent's next connection (here or on another replica) to claim.
+            let ids: Vec<Id> = returned.iter().map(|envelope| envelope.id).collect();
+            match state.store.return_undelivered(agent_id, &ids, state.clock.now()).await {
+                Ok(requeued) => {
+                    requeued_events.extend(requeued.iter().map(|c| (tenant_id, EventPayload::CommandStatus(c.into()))));
+                }
+                Err(e) => tracing::warn!(%agent_id, error = %e, "undelivered commands wait for their lease"),
+            }
+            agents.insert(agent_id);
+        }
+    }
+    for agent_id in agents {
+        state.wake_agent(agent_id).await;
+    }
+    let mut events: Vec<(Id, EventPayload)> = Vec::with_capacity(answers.len() * 2 + requeued_events.len());
     let mut results = Vec::with_capacity(answers.len());
     for (tenant_id, answer) in answers {
         results.push(match answer {
-            Ok(Placed { command, created, agent, bot, superseded, deliver }) => {
+            Ok(Placed { command, created, agent, bot, superseded, deliver: _ }) => {
                 if created {
-                    match deliver {
-                        // No secrets to read (the store places none such dispatched): this
-                        // only assembles the envelope, or says why it cannot be.
-                        Some(bot) => match dispatch::envelope(state, tenant_id, &command, Some(bot)).await {
-                            Ok(envelope) => deliveries
-                                .entry(command.agent_id)
-                                .or_insert_with(|| (tenant_id, Vec::new()))
-                                .1
-                                .push(envelope),
-                            Err(_) => {
-                                // Unreachable in practice; the lease brings it back to the
-                                // queue and the claim fails it with the reason.
-                                tracing::warn!(command_id = %command.id, "a command placed dispatched has no envelope");
-                            }
-                        },
-                        None => {
-                            agents.insert(command.agent_id);
-                        }
-                    }
                     events.push((tenant_id, EventPayload::CommandStatus((&command).into())));
                     if let Some(bot) = bot {
                         events.push((tenant_id, EventPayload::BotState(bot)));
@@ -205,24 +232,7 @@ pub(crate) async fn announce(
             Err(e) => Err(e.into()),
         });
     }
-    for (agent_id, (tenant_id, envelopes)) in deliveries {
-        metrics::histogram!("botmox_command_dispatch_latency_seconds").record_many(0.0, envelopes.len());
-        if let Err(returned) = state.hub.deliver(agent_id, envelopes) {
-            // The connection went away since the transaction: back to the queue, for the
-            // agent's next connection (here or on another replica) to claim.
-            let ids: Vec<Id> = returned.iter().map(|envelope| envelope.id).collect();
-            match state.store.return_undelivered(agent_id, &ids, state.clock.now()).await {
-                Ok(requeued) => {
-                    events.extend(requeued.iter().map(|c| (tenant_id, EventPayload::CommandStatus(c.into()))));
-                }
-                Err(e) => tracing::warn!(%agent_id, error = %e, "undelivered commands wait for their lease"),
-            }
-            agents.insert(agent_id);
-        }
-    }
-    for agent_id in agents {
-        state.wake_agent(agent_id).await;
-    }
+    events.extend(requeued_events);
     state.publish_many(events).await;
     results
 }

@@ -70,7 +70,7 @@ fn asset(file: &str, headers: &HeaderMap) -> Response {
         .or_else(|| Dist::get(file).map(|e| (None, e)))
         .expect("the caller checked that the file exists");
     let original = Dist::get(file).map(|e| e.metadata.sha256_hash()).unwrap_or_default();
-    let tag = format!("\"{}{}\"", hex(&original[..12]), encoding.map(|e| format!("-{e}")).unwrap_or_default());
+    let tag = format!("\"{}{}\"", hex::encode(&original[..12]), encoding.map(|e| format!("-{e}")).unwrap_or_default());
     let mime = mime_of(file);
     let cache = if file.starts_with(HASHED_DIR) { "public, max-age=31536000, immutable" } else { "no-cache" };
 
@@ -120,10 +120,6 @@ fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ impl MasterKey {
     }
 
     fn from_bytes(key: [u8; 32]) -> Self {
-        let id = Sha256::digest(key).iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let id = hex::encode(&Sha256::digest(key)[..8]);
         Self { key, id }
     }
 

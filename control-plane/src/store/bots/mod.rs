@@ -130,7 +130,7 @@ struct ReportedRow {
 pub fn definition_hash(exec: &ExecSpec, restart: &RestartSpec, stop: &StopSpec) -> String {
     let canonical = to_json(&(exec, restart, stop));
     let digest = Sha256::digest(canonical.as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..16])
 }
 
 /// A bot as stored: its status ([`StatusRow`]) and the rest of its definition.

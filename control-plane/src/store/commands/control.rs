@@ -744,12 +744,12 @@ impl Plan {
             Ok(())
         };
         // The locked bots, with the sequence number as it grows through these orders.
-        let mut bots: HashMap<Id, (Id, i64, BotBrief)> = HashMap::new();
+        let mut bots: HashMap<Id, (Id, i64, BotBrief)> = HashMap::with_capacity(locked.len());
         // Bots whose queued commands an order of these may supersede: those that had some,
         // and those given two orders of a kind here (the second supersedes the first).
         let mut may_supersede: HashSet<(Id, bool)> = HashSet::new();
         // The definitions' JSON (exec, restart), parsed only for commands placed `dispatched`.
-        let mut definitions: HashMap<Id, (String, String)> = HashMap::new();
+        let mut definitions: HashMap<Id, (String, String)> = HashMap::with_capacity(locked.len());
         for row in locked {
             let tenant = parse_id(&row.bot_tenant)?;
             let bot = BotBrief::try_from(row.bot)?;
@@ -765,14 +765,15 @@ impl Plan {
         }
 
         let mut slots = Vec::with_capacity(orders.len());
-        let mut inserts = Vec::new();
+        // Sized up front: a bulk action's 10,000 rows would otherwise be copied at every growth.
+        let mut inserts = Vec::with_capacity(orders.len());
         let mut keys_here: HashMap<(Id, String), Id> = HashMap::new();
         // Per bot: (seq, desired) after these orders, and the newest control and sync orders.
         let mut touched: BTreeMap<Id, (i64, i64, Option<DesiredState>)> = BTreeMap::new();
-        let mut newest: HashMap<(Id, bool), Supersede> = HashMap::new();
-        let mut deliveries: HashMap<Id, DispatchBot> = HashMap::new();
+        let mut newest: HashMap<(Id, bool), Supersede> = HashMap::with_capacity(orders.len());
+        let mut deliveries: HashMap<Id, DispatchBot> = HashMap::with_capacity(orders.len());
         // Per bot and kind of order: the index in `inserts` of the newest one.
-        let mut newest_insert: HashMap<(Id, bool), usize> = HashMap::new();
+        let mut newest_insert: HashMap<(Id, bool), usize> = HashMap::with_capacity(orders.len());
         for order in orders {
             if let Some(key) = &order.idempotency_key {
                 let tk = (order.tenant_id, key.clone());
@@ -976,9 +977,12 @@ impl Plan {
 
     /// Answers in the orders' order, from the inserted rows (with what superseding did to them).
     fn answer(self, inserted: Vec<String>, superseded: Vec<CommandRow>) -> Result<Placement> {
-        let inserted: HashSet<Id> = inserted.iter().map(|id| parse_id(id)).collect::<Result<_>>()?;
-        let mut commands: HashMap<Id, Command> =
-            self.inserts.into_iter().filter(|row| inserted.contains(&row.id)).map(|row| (row.id, row.queued)).collect();
+        let mut ids = HashSet::with_capacity(inserted.len());
+        for id in &inserted {
+            ids.insert(parse_id(id)?);
+        }
+        let mut commands: HashMap<Id, Command> = HashMap::with_capacity(ids.len());
+        commands.extend(self.inserts.into_iter().filter(|row| ids.contains(&row.id)).map(|row| (row.id, row.queued)));
         // Each superseded command goes with the order that superseded it (its error names it);
         // one of these orders superseded by a later one is answered as it ended.
         let mut superseded_by: HashMap<Id, Vec<Command>> = HashMap::new();
