@@ -293,7 +293,12 @@ mod tests {
                 return Ok(tree);
             }
             previous = tree.clone();
-            anyhow::ensure!(Instant::now() < deadline, "the job never held {count} processes: {tree:?}");
+            // What the job itself says (an empty tree may be a failed query, not an empty job).
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the job never held {count} processes: running {tree:?}; the job's process list: {:?}",
+                process.job.process_ids()
+            );
             tokio::time::sleep(JOB_POLL).await;
         }
     }

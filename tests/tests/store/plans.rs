@@ -60,3 +60,75 @@ async fn drifting_bots_through_the_index(t: Ctx) -> anyhow::Result<()> {
     assert_eq!(found, drifting, "exactly the drifting bots");
     Ok(())
 }
+
+/// A bulk action updates every bot it selects in one transaction, and each old version stays
+/// until the commit, so a page of `bots` needs room for a new version of every row on it at
+/// once (`fillfactor` 50, migration 0015). Then every update is heap-only: the new version on
+/// its row's page, no index entry. At 80, three quarters moved to other pages, each with an
+/// entry in every index of the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_action_rewrites_every_bot_on_its_own_page() -> anyhow::Result<()> {
+    crate::run(Backend::Postgres, bulk_updates_stay_on_their_pages).await
+}
+
+async fn bulk_updates_stay_on_their_pages(t: Ctx) -> anyhow::Result<()> {
+    use botmox_contract::{
+        audit::Actor,
+        bots::DesiredState,
+        commands::{BotAction, CommandKind},
+    };
+    use botmox_control_plane::store::{BatchPlaced, NewBatch, Order, Target};
+
+    let agent = t.agent("host").await?;
+    let specs: Vec<_> = (0..1000).map(|n| bot_spec(&format!("bot-{n:04}"), agent.id, &["eu", "farm"])).collect();
+    let bots = t.store.create_bots(t.tenant, &specs, t.t0).await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut db = sqlx::PgConnection::connect(&t.url).await?;
+    // Each bot's page: the first number of its `ctid` (page, item).
+    let pages = |rows: Vec<(String, String)>| -> Vec<(String, String)> {
+        rows.into_iter()
+            .map(|(id, ctid)| (id, ctid.trim_matches(|c| c == '(' || c == ')').split(',').next().unwrap_or("").into()))
+            .collect()
+    };
+    let read = "SELECT id, ctid::text FROM bots ORDER BY id";
+    let before = pages(sqlx::query_as(read).fetch_all(&mut db).await?);
+
+    let batch = NewBatch {
+        id: uuid::Uuid::now_v7(),
+        tenant_id: t.tenant,
+        idempotency_key: None,
+        action: BotAction::Start,
+        matched: bots.len() as u64,
+        created_by: Actor::supervisor(),
+    };
+    let orders: Vec<Order> = bots
+        .iter()
+        .map(|bot| Order {
+            tenant_id: t.tenant,
+            target: Target::Bot(bot.id),
+            kind: CommandKind::BotStart,
+            desired: Some(DesiredState::Running),
+            payload: serde_json::json!({}),
+            idempotency_key: None,
+            created_by: Actor::supervisor(),
+            batch_id: Some(batch.id),
+        })
+        .collect();
+    let BatchPlaced::Created(record, _) = t.store.place_batch(&batch, &orders, crate::TIMES, t.at(1.0)).await? else {
+        anyhow::bail!("a new batch expected")
+    };
+    assert_eq!(record.accepted, 1000);
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM bots WHERE desired_state = 'running'").fetch_one(&mut db).await?;
+    assert_eq!(running, 1000, "every bot's desired state was written");
+
+    let after = pages(sqlx::query_as(read).fetch_all(&mut db).await?);
+    assert_eq!(before.len(), after.len());
+    let moved: Vec<&String> = before.iter().zip(&after).filter(|(b, a)| b != a).map(|(b, _)| &b.0).collect();
+    assert!(
+        moved.is_empty(),
+        "{} of 1000 bots moved to another page (not heap-only): {:?}",
+        moved.len(),
+        &moved[..moved.len().min(5)]
+    );
+    Ok(())
+}
